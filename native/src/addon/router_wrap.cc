@@ -1,0 +1,423 @@
+#include "router_wrap.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+namespace moe_addon {
+
+namespace {
+
+const char* status_code(moe_status status) {
+  switch (status) {
+    case MOE_OK: return "OK";
+    case MOE_E_SHAPE: return "E_SHAPE";
+    case MOE_E_DTYPE: return "E_DTYPE";
+    case MOE_E_NONFINITE: return "E_NONFINITE";
+    case MOE_E_CONFIG: return "E_CONFIG";
+    case MOE_E_BACKEND: return "E_BACKEND";
+    case MOE_E_CUDA: return "E_CUDA";
+    case MOE_E_DISPOSED: return "E_DISPOSED";
+    case MOE_E_INTERNAL: return "E_INTERNAL";
+  }
+  return "E_INTERNAL";
+}
+
+// A typed array argument seen as raw memory.
+struct View {
+  void* data = nullptr;
+  size_t length = 0;
+};
+
+// Reads argument `value` as a typed array of `type` with at least `min_length` elements.
+// On a mismatch throws a JavaScript error and returns false.
+bool typed_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, size_t min_length,
+                const char* name, View* out) {
+  static const char* const kTypeNames[] = {"Int8Array",    "Uint8Array",   "Uint8ClampedArray",
+                                           "Int16Array",   "Uint16Array",  "Int32Array",
+                                           "Uint32Array",  "Float32Array", "Float64Array",
+                                           "BigInt64Array", "BigUint64Array"};
+  char message[256];
+  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
+    std::snprintf(message, sizeof message, "%s must be a %s", name, kTypeNames[type]);
+    make_error(env, MOE_E_DTYPE, message).ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::TypedArray array = value.As<Napi::TypedArray>();
+  if (array.ElementLength() < min_length) {
+    std::snprintf(message, sizeof message, "%s must have at least %zu elements (got %zu)", name,
+                  min_length, array.ElementLength());
+    make_error(env, MOE_E_SHAPE, message).ThrowAsJavaScriptException();
+    return false;
+  }
+  out->data = static_cast<char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+  out->length = array.ElementLength();
+  return true;
+}
+
+// Same, but null/undefined gives an empty view.
+bool optional_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, size_t min_length,
+                   const char* name, View* out) {
+  if (value.IsNull() || value.IsUndefined()) return true;
+  return typed_view(env, value, type, min_length, name, out);
+}
+
+double number_field(Napi::Object object, const char* name, double fallback) {
+  Napi::Value v = object.Get(name);
+  return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
+}
+
+moe_router_options read_options(Napi::Object o) {
+  moe_router_options opt = moe_router_options_default();
+  const auto i32 = [&](const char* name, int32_t fallback) {
+    return static_cast<int32_t>(number_field(o, name, fallback));
+  };
+  opt.input_dim = i32("inputDim", 0);
+  opt.num_experts = i32("numExperts", 0);
+  opt.top_k = i32("topK", 0);
+  opt.min_experts = i32("minExperts", opt.min_experts);
+  opt.strategy = static_cast<moe_strategy>(i32("strategy", opt.strategy));
+  opt.top_p = number_field(o, "topP", opt.top_p);
+  opt.threshold = number_field(o, "threshold", opt.threshold);
+  opt.scoring = static_cast<moe_scoring>(i32("scoring", opt.scoring));
+  opt.order = static_cast<moe_order>(i32("order", opt.order));
+  opt.normalize = i32("normalize", opt.normalize);
+  opt.scale = number_field(o, "scale", opt.scale);
+  opt.group_count = i32("groupCount", 0);
+  opt.group_select = i32("groupSelect", 0);
+  opt.bias_update_rate = number_field(o, "biasUpdateRate", 0);
+  opt.capacity_factor = number_field(o, "capacityFactor", 0);
+  opt.min_capacity = i32("minCapacity", opt.min_capacity);
+  opt.drop_policy = static_cast<moe_drop_policy>(i32("dropPolicy", opt.drop_policy));
+  opt.noise_std = number_field(o, "noiseStd", 0);
+  opt.noise_seed = static_cast<uint64_t>(number_field(o, "noiseSeed", 0));
+  opt.dispatch = i32("dispatch", 0);
+  opt.block_size = i32("blockSize", 1);
+  opt.losses = i32("losses", 0);
+  opt.validation = static_cast<moe_validation>(i32("validation", opt.validation));
+  opt.backend = static_cast<moe_backend>(i32("backend", opt.backend));
+  opt.device = static_cast<moe_device>(i32("device", opt.device));
+  opt.threads = i32("threads", 0);
+  return opt;
+}
+
+// Everything one route call needs, gathered on the JavaScript thread.
+struct RouteCall {
+  const void* input = nullptr;
+  moe_dtype dtype = MOE_DTYPE_F32;
+  int64_t tokens = 0;
+  bool is_logits = false;
+  moe_route_outputs outputs{};
+  double* scalars = nullptr;  // Float64Array(7) receiving the scalar results
+};
+
+// Parses the route arguments of Route/RouteAsync; false after throwing.
+bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* call) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 12) {
+    make_error(env, MOE_E_SHAPE, "route expects 12 arguments").ThrowAsJavaScriptException();
+    return false;
+  }
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  call->dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
+  call->tokens = info[2].As<Napi::Number>().Int64Value();
+  call->is_logits = info[3].ToBoolean().Value();
+  if (call->tokens < 0) {
+    make_error(env, MOE_E_SHAPE, "tokens must be >= 0").ThrowAsJavaScriptException();
+    return false;
+  }
+  const size_t T = static_cast<size_t>(call->tokens), K = options.top_k, E = options.num_experts;
+  const size_t row = call->is_logits ? E : static_cast<size_t>(options.input_dim);
+  const napi_typedarray_type input_type =
+      call->dtype == MOE_DTYPE_F32 ? napi_float32_array : napi_uint16_array;
+  View input, experts, weights, per_token, counts, invalid, offsets, slots, scalars;
+  const size_t slot_capacity = static_cast<size_t>(moe_router_dispatch_capacity(router, call->tokens));
+  if (!typed_view(env, info[0], input_type, T * row, call->is_logits ? "logits" : "hidden", &input) ||
+      !typed_view(env, info[4], napi_int32_array, T * K, "experts", &experts) ||
+      !typed_view(env, info[5], napi_float32_array, T * K, "weights", &weights) ||
+      !typed_view(env, info[6], napi_int32_array, T, "expertsPerToken", &per_token) ||
+      !typed_view(env, info[7], napi_int32_array, E, "expertCounts", &counts) ||
+      !typed_view(env, info[8], napi_int32_array, T, "invalidTokens", &invalid) ||
+      !optional_view(env, info[9], napi_int32_array, E + 1, "dispatchOffsets", &offsets) ||
+      !optional_view(env, info[10], napi_int32_array, slot_capacity, "dispatchSlots", &slots) ||
+      !typed_view(env, info[11], napi_float64_array, 7, "scalars", &scalars))
+    return false;
+  call->input = input.data;
+  moe_route_outputs& out = call->outputs;
+  out.experts = static_cast<int32_t*>(experts.data);
+  out.weights = static_cast<float*>(weights.data);
+  out.experts_per_token = static_cast<int32_t*>(per_token.data);
+  out.expert_counts = static_cast<int32_t*>(counts.data);
+  out.invalid_tokens = static_cast<int32_t*>(invalid.data);
+  out.dispatch_offsets = static_cast<int32_t*>(offsets.data);
+  out.dispatch_slots = static_cast<int32_t*>(slots.data);
+  out.dispatch_capacity = static_cast<int64_t>(slots.length);
+  call->scalars = static_cast<double*>(scalars.data);
+  return true;
+}
+
+moe_status run_route(moe_router* router, RouteCall* call, moe_error* err) {
+  return call->is_logits
+             ? moe_router_route_logits(router, call->input, call->dtype, call->tokens, &call->outputs, err)
+             : moe_router_route(router, call->input, call->dtype, call->tokens, &call->outputs, err);
+}
+
+void write_scalars(const RouteCall& call) {
+  const moe_route_outputs& o = call.outputs;
+  double* s = call.scalars;
+  s[0] = static_cast<double>(o.dispatch_length);
+  s[1] = o.invalid_count;
+  s[2] = static_cast<double>(o.dropped_assignments);
+  s[3] = o.aux_loss;
+  s[4] = o.z_loss;
+  s[5] = o.entropy;
+  s[6] = o.flop_reduction;
+}
+
+// Runs one route on a libuv worker; holds references to every array it touches until it settles.
+class RouteWorker : public Napi::AsyncWorker {
+ public:
+  RouteWorker(Napi::Env env, RouterHandle router, const RouteCall& call, const Napi::CallbackInfo& info)
+      : Napi::AsyncWorker(env, "moe-router:route"),
+        router_(std::move(router)),
+        call_(call),
+        deferred_(Napi::Promise::Deferred::New(env)) {
+    for (size_t i = 0; i < 12; ++i)
+      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+  }
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override { status_ = run_route(router_.get(), &call_, &error_); }
+
+  void OnOK() override {
+    if (status_ != MOE_OK) {
+      deferred_.Reject(make_error(Env(), status_, error_.message).Value());
+      return;
+    }
+    write_scalars(call_);
+    deferred_.Resolve(Env().Undefined());
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  RouterHandle router_;
+  RouteCall call_;
+  Napi::Promise::Deferred deferred_;
+  std::vector<Napi::ObjectReference> keep_;
+  moe_status status_ = MOE_OK;
+  moe_error error_{};
+};
+
+}  // namespace
+
+Napi::Error make_error(Napi::Env env, moe_status code, const char* message) {
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("code", Napi::String::New(env, status_code(code)));
+  return error;
+}
+
+Napi::Function RouterWrap::Define(Napi::Env env) {
+  return DefineClass(env, "NativeRouter",
+                     {InstanceMethod<&RouterWrap::Route>("route"),
+                      InstanceMethod<&RouterWrap::RouteAsync>("routeAsync"),
+                      InstanceMethod<&RouterWrap::Calibrate>("calibrate"),
+                      InstanceMethod<&RouterWrap::UpdateBias>("updateBias"),
+                      InstanceMethod<&RouterWrap::SelectionBias>("selectionBias"),
+                      InstanceMethod<&RouterWrap::GetStep>("getStep"),
+                      InstanceMethod<&RouterWrap::SetStep>("setStep"),
+                      InstanceMethod<&RouterWrap::Stats>("stats"),
+                      InstanceMethod<&RouterWrap::ResetStats>("resetStats"),
+                      InstanceMethod<&RouterWrap::Backend>("backend"),
+                      InstanceMethod<&RouterWrap::Parameters>("parameters"),
+                      InstanceMethod<&RouterWrap::DispatchCapacity>("dispatchCapacity"),
+                      InstanceMethod<&RouterWrap::Dispose>("dispose")});
+}
+
+// new NativeRouter(options, weight: Float32Array, bias: Float32Array | null, selectionBias | null)
+RouterWrap::RouterWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RouterWrap>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 4 || !info[0].IsObject()) {
+    make_error(env, MOE_E_CONFIG, "NativeRouter(options, weight, bias, selectionBias)")
+        .ThrowAsJavaScriptException();
+    return;
+  }
+  const moe_router_options options = read_options(info[0].As<Napi::Object>());
+  const size_t E = options.num_experts > 0 ? options.num_experts : 0;
+  const size_t D = options.input_dim > 0 ? options.input_dim : 0;
+  View weight, bias, selection_bias;
+  if (!typed_view(env, info[1], napi_float32_array, E * D, "weight", &weight) ||
+      !optional_view(env, info[2], napi_float32_array, E, "bias", &bias) ||
+      !optional_view(env, info[3], napi_float32_array, E, "selectionBias", &selection_bias))
+    return;
+  moe_router* router = nullptr;
+  moe_error err{};
+  if (moe_router_create(&options, static_cast<float*>(weight.data), static_cast<float*>(bias.data),
+                        static_cast<float*>(selection_bias.data), &router, &err) != MOE_OK) {
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+    return;
+  }
+  router_ = RouterHandle(router, moe_router_destroy);
+}
+
+moe_router* RouterWrap::Live(Napi::Env env) {
+  if (!router_) {
+    make_error(env, MOE_E_DISPOSED, "router was disposed").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  return router_.get();
+}
+
+Napi::Value RouterWrap::Route(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  RouteCall call;
+  if (!router || !parse_route(info, router, &call)) return env.Undefined();
+  moe_error err{};
+  if (run_route(router, &call, &err) != MOE_OK) {
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  write_scalars(call);
+  return env.Undefined();
+}
+
+Napi::Value RouterWrap::RouteAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  RouteCall call;
+  if (!router || !parse_route(info, router, &call)) return env.Undefined();
+  auto* worker = new RouteWorker(env, router_, call, info);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+Napi::Value RouterWrap::Calibrate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  const auto dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
+  const int64_t tokens = info[2].As<Napi::Number>().Int64Value();
+  const bool is_logits = info[3].ToBoolean().Value();
+  const double target = info[4].As<Napi::Number>().DoubleValue();
+  const size_t row = is_logits ? options.num_experts : options.input_dim;
+  View sample;
+  if (tokens < 0 ||
+      !typed_view(env, info[0], dtype == MOE_DTYPE_F32 ? napi_float32_array : napi_uint16_array,
+                  static_cast<size_t>(tokens) * row, "sample", &sample))
+    return env.Undefined();
+  double parameter = 0, reached = 0;
+  moe_error err{};
+  if (moe_router_calibrate(router, sample.data, dtype, tokens, is_logits ? 1 : 0, target, &parameter,
+                           &reached, &err) != MOE_OK) {
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array result = Napi::Array::New(env, 2);
+  result.Set(0u, parameter);
+  result.Set(1u, reached);
+  return result;
+}
+
+Napi::Value RouterWrap::UpdateBias(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  View counts;
+  if (!typed_view(env, info[0], napi_int32_array, options.num_experts, "counts", &counts))
+    return env.Undefined();
+  moe_error err{};
+  if (moe_router_update_bias(router, static_cast<int32_t*>(counts.data), &err) != MOE_OK)
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value RouterWrap::SelectionBias(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  View out;
+  if (typed_view(env, info[0], napi_float32_array, options.num_experts, "out", &out))
+    moe_router_get_selection_bias(router, static_cast<float*>(out.data));
+  return env.Undefined();
+}
+
+Napi::Value RouterWrap::GetStep(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (!router) return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), static_cast<double>(moe_router_get_step(router)));
+}
+
+Napi::Value RouterWrap::SetStep(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (router) moe_router_set_step(router, static_cast<uint64_t>(info[0].As<Napi::Number>().DoubleValue()));
+  return info.Env().Undefined();
+}
+
+// stats(utilization: Float64Array(E)) -> [tokens, calls, assignments, dropped, mean, flopReduction, balance]
+Napi::Value RouterWrap::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  View utilization;
+  if (!typed_view(env, info[0], napi_float64_array, options.num_experts, "utilization", &utilization))
+    return env.Undefined();
+  moe_router_stats stats{};
+  moe_router_get_stats(router, &stats, static_cast<double*>(utilization.data));
+  const double values[] = {static_cast<double>(stats.tokens), static_cast<double>(stats.calls),
+                           static_cast<double>(stats.assignments),
+                           static_cast<double>(stats.dropped_assignments), stats.mean_experts_per_token,
+                           stats.flop_reduction, stats.load_balance_score};
+  Napi::Array result = Napi::Array::New(env, 7);
+  for (uint32_t i = 0; i < 7; ++i) result.Set(i, values[i]);
+  return result;
+}
+
+Napi::Value RouterWrap::ResetStats(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (router) moe_router_reset_stats(router);
+  return info.Env().Undefined();
+}
+
+Napi::Value RouterWrap::Backend(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (!router) return info.Env().Undefined();
+  return Napi::String::New(info.Env(), moe_backend_name(moe_router_backend(router)));
+}
+
+// parameters() -> [topP, threshold]: the values in force (calibrate changes them).
+Napi::Value RouterWrap::Parameters(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (!router) return info.Env().Undefined();
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  Napi::Array result = Napi::Array::New(info.Env(), 2);
+  result.Set(0u, options.top_p);
+  result.Set(1u, options.threshold);
+  return result;
+}
+
+Napi::Value RouterWrap::DispatchCapacity(const Napi::CallbackInfo& info) {
+  moe_router* router = Live(info.Env());
+  if (!router) return info.Env().Undefined();
+  const int64_t tokens = info[0].As<Napi::Number>().Int64Value();
+  return Napi::Number::New(info.Env(), static_cast<double>(moe_router_dispatch_capacity(router, tokens)));
+}
+
+Napi::Value RouterWrap::Dispose(const Napi::CallbackInfo& info) {
+  router_.reset();  // a route still running on a worker keeps its own reference
+  return info.Env().Undefined();
+}
+
+}  // namespace moe_addon

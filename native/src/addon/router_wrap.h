@@ -1,0 +1,48 @@
+// RouterWrap: the JavaScript object around one moe_router. It converts arguments to the C ABI and
+// back and does nothing else; option parsing and friendly checks live in src/router.ts.
+#pragma once
+
+#include <napi.h>
+
+#include <memory>
+
+#include "moe_router.h"
+
+namespace moe_addon {
+
+using RouterHandle = std::shared_ptr<moe_router>;
+
+// A JavaScript Error carrying `code` (E_SHAPE, …); src/errors.ts turns it into a RouterError.
+Napi::Error make_error(Napi::Env env, moe_status code, const char* message);
+
+class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit RouterWrap(const Napi::CallbackInfo& info);
+
+ private:
+  // (input, dtype, tokens, isLogits, experts, weights, expertsPerToken, expertCounts, invalidTokens,
+  //  dispatchOffsets | null, dispatchSlots | null, scalars: Float64Array(7)) -> undefined
+  Napi::Value Route(const Napi::CallbackInfo& info);
+  // Same arguments -> Promise<void>; runs on a libuv worker thread.
+  Napi::Value RouteAsync(const Napi::CallbackInfo& info);
+  // (sample, dtype, tokens, isLogits, meanExperts) -> [parameter, meanExperts]
+  Napi::Value Calibrate(const Napi::CallbackInfo& info);
+  Napi::Value UpdateBias(const Napi::CallbackInfo& info);
+  Napi::Value SelectionBias(const Napi::CallbackInfo& info);
+  Napi::Value GetStep(const Napi::CallbackInfo& info);
+  Napi::Value SetStep(const Napi::CallbackInfo& info);
+  Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value ResetStats(const Napi::CallbackInfo& info);
+  Napi::Value Backend(const Napi::CallbackInfo& info);
+  Napi::Value Parameters(const Napi::CallbackInfo& info);
+  Napi::Value DispatchCapacity(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  // The live handle, or throws E_DISPOSED (returns nullptr after throwing).
+  moe_router* Live(Napi::Env env);
+
+  RouterHandle router_;
+};
+
+}  // namespace moe_addon

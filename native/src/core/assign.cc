@@ -1,0 +1,329 @@
+#include "assign.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace moe {
+
+namespace {
+
+template <typename T>
+T* sized(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// Token choice: k_t and the first k_t candidates of each token, then capacity.
+void assign_token_choice(const Config& c, int64_t T, const KParams& kp, Workspace& ws,
+                         moe_route_outputs* out) {
+  const int K = c.K;
+  const TokenStage& st = ws.stage();
+  for (int64_t t = 0; t < T; ++t) {
+    const int k = decide_k(c, st, t, kp);
+    out->experts_per_token[t] = k;
+    for (int j = 0; j < K; ++j) {
+      const int32_t e = j < k ? st.candidate_expert[t * K + j] : -1;
+      out->experts[t * K + j] = e;
+      if (e >= 0) {
+        ++ws.counts_before[e];
+        if (!st.invalid[t]) ++ws.counts_before_valid[e];
+      }
+    }
+  }
+  if (!c.capacity) return;
+
+  const int64_t capacity = capacity_per_expert(c, T);
+  if (c.options.drop_policy == MOE_DROP_POSITION) {
+    std::vector<int64_t>& kept = ws.cursor;
+    std::fill(kept.begin(), kept.end(), 0);
+    for (int64_t i = 0; i < T * K; ++i) {
+      const int32_t e = out->experts[i];
+      if (e < 0) continue;
+      if (kept[e] < capacity) {
+        ++kept[e];
+      } else {
+        out->experts[i] = -1;
+        ++out->dropped_assignments;
+      }
+    }
+    return;
+  }
+  // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments.
+  ws.choices.clear();
+  for (int64_t i = 0; i < T * K; ++i) {
+    const int32_t e = out->experts[i];
+    if (e >= 0)
+      ws.choices.push_back({st.candidate_score[i], static_cast<int32_t>(i / K), e,
+                            static_cast<int32_t>(i)});
+  }
+  std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
+    if (a.expert != b.expert) return a.expert < b.expert;
+    if (a.key != b.key) return a.key > b.key;
+    return a.token < b.token;
+  });
+  int64_t rank = 0;
+  for (size_t i = 0; i < ws.choices.size(); ++i) {
+    rank = (i > 0 && ws.choices[i].expert == ws.choices[i - 1].expert) ? rank + 1 : 0;
+    if (rank >= capacity) {
+      out->experts[ws.choices[i].slot] = -1;
+      ++out->dropped_assignments;
+    }
+  }
+}
+
+// Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
+void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
+  const int E = c.E, K = c.K;
+  const TokenStage& st = ws.stage();
+  const int64_t capacity = capacity_per_expert(c, T);
+  ws.choices.clear();
+  std::vector<int32_t>& tokens = ws.order;
+  tokens.resize(static_cast<size_t>(T));
+  for (int e = 0; e < E; ++e) {
+    for (int64_t t = 0; t < T; ++t) tokens[t] = static_cast<int32_t>(t);
+    const auto better = [&](int32_t a, int32_t b) {
+      const float ka = st.full_key[a * static_cast<int64_t>(E) + e];
+      const float kb = st.full_key[b * static_cast<int64_t>(E) + e];
+      return ka > kb || (ka == kb && a < b);
+    };
+    std::partial_sort(tokens.begin(), tokens.begin() + capacity, tokens.end(), better);
+    for (int64_t r = 0; r < capacity; ++r)
+      ws.choices.push_back({st.full_key[tokens[r] * static_cast<int64_t>(E) + e], tokens[r], e, 0});
+  }
+  // Per token, in key order (ties: lower expert); the first K are kept.
+  std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
+    if (a.token != b.token) return a.token < b.token;
+    if (a.key != b.key) return a.key > b.key;
+    return a.expert < b.expert;
+  });
+  std::fill(out->experts, out->experts + T * K, -1);
+  std::fill(out->experts_per_token, out->experts_per_token + T, 0);
+  for (const auto& choice : ws.choices) {
+    int32_t& k = out->experts_per_token[choice.token];
+    if (k < K) {
+      out->experts[choice.token * static_cast<int64_t>(K) + k] = choice.expert;
+      ++k;
+      ++ws.counts_before[choice.expert];
+      if (!st.invalid[choice.token]) ++ws.counts_before_valid[choice.expert];
+    } else {
+      ++out->dropped_assignments;
+    }
+  }
+}
+
+// Weights over each token's surviving slots (docs/semantics.md §6–§7).
+void assign_weights(const Config& c, int64_t T, const TokenStage& st, moe_route_outputs* out) {
+  const int K = c.K, E = c.E;
+  constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
+  // s and u of slot i (token t): expert choice reads the full matrices, token choice its candidates.
+  const auto score = [&](int64_t i, int64_t t, int32_t e) -> double {
+    return c.expert_choice ? st.full_score[t * E + e] : st.candidate_score[i];
+  };
+  const auto logit = [&](int64_t i, int64_t t, int32_t e) -> double {
+    return c.expert_choice ? st.full_logit[t * E + e] : st.candidate_logit[i];
+  };
+  for (int64_t t = 0; t < T; ++t) {
+    int survivors = 0;
+    double score_sum = 0, max_logit = kMinusInf;
+    for (int64_t i = t * K; i < (t + 1) * K; ++i) {
+      const int32_t e = out->experts[i];
+      if (e < 0) continue;
+      ++survivors;
+      score_sum += score(i, t, e);
+      max_logit = std::max(max_logit, logit(i, t, e));
+    }
+    double exp_sum = 0;
+    if (c.weights_are_softmax && max_logit != kMinusInf) {
+      for (int64_t i = t * K; i < (t + 1) * K; ++i)
+        if (out->experts[i] >= 0) exp_sum += std::exp(logit(i, t, out->experts[i]) - max_logit);
+    }
+    for (int64_t i = t * K; i < (t + 1) * K; ++i) {
+      const int32_t e = out->experts[i];
+      if (e < 0) {
+        out->weights[i] = 0.0f;  // not scaled: a negative scale must not give -0
+        continue;
+      }
+      double w;
+      if (c.weights_are_softmax) {
+        w = exp_sum > 0 ? std::exp(logit(i, t, e) - max_logit) / exp_sum : 1.0 / survivors;
+      } else if (c.normalize) {
+        w = score_sum > 0 ? score(i, t, e) / score_sum : 1.0 / survivors;
+      } else {
+        w = score(i, t, e);
+      }
+      out->weights[i] = static_cast<float>(w * c.options.scale);
+    }
+  }
+}
+
+void assign_dispatch(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
+  const int E = c.E, K = c.K;
+  const int64_t block = c.options.block_size;
+  int32_t* offsets = out->dispatch_offsets;
+  offsets[0] = 0;
+  for (int e = 0; e < E; ++e) {
+    const int64_t padded = (out->expert_counts[e] + block - 1) / block * block;
+    offsets[e + 1] = static_cast<int32_t>(offsets[e] + padded);
+  }
+  std::vector<int64_t>& cursor = ws.cursor;
+  for (int e = 0; e < E; ++e) cursor[e] = offsets[e];
+  for (int64_t i = 0; i < T * K; ++i) {
+    const int32_t e = out->experts[i];
+    if (e >= 0) out->dispatch_slots[cursor[e]++] = static_cast<int32_t>(i);
+  }
+  const int32_t sentinel = static_cast<int32_t>(T * K);
+  for (int e = 0; e < E; ++e)
+    for (int64_t i = cursor[e]; i < offsets[e + 1]; ++i) out->dispatch_slots[i] = sentinel;
+  out->dispatch_length = offsets[E];
+}
+
+void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_outputs* out) {
+  const int E = c.E;
+  const TokenStage& st = ws.stage();
+  out->aux_loss = out->z_loss = out->entropy = 0;
+  int64_t valid = 0;
+  double z = 0, h = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (st.invalid[t]) continue;
+    ++valid;
+    z += st.logsumexp[t] * st.logsumexp[t];
+    h += st.loss_entropy[t];
+  }
+  if (valid == 0) return;
+  int64_t total = 0;
+  for (int e = 0; e < E; ++e) total += ws.counts_before_valid[e];
+  if (total > 0) {
+    double aux = 0;
+    for (int e = 0; e < E; ++e)
+      aux += static_cast<double>(ws.counts_before_valid[e]) / total * (st.p_sum[e] / valid);
+    out->aux_loss = E * aux;
+  }
+  out->z_loss = z / valid;
+  out->entropy = E > 1 ? h / valid / std::log(static_cast<double>(E)) : 0.0;
+}
+
+}  // namespace
+
+const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
+  const int64_t T = p.tokens, K = c.K, E = c.E;
+  stage_ = TokenStage{};
+  stage_.candidate_expert = sized(candidate_expert_, T * K);
+  stage_.candidate_score = sized(candidate_score_, T * K);
+  stage_.candidate_logit = sized(candidate_logit_, T * K);
+  stage_.invalid = sized(invalid_, T);
+  if (p.want_top_scores) stage_.top_scores = sized(top_scores_, T * K);
+  if (p.want_score_entropy) stage_.score_entropy = sized(score_entropy_, T);
+  if (p.want_norm) stage_.norm = sized(norm_, T);
+  if (p.want_losses) {
+    stage_.logsumexp = sized(logsumexp_, T);
+    stage_.loss_entropy = sized(loss_entropy_, T);
+    stage_.p_sum = sized(p_sum_, E);
+  }
+  if (p.want_full) {
+    stage_.full_key = sized(full_key_, T * E);
+    stage_.full_score = sized(full_score_, T * E);
+    stage_.full_logit = sized(full_logit_, T * E);
+  }
+  counts_before.assign(static_cast<size_t>(E), 0);
+  counts_before_valid.assign(static_cast<size_t>(E), 0);
+  cursor.assign(static_cast<size_t>(E + 1), 0);
+  return stage_;
+}
+
+void norm_statistics(const double* norms, int64_t tokens, double* mean, double* std_dev) {
+  double sum = 0, sum_sq = 0;
+  int64_t n = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (!std::isfinite(norms[t])) continue;
+    sum += norms[t];
+    ++n;
+  }
+  *mean = n > 0 ? sum / n : 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (!std::isfinite(norms[t])) continue;
+    sum_sq += (norms[t] - *mean) * (norms[t] - *mean);
+  }
+  *std_dev = n > 0 ? std::sqrt(sum_sq / n) : 0;
+}
+
+int decide_k(const Config& c, const TokenStage& st, int64_t t, const KParams& kp) {
+  const int K = c.K, kmin = c.kmin;
+  int k = K;
+  switch (c.options.strategy) {
+    case MOE_STRATEGY_TOP_K:
+    case MOE_STRATEGY_EXPERT_CHOICE:
+      return K;
+    case MOE_STRATEGY_TOP_P: {
+      double cumulative = 0;
+      for (int j = 0; j < K; ++j) {
+        cumulative += st.candidate_score[t * K + j];
+        if (cumulative >= kp.top_p) {
+          k = j + 1;
+          break;
+        }
+      }
+      break;
+    }
+    case MOE_STRATEGY_THRESHOLD: {
+      k = 0;
+      for (int j = 0; j < K; ++j)
+        if (st.top_scores[t * K + j] >= kp.threshold) ++k;
+      break;
+    }
+    case MOE_STRATEGY_ENTROPY: {
+      if (c.E == 1) return kmin;
+      const double ratio = st.score_entropy[t] / std::log(static_cast<double>(c.E));
+      k = kmin + static_cast<int>(std::floor((K - kmin) * ratio + 0.5));
+      break;
+    }
+    case MOE_STRATEGY_NORM: {
+      const double norm = st.norm[t];
+      double complexity;
+      if (!std::isfinite(norm)) {
+        complexity = 0;
+      } else if (kp.norm_std <= 0) {
+        complexity = 0.5;
+      } else {
+        complexity = 0.5 * std::erfc(-((norm - kp.norm_mean) / kp.norm_std) / std::sqrt(2.0));
+      }
+      k = kmin + static_cast<int>(std::floor((K - kmin) * complexity + 0.5));
+      break;
+    }
+  }
+  return std::clamp(k, kmin, K);
+}
+
+void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
+            moe_route_outputs* out) {
+  const int64_t T = p.tokens;
+  const int K = c.K, E = c.E;
+  const TokenStage& st = ws.stage();
+  out->dropped_assignments = 0;
+
+  if (c.expert_choice) {
+    assign_expert_choice(c, T, ws, out);
+  } else {
+    assign_token_choice(c, T, kp, ws, out);
+  }
+  assign_weights(c, T, st, out);
+
+  std::fill(out->expert_counts, out->expert_counts + E, 0);
+  for (int64_t i = 0; i < T * K; ++i)
+    if (out->experts[i] >= 0) ++out->expert_counts[out->experts[i]];
+  if (c.options.dispatch) assign_dispatch(c, T, ws, out);
+
+  out->invalid_count = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    if (!st.invalid[t]) continue;
+    if (out->invalid_tokens) out->invalid_tokens[out->invalid_count] = static_cast<int32_t>(t);
+    ++out->invalid_count;
+  }
+  if (c.options.losses) assign_losses(c, T, ws, out);
+
+  int64_t sum_k = 0;
+  for (int64_t t = 0; t < T; ++t) sum_k += out->experts_per_token[t];
+  out->flop_reduction = T > 0 ? 1.0 - static_cast<double>(sum_k) / (static_cast<double>(T) * K) : 0;
+}
+
+}  // namespace moe

@@ -1,0 +1,61 @@
+// The assignment stage (docs/semantics.md §4–§9): everything after the token stage, shared by all
+// backends. It reads the token stage's per-token results and writes the caller's outputs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "backend.h"
+#include "config.h"
+
+namespace moe {
+
+// The strategy parameters k_t depends on (calibrate varies them).
+struct KParams {
+  double top_p = 0.9;
+  double threshold = 0.1;
+  double norm_mean = 0;  // centre and spread of the norm strategy's standard score
+  double norm_std = 0;
+};
+
+// Router-owned buffers: the token stage's outputs and the assignment stage's scratch. They grow to
+// the largest batch seen and are reused, so steady-state routing allocates nothing.
+class Workspace {
+ public:
+  // Sizes every buffer the params ask for and returns the token stage's view of them.
+  const TokenStage& prepare(const Config& config, const StageParams& params);
+  const TokenStage& stage() const { return stage_; }
+
+  std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token
+  std::vector<int64_t> counts_before_valid;  // [E] the same over valid tokens (aux loss)
+  std::vector<int64_t> cursor;               // [E+1] dispatch fill positions / capacity counters
+  struct Choice {
+    float key;
+    int32_t token;
+    int32_t expert;
+    int32_t slot;
+  };
+  std::vector<Choice> choices;   // capacity ('score') and expert choice
+  std::vector<int32_t> order;    // expert choice: token order of one expert
+
+ private:
+  std::vector<int32_t> candidate_expert_;
+  std::vector<float> candidate_score_, candidate_logit_, top_scores_, full_key_, full_score_,
+      full_logit_;
+  std::vector<double> score_entropy_, norm_, logsumexp_, loss_entropy_, p_sum_;
+  std::vector<uint8_t> invalid_;
+  TokenStage stage_;
+};
+
+// The mean and population standard deviation of the finite norms of a batch.
+void norm_statistics(const double* norms, int64_t tokens, double* mean, double* std_dev);
+
+// k_t of token t for a token-choice strategy.
+int decide_k(const Config& config, const TokenStage& stage, int64_t t, const KParams& k);
+
+// Runs the assignment stage for a batch whose token stage is done and validated, writing `out`.
+// `selection` holds the expert-per-token decisions' parameters. Fills ws.counts_before.
+void assign(const Config& config, const StageParams& params, const KParams& k, Workspace& ws,
+            moe_route_outputs* out);
+
+}  // namespace moe

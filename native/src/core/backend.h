@@ -1,0 +1,74 @@
+// The seam between the shared routing logic (core/) and the kernels of one backend.
+//
+// A route runs in two stages:
+//  1. the token stage (a backend's kernels): for every token, its gate logits u, scores s, selection
+//     keys, group mask and its K best candidates in key order, plus the per-token quantities the
+//     strategies and losses need. This is where all the O(T·D·E) and O(T·E) work is.
+//  2. the assignment stage (core/assign.cc, shared): experts per token, expert choice, capacity,
+//     weights, counts, dispatch and losses, all O(T·K) or O(T·E) bookkeeping on stage 1's results.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "config.h"
+#include "moe_router.h"
+
+namespace moe {
+
+// What one token stage is asked to compute.
+struct StageParams {
+  const Config* config = nullptr;
+  const float* packed_weight = nullptr;  // the backend's own packing of W
+  const float* bias = nullptr;           // [E] gate bias or nullptr
+  const float* selection_bias = nullptr; // [E] current selection bias (zeros when none was given)
+  const void* input = nullptr;           // [T, D] hidden states, or [T, E] logits
+  moe_dtype dtype = MOE_DTYPE_F32;
+  int64_t tokens = 0;
+  bool is_logits = false;
+  bool noise = false;       // add std * n(step, t, e) to u
+  uint64_t step = 0;
+  bool want_norm = false;       // per-token L2 norm of the input row (strategy norm)
+  bool want_top_scores = false; // per-token K largest unmasked scores (strategy threshold)
+  bool want_score_entropy = false;  // per-token H(s) (strategy entropy)
+  bool want_losses = false;     // per-token logsumexp(u), H(p) and the sum of p over valid tokens
+  bool want_full = false;       // the whole [T, E] key, s and u matrices (expert choice)
+};
+
+// Where the token stage writes. The router owns and sizes these buffers.
+struct TokenStage {
+  int32_t* candidate_expert = nullptr;  // [T*K] the K best experts in key order
+  float* candidate_score = nullptr;     // [T*K] their s
+  float* candidate_logit = nullptr;     // [T*K] their u (-inf for a sanitized entry)
+  float* top_scores = nullptr;          // [T*K] want_top_scores: K largest s among unmasked experts
+  double* score_entropy = nullptr;      // [T] want_score_entropy: -sum s ln s
+  double* norm = nullptr;               // [T] want_norm: ||input row||_2
+  uint8_t* invalid = nullptr;           // [T] 1 when the token has a non-finite logit
+  double* logsumexp = nullptr;          // [T] want_losses (valid tokens)
+  double* loss_entropy = nullptr;       // [T] want_losses: H(p) (valid tokens)
+  double* p_sum = nullptr;              // [E] want_losses: sum over valid tokens of p, fixed order
+  float* full_key = nullptr;            // [T*E] want_full
+  float* full_score = nullptr;          // [T*E] want_full
+  float* full_logit = nullptr;          // [T*E] want_full
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual moe_backend kind() const = 0;
+  // Packs the gate weight W [E, D] into the layout this backend's gate kernel reads.
+  virtual std::vector<float> pack_weight(const float* weight, int experts, int dim) const = 0;
+  // Runs the token stage for all p.tokens tokens. In reject mode an invalid token is only flagged;
+  // the rest of its outputs may be left unwritten.
+  virtual void token_stage(const StageParams& p, const TokenStage& out) = 0;
+};
+
+// Backends compiled into this binary that can run on this machine.
+bool backend_available(moe_backend kind);
+// The backend AUTO resolves to for a device choice.
+moe_backend resolve_backend(moe_backend asked, moe_device device);
+// Creates a backend; throws Failure(MOE_E_BACKEND) when it is not available.
+std::unique_ptr<Backend> make_backend(moe_backend kind, int threads);
+
+}  // namespace moe

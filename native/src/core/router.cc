@@ -1,0 +1,416 @@
+// The C ABI (native/include/moe_router.h): argument checks, the router object, and the one place
+// where engine exceptions become status codes.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "assign.h"
+#include "backend.h"
+#include "config.h"
+#include "failure.h"
+#include "moe_router.h"
+
+struct moe_router {
+  moe::Config config;
+  moe_backend backend_kind = MOE_BACKEND_SCALAR;
+  std::unique_ptr<moe::Backend> backend;
+  std::vector<float> packed_weight, bias, selection_bias;
+  bool has_bias = false;
+  uint64_t step = 0;
+  bool norm_calibrated = false;
+  moe::KParams k_params;
+
+  int64_t tokens = 0, calls = 0, assignments = 0, dropped = 0;
+  std::vector<int64_t> expert_total;
+
+  moe::Workspace workspace;
+  mutable std::mutex mutex;
+};
+
+namespace {
+
+using moe::fail;
+
+// Runs body, turning any exception into a status and a message.
+template <typename Body>
+moe_status guarded(moe_error* err, Body&& body) {
+  moe_status code = MOE_OK;
+  const char* message = "";
+  std::string owned;
+  try {
+    body();
+  } catch (const moe::Failure& f) {
+    code = f.code();
+    owned = f.what();
+    message = owned.c_str();
+  } catch (const std::bad_alloc&) {
+    code = MOE_E_INTERNAL;
+    message = "out of memory";
+  } catch (const std::exception& e) {
+    code = MOE_E_INTERNAL;
+    owned = std::string("internal error: ") + e.what();
+    message = owned.c_str();
+  } catch (...) {
+    code = MOE_E_INTERNAL;
+    message = "internal error";
+  }
+  if (err) {
+    err->code = code;
+    std::snprintf(err->message, sizeof err->message, "%s", message);
+  }
+  return code;
+}
+
+void check_router(const moe_router* router) {
+  if (!router) fail(MOE_E_DISPOSED, "router is NULL (destroyed or never created)");
+}
+
+void check_input(const void* data, moe_dtype dtype, int64_t tokens, const char* name) {
+  if (dtype != MOE_DTYPE_F32 && dtype != MOE_DTYPE_F16 && dtype != MOE_DTYPE_BF16)
+    fail(MOE_E_DTYPE, "%s dtype must be f32, f16 or bf16 (got code %d)", name, static_cast<int>(dtype));
+  if (tokens < 0 || tokens > (int64_t{1} << 31) / 1024)
+    fail(MOE_E_SHAPE, "%s must have between 0 and 2097152 rows (got %lld)", name,
+         static_cast<long long>(tokens));
+  if (tokens > 0 && !data) fail(MOE_E_SHAPE, "%s is NULL", name);
+}
+
+void check_outputs(const moe_router* r, int64_t tokens, const moe_route_outputs* out) {
+  if (!out) fail(MOE_E_SHAPE, "outputs is NULL");
+  if (tokens > 0 && (!out->experts || !out->weights || !out->experts_per_token))
+    fail(MOE_E_SHAPE, "outputs.experts, outputs.weights and outputs.experts_per_token are required");
+  if (!out->expert_counts) fail(MOE_E_SHAPE, "outputs.expert_counts is required");
+  if (r->config.options.dispatch) {
+    if (!out->dispatch_offsets) fail(MOE_E_SHAPE, "outputs.dispatch_offsets is required (dispatch is on)");
+    const int64_t need = moe_router_dispatch_capacity(r, tokens);
+    if (need > 0 && (!out->dispatch_slots || out->dispatch_capacity < need))
+      fail(MOE_E_SHAPE, "outputs.dispatch_slots must hold %lld entries (got %lld)",
+           static_cast<long long>(need), static_cast<long long>(out->dispatch_capacity));
+  }
+}
+
+// The token stage of one call, with what this router's strategy and options need.
+moe::StageParams stage_params(const moe_router* r, const void* input, moe_dtype dtype, int64_t tokens,
+                              bool is_logits) {
+  const moe::Config& c = r->config;
+  moe::StageParams p;
+  p.config = &c;
+  p.packed_weight = r->packed_weight.data();
+  p.bias = r->has_bias ? r->bias.data() : nullptr;
+  p.selection_bias = r->selection_bias.data();
+  p.input = input;
+  p.dtype = dtype;
+  p.tokens = tokens;
+  p.is_logits = is_logits;
+  p.noise = c.options.noise_std > 0;
+  p.step = r->step;
+  p.want_norm = c.options.strategy == MOE_STRATEGY_NORM;
+  p.want_top_scores = c.options.strategy == MOE_STRATEGY_THRESHOLD;
+  p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
+  p.want_losses = c.options.losses != 0;
+  p.want_full = c.expert_choice;
+  return p;
+}
+
+void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t tokens, bool is_logits) {
+  if (r->config.options.validation != MOE_VALIDATION_REJECT) return;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (st.invalid[t])
+      fail(MOE_E_NONFINITE,
+           "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
+           "validation 'sanitize' routes such tokens and lists them in invalidTokens",
+           is_logits ? "logits" : "hidden", static_cast<long long>(t));
+  }
+}
+
+// The norm strategy's statistics: calibrated ones, else the batch's own.
+moe::KParams k_params_for(const moe_router* r, const moe::TokenStage& st, int64_t tokens) {
+  moe::KParams k = r->k_params;
+  if (r->config.options.strategy == MOE_STRATEGY_NORM && !r->norm_calibrated)
+    moe::norm_statistics(st.norm, tokens, &k.norm_mean, &k.norm_std);
+  return k;
+}
+
+void bias_update(moe_router* r, const int64_t* counts) {
+  const moe::Config& c = r->config;
+  double mean = 0;
+  for (int e = 0; e < c.E; ++e) mean += static_cast<double>(counts[e]);
+  mean /= c.E;
+  const float rate = static_cast<float>(c.options.bias_update_rate);
+  for (int e = 0; e < c.E; ++e) {
+    const double gap = mean - static_cast<double>(counts[e]);
+    r->selection_bias[e] += gap > 0 ? rate : (gap < 0 ? -rate : 0.0f);
+  }
+}
+
+moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t tokens, bool is_logits,
+                 moe_route_outputs* out, moe_error* err) {
+  return guarded(err, [&] {
+    check_router(r);
+    check_input(input, dtype, tokens, is_logits ? "logits" : "hidden");
+    check_outputs(r, tokens, out);
+    std::lock_guard<std::mutex> lock(r->mutex);
+    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits);
+    const moe::TokenStage& st = r->workspace.prepare(r->config, p);
+    if (tokens > 0) r->backend->token_stage(p, st);
+    reject_invalid(r, st, tokens, is_logits);
+
+    // From here on nothing fails: the outputs are written.
+    moe::assign(r->config, p, k_params_for(r, st, tokens), r->workspace, out);
+
+    const moe::Config& c = r->config;
+    ++r->calls;
+    r->tokens += tokens;
+    for (int64_t t = 0; t < tokens; ++t) r->assignments += out->experts_per_token[t];
+    r->dropped += out->dropped_assignments;
+    for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
+    if (c.options.bias_update_rate > 0) bias_update(r, r->workspace.counts_before.data());
+    ++r->step;
+  });
+}
+
+// Mean k_t over a calibrated sample for one parameter value.
+double mean_k(const moe_router* r, const moe::TokenStage& st, int64_t tokens, const moe::KParams& k) {
+  double sum = 0;
+  for (int64_t t = 0; t < tokens; ++t) sum += moe::decide_k(r->config, st, t, k);
+  return tokens > 0 ? sum / tokens : 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* moe_router_version(void) { return "0.1.0"; }
+
+moe_router_options moe_router_options_default(void) {
+  moe_router_options o;
+  std::memset(&o, 0, sizeof o);
+  o.min_experts = 1;
+  o.strategy = MOE_STRATEGY_TOP_K;
+  o.top_p = 0.9;
+  o.threshold = 0.1;
+  o.scoring = MOE_SCORING_SOFTMAX;
+  o.order = MOE_ORDER_SOFTMAX_THEN_SELECT;
+  o.normalize = -1;
+  o.scale = 1.0;
+  o.min_capacity = 4;
+  o.drop_policy = MOE_DROP_POSITION;
+  o.block_size = 1;
+  o.validation = MOE_VALIDATION_REJECT;
+  o.backend = MOE_BACKEND_AUTO;
+  o.device = MOE_DEVICE_AUTO;
+  return o;
+}
+
+const char* moe_backend_name(moe_backend backend) {
+  switch (backend) {
+    case MOE_BACKEND_AUTO: return "auto";
+    case MOE_BACKEND_SCALAR: return "scalar";
+    case MOE_BACKEND_AVX2: return "avx2";
+    case MOE_BACKEND_AVX512: return "avx512";
+    case MOE_BACKEND_NEON: return "neon";
+    case MOE_BACKEND_CUDA: return "cuda";
+  }
+  return "unknown";
+}
+
+int moe_backend_available(moe_backend backend) { return moe::backend_available(backend) ? 1 : 0; }
+
+moe_status moe_router_create(const moe_router_options* options, const float* weight, const float* bias,
+                             const float* selection_bias, moe_router** out, moe_error* err) {
+  return guarded(err, [&] {
+    if (!out) fail(MOE_E_CONFIG, "out is NULL");
+    *out = nullptr;
+    if (!options) fail(MOE_E_CONFIG, "options is NULL");
+    auto r = std::make_unique<moe_router>();
+    r->config = moe::resolve_config(*options);
+    const moe::Config& c = r->config;
+    if (!weight) fail(MOE_E_SHAPE, "weight is NULL (expected [%d, %d] f32)", c.E, c.D);
+    const int64_t n = static_cast<int64_t>(c.E) * c.D;
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(weight[i]))
+        fail(MOE_E_NONFINITE, "weight has a non-finite value at [%lld, %lld]",
+             static_cast<long long>(i / c.D), static_cast<long long>(i % c.D));
+    for (const auto& [values, name] : {std::pair{bias, "bias"}, std::pair{selection_bias, "selectionBias"}})
+      if (values)
+        for (int e = 0; e < c.E; ++e)
+          if (!std::isfinite(values[e]))
+            fail(MOE_E_NONFINITE, "%s has a non-finite value at [%d]", name, e);
+
+    r->backend_kind = moe::resolve_backend(c.options.backend, c.options.device);
+    r->backend = moe::make_backend(r->backend_kind, c.options.threads);
+    r->packed_weight = r->backend->pack_weight(weight, c.E, c.D);
+    r->has_bias = bias != nullptr;
+    r->bias = bias ? std::vector<float>(bias, bias + c.E) : std::vector<float>(c.E, 0.0f);
+    r->selection_bias = selection_bias ? std::vector<float>(selection_bias, selection_bias + c.E)
+                                       : std::vector<float>(c.E, 0.0f);
+    r->k_params.top_p = c.options.top_p;
+    r->k_params.threshold = c.options.threshold;
+    r->expert_total.assign(c.E, 0);
+    *out = r.release();
+  });
+}
+
+void moe_router_destroy(moe_router* router) { delete router; }
+
+moe_backend moe_router_backend(const moe_router* router) { return router->backend_kind; }
+
+void moe_router_get_options(const moe_router* router, moe_router_options* out) {
+  std::lock_guard<std::mutex> lock(router->mutex);
+  *out = router->config.options;
+  out->top_p = router->k_params.top_p;
+  out->threshold = router->k_params.threshold;
+}
+
+int64_t moe_router_dispatch_capacity(const moe_router* router, int64_t tokens) {
+  const moe::Config& c = router->config;
+  if (!c.options.dispatch) return 0;
+  return tokens * c.K + static_cast<int64_t>(c.E) * (c.options.block_size - 1);
+}
+
+moe_status moe_router_route(moe_router* router, const void* hidden, moe_dtype dtype, int64_t tokens,
+                            moe_route_outputs* out, moe_error* err) {
+  return route(router, hidden, dtype, tokens, false, out, err);
+}
+
+moe_status moe_router_route_logits(moe_router* router, const void* logits, moe_dtype dtype,
+                                   int64_t tokens, moe_route_outputs* out, moe_error* err) {
+  return route(router, logits, dtype, tokens, true, out, err);
+}
+
+moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dtype, int64_t tokens,
+                                int is_logits, double target, double* parameter_out,
+                                double* mean_out, moe_error* err) {
+  return guarded(err, [&] {
+    check_router(r);
+    check_input(sample, dtype, tokens, "sample");
+    const moe::Config& c = r->config;
+    const moe_strategy strategy = c.options.strategy;
+    if (strategy != MOE_STRATEGY_TOP_P && strategy != MOE_STRATEGY_THRESHOLD &&
+        strategy != MOE_STRATEGY_NORM)
+      fail(MOE_E_CONFIG, "calibrate needs strategy 'top-p', 'threshold' or 'norm' (this router uses "
+                         "a strategy without a parameter)");
+    if (!(target >= c.kmin && target <= c.K))
+      fail(MOE_E_CONFIG, "meanExperts must be in [minExperts, topK] = [%d, %d] (got %g)", c.kmin, c.K,
+           target);
+    if (tokens < 1) fail(MOE_E_SHAPE, "sample must have at least one row (got 0)");
+
+    std::lock_guard<std::mutex> lock(r->mutex);
+    moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0);
+    p.noise = false;
+    p.want_losses = false;
+    p.want_full = false;
+    const moe::TokenStage& st = r->workspace.prepare(c, p);
+    r->backend->token_stage(p, st);
+    reject_invalid(r, st, tokens, is_logits != 0);
+
+    // Bisection on the parameter; mean k_t is monotone in each of them.
+    moe::KParams k = r->k_params;
+    double* parameter = nullptr;
+    double low = 0, high = 1;
+    bool increasing = true;  // does mean k grow with the parameter?
+    if (strategy == MOE_STRATEGY_TOP_P) {
+      parameter = &k.top_p;
+      low = 0;
+      high = 1;
+    } else if (strategy == MOE_STRATEGY_THRESHOLD) {
+      parameter = &k.threshold;
+      increasing = false;
+      float top = 0;
+      for (int64_t i = 0; i < tokens * c.K; ++i) top = std::max(top, st.top_scores[i]);
+      low = 0;
+      high = std::nextafter(static_cast<double>(top), 2.0);
+    } else {
+      parameter = &k.norm_mean;
+      increasing = false;
+      double mean = 0, std_dev = 0;
+      moe::norm_statistics(st.norm, tokens, &mean, &std_dev);
+      k.norm_std = std_dev;
+      low = mean - 10 * std_dev;
+      high = mean + 10 * std_dev;
+    }
+    double best = *parameter, best_gap = INFINITY, best_mean = 0;
+    const auto consider = [&](double value) {
+      *parameter = value;
+      const double m = mean_k(r, st, tokens, k);
+      if (std::fabs(m - target) < best_gap) {
+        best_gap = std::fabs(m - target);
+        best = value;
+        best_mean = m;
+      }
+      return m;
+    };
+    consider(low);
+    consider(high);
+    for (int iteration = 0; iteration < 64 && best_gap > 0.05 * 0.5; ++iteration) {
+      const double mid = 0.5 * (low + high);
+      const double m = consider(mid);
+      if ((m < target) == increasing) low = mid; else high = mid;
+    }
+    *parameter = best;
+    if (strategy == MOE_STRATEGY_TOP_P && best <= 0) *parameter = best = std::nextafter(0.0, 1.0);
+    r->k_params = k;
+    if (strategy == MOE_STRATEGY_NORM) r->norm_calibrated = true;
+    if (parameter_out) *parameter_out = best;
+    if (mean_out) *mean_out = best_mean;
+  });
+}
+
+moe_status moe_router_update_bias(moe_router* r, const int32_t* counts, moe_error* err) {
+  return guarded(err, [&] {
+    check_router(r);
+    if (!counts) fail(MOE_E_SHAPE, "counts is NULL (expected [%d] int32)", r->config.E);
+    if (!(r->config.options.bias_update_rate > 0))
+      fail(MOE_E_CONFIG, "updateBias needs option biasUpdateRate > 0");
+    std::lock_guard<std::mutex> lock(r->mutex);
+    std::vector<int64_t> wide(counts, counts + r->config.E);
+    bias_update(r, wide.data());
+  });
+}
+
+void moe_router_get_selection_bias(const moe_router* router, float* out) {
+  std::lock_guard<std::mutex> lock(router->mutex);
+  std::copy(router->selection_bias.begin(), router->selection_bias.end(), out);
+}
+
+uint64_t moe_router_get_step(const moe_router* router) {
+  std::lock_guard<std::mutex> lock(router->mutex);
+  return router->step;
+}
+
+void moe_router_set_step(moe_router* router, uint64_t step) {
+  std::lock_guard<std::mutex> lock(router->mutex);
+  router->step = step;
+}
+
+void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* utilization) {
+  std::lock_guard<std::mutex> lock(r->mutex);
+  const int E = r->config.E;
+  out->tokens = r->tokens;
+  out->calls = r->calls;
+  out->assignments = r->assignments;
+  out->dropped_assignments = r->dropped;
+  out->mean_experts_per_token = r->tokens > 0 ? static_cast<double>(r->assignments) / r->tokens : 0;
+  out->flop_reduction =
+      r->tokens > 0 ? 1.0 - static_cast<double>(r->assignments) / (static_cast<double>(r->tokens) * r->config.K) : 0;
+  int64_t total = 0;
+  for (int e = 0; e < E; ++e) total += r->expert_total[e];
+  double sum_sq = 0;
+  for (int e = 0; e < E; ++e) {
+    const double share = total > 0 ? static_cast<double>(r->expert_total[e]) / total : 0;
+    if (utilization) utilization[e] = share;
+    sum_sq += share * share;
+  }
+  out->load_balance_score = total > 0 ? 1.0 / (E * sum_sq) : 1.0;
+}
+
+void moe_router_reset_stats(moe_router* r) {
+  std::lock_guard<std::mutex> lock(r->mutex);
+  r->tokens = r->calls = r->assignments = r->dropped = 0;
+  std::fill(r->expert_total.begin(), r->expert_total.end(), 0);
+}
+
+}  // extern "C"

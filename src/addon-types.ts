@@ -1,0 +1,91 @@
+/** The raw surface of the native addon (native/src/addon), typed in one place. */
+
+export interface NativeOptions {
+  inputDim: number;
+  numExperts: number;
+  topK: number;
+  minExperts: number;
+  strategy: number;
+  topP: number;
+  threshold: number;
+  scoring: number;
+  order: number;
+  normalize: number;
+  scale: number;
+  groupCount: number;
+  groupSelect: number;
+  biasUpdateRate: number;
+  capacityFactor: number;
+  minCapacity: number;
+  dropPolicy: number;
+  noiseStd: number;
+  noiseSeed: number;
+  dispatch: number;
+  blockSize: number;
+  losses: number;
+  validation: number;
+  backend: number;
+  device: number;
+  threads: number;
+}
+
+/** Scalars a route writes into its Float64Array(7), by index. */
+export const enum Scalar {
+  DispatchLength = 0,
+  InvalidCount = 1,
+  Dropped = 2,
+  AuxLoss = 3,
+  ZLoss = 4,
+  Entropy = 5,
+  FlopReduction = 6,
+}
+
+export type RouteArgs = [
+  input: Float32Array | Uint16Array,
+  dtype: number,
+  tokens: number,
+  isLogits: boolean,
+  experts: Int32Array,
+  weights: Float32Array,
+  expertsPerToken: Int32Array,
+  expertCounts: Int32Array,
+  invalidTokens: Int32Array,
+  dispatchOffsets: Int32Array | null,
+  dispatchSlots: Int32Array | null,
+  scalars: Float64Array,
+];
+
+export interface NativeRouter {
+  route(...args: RouteArgs): void;
+  routeAsync(...args: RouteArgs): Promise<void>;
+  calibrate(
+    sample: Float32Array | Uint16Array,
+    dtype: number,
+    tokens: number,
+    isLogits: boolean,
+    meanExperts: number,
+  ): [parameter: number, meanExperts: number];
+  updateBias(counts: Int32Array): void;
+  selectionBias(out: Float32Array): void;
+  getStep(): number;
+  setStep(step: number): void;
+  /** [tokens, calls, assignments, dropped, meanExpertsPerToken, flopReduction, loadBalanceScore] */
+  stats(utilization: Float64Array): number[];
+  resetStats(): void;
+  backend(): string;
+  /** [topP, threshold] in force. */
+  parameters(): [number, number];
+  dispatchCapacity(tokens: number): number;
+  dispose(): void;
+}
+
+export interface NativeAddon {
+  Router: new (
+    options: NativeOptions,
+    weight: Float32Array,
+    bias: Float32Array | null,
+    selectionBias: Float32Array | null,
+  ) => NativeRouter;
+  version(): string;
+  backendAvailable(code: number): boolean;
+}

@@ -1,0 +1,29 @@
+/** Finds and loads the compiled engine, and explains a failure with what to run. */
+import path from 'node:path';
+import nodeGypBuild from 'node-gyp-build';
+import type { NativeAddon } from './addon-types';
+
+const packageRoot = path.resolve(__dirname, '..');
+
+let cached: NativeAddon | undefined;
+
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  try {
+    cached = nodeGypBuild(packageRoot) as NativeAddon;
+    return cached;
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new Error(
+      [
+        `Could not load the dynamic-moe-router native engine for ${process.platform}-${process.arch} (Node ${process.versions.node}).`,
+        `Looked in ${path.join(packageRoot, 'prebuilds')} and ${path.join(packageRoot, 'build', 'Release')}.`,
+        'No prebuilt binary matches this platform and no local build was found. To build it from source:',
+        '  - install CMake >= 3.18 and a C++17 compiler (Debian/Ubuntu: apt-get install cmake g++),',
+        '  - then run: npm rebuild dynamic-moe-router',
+        `Original error: ${reason}`,
+      ].join('\n'),
+      { cause: error },
+    );
+  }
+}

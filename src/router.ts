@@ -1,0 +1,315 @@
+/** DynamicRouter: the public router over the native engine. */
+import { Scalar, type NativeRouter, type RouteArgs } from './addon-types';
+import { native, RouterError } from './errors';
+import { loadNative } from './native';
+import { toNativeOptions, type RouterOptions } from './options';
+import { BufferPool } from './pool';
+import { Routing } from './routing';
+import { DTYPE_CODE, Tensor } from './tensor';
+
+export interface RouterStats {
+  tokens: number;
+  calls: number;
+  meanExpertsPerToken: number;
+  flopReduction: number;
+  expertUtilization: Float64Array;
+  loadBalanceScore: number;
+  droppedAssignments: number;
+}
+
+export interface CalibrateOptions {
+  /** The mean experts per token to reach, in [minExperts, topK]. */
+  meanExperts: number;
+  /** The sample holds gate logits [T, numExperts] instead of hidden states. */
+  logits?: boolean;
+}
+
+export interface CalibrateResult {
+  /** The parameter set: topP, threshold, or the norm strategy's centre. */
+  parameter: number;
+  /** The mean experts per token it gives on the sample. */
+  meanExperts: number;
+}
+
+type Input = Float32Array | Tensor;
+
+interface PreparedInput {
+  data: Float32Array | Uint16Array;
+  dtype: number;
+  tokens: number;
+}
+
+/** Reads a route input as rows of `width` values. */
+function prepareInput(input: Input, width: number, name: string, widthName: string): PreparedInput {
+  if (input instanceof Tensor) {
+    const shape = input.shape;
+    const ok = (shape.length === 2 && shape[1] === width) || (shape.length === 1 && shape[0] === width);
+    if (!ok) {
+      throw new RouterError('E_SHAPE', `${name} must have shape [tokens, ${width}] (${widthName}) (got [${shape.join(', ')}])`);
+    }
+    if (input.device !== 'cpu') throw new RouterError('E_BACKEND', `${name} is on '${input.device}', which this router cannot read`);
+    return { data: input.data, dtype: DTYPE_CODE[input.dtype], tokens: shape.length === 2 ? shape[0]! : 1 };
+  }
+  if (!(input instanceof Float32Array)) {
+    const got = input === null ? 'null' : ((input as object)?.constructor?.name ?? typeof input);
+    throw new RouterError('E_DTYPE', `${name} must be a Float32Array or a Tensor (got ${got}); f16/bf16 data goes through Tensor.from(data, shape, { dtype })`);
+  }
+  if (input.length % width !== 0) {
+    throw new RouterError('E_SHAPE', `${name} length must be a multiple of ${widthName} = ${width} (got ${input.length})`);
+  }
+  return { data: input, dtype: DTYPE_CODE.f32, tokens: input.length / width };
+}
+
+function float32Vector(value: Float32Array | undefined, length: number, name: string): Float32Array | null {
+  if (value === undefined || value === null) return null;
+  if (!(value instanceof Float32Array)) throw new RouterError('E_DTYPE', `${name} must be a Float32Array`);
+  if (value.length !== length) throw new RouterError('E_SHAPE', `${name} must have ${length} elements (numExperts) (got ${value.length})`);
+  return value;
+}
+
+export class DynamicRouter {
+  readonly inputDim: number;
+  readonly numExperts: number;
+  readonly topK: number;
+  /** The options this router was built with (weights omitted). */
+  readonly options: Readonly<Omit<RouterOptions, 'weight' | 'bias' | 'selectionBias'>>;
+
+  private engine: NativeRouter | undefined;
+  private readonly pool = new BufferPool();
+  private readonly scalars = new Float64Array(7);
+  private readonly wantsDispatch: boolean;
+  private readonly wantsLosses: boolean;
+  private readonly changesEveryCall: boolean;
+  private version = 0;
+
+  constructor(options: RouterOptions) {
+    const nativeOptions = toNativeOptions(options);
+    const { inputDim, numExperts, topK } = nativeOptions;
+    let weight: Float32Array;
+    if (options.weight instanceof Tensor) {
+      weight = options.weight.toFloat32();
+    } else if (options.weight instanceof Float32Array) {
+      weight = options.weight;
+    } else {
+      throw new RouterError('E_DTYPE', 'option weight must be a Float32Array or a Tensor [numExperts, inputDim]');
+    }
+    if (inputDim > 0 && numExperts > 0 && weight.length !== inputDim * numExperts) {
+      throw new RouterError('E_SHAPE', `option weight must have numExperts * inputDim = ${numExperts} * ${inputDim} = ${numExperts * inputDim} elements (got ${weight.length})`);
+    }
+    const bias = float32Vector(options.bias, numExperts, 'option bias');
+    const selectionBias = float32Vector(options.selectionBias, numExperts, 'option selectionBias');
+    const { Router } = loadNative();
+    this.engine = native(() => new Router(nativeOptions, weight, bias, selectionBias));
+    this.inputDim = inputDim;
+    this.numExperts = numExperts;
+    this.topK = topK;
+    const { weight: _w, bias: _b, selectionBias: _s, ...rest } = options;
+    this.options = Object.freeze({ ...rest });
+    this.wantsDispatch = nativeOptions.dispatch === 1;
+    this.wantsLosses = nativeOptions.losses === 1;
+    this.changesEveryCall = nativeOptions.biasUpdateRate > 0 || nativeOptions.noiseStd > 0;
+  }
+
+  /** The backend that runs: 'cuda' | 'avx512' | 'avx2' | 'neon' | 'scalar'. */
+  get backend(): string {
+    return native(() => this.live().backend());
+  }
+
+  /** The noise step the next route uses (it increments after every route). */
+  get step(): number {
+    return native(() => this.live().getStep());
+  }
+
+  set step(value: number) {
+    if (!Number.isSafeInteger(value) || value < 0) throw new RouterError('E_CONFIG', `step must be a non-negative integer (got ${value})`);
+    native(() => this.live().setStep(value));
+    this.version += 1;
+  }
+
+  /**
+   * Changes whenever the same input could route differently: calibrate, updateBias, a new step, and
+   * every route when the selection bias updates itself or noise is on. Caches key on it.
+   */
+  get configVersion(): number {
+    return this.version;
+  }
+
+  /** The selection bias in force (a copy). */
+  get selectionBias(): Float32Array {
+    const out = new Float32Array(this.numExperts);
+    native(() => this.live().selectionBias(out));
+    return out;
+  }
+
+  /** The top-p and threshold parameters in force (calibrate changes them). */
+  get parameters(): { topP: number; threshold: number } {
+    const [topP, threshold] = native(() => this.live().parameters());
+    return { topP, threshold };
+  }
+
+  /** Routes hidden states [T, inputDim] (Float32Array, or a Tensor of f32/f16/bf16). */
+  route(hidden: Input): Routing {
+    return this.run(hidden, false);
+  }
+
+  /** Routes gate logits [T, numExperts], skipping the gate. */
+  routeLogits(logits: Input): Routing {
+    return this.run(logits, true);
+  }
+
+  /** route() off the event loop; the input must not change until the promise settles. */
+  routeAsync(hidden: Input): Promise<Routing> {
+    return this.runAsync(hidden, false);
+  }
+
+  routeLogitsAsync(logits: Input): Promise<Routing> {
+    return this.runAsync(logits, true);
+  }
+
+  /** Sets topP, threshold or the norm statistics so that the mean experts per token on the sample hits the target. */
+  calibrate(sample: Input, options: CalibrateOptions): CalibrateResult {
+    const engine = this.live();
+    if (!options || typeof options.meanExperts !== 'number') {
+      throw new RouterError('E_CONFIG', 'calibrate needs { meanExperts: number }');
+    }
+    const isLogits = options.logits === true;
+    const input = this.input(sample, isLogits, 'sample');
+    const [parameter, meanExperts] = native(() =>
+      engine.calibrate(input.data, input.dtype, input.tokens, isLogits, options.meanExperts),
+    );
+    this.version += 1;
+    return { parameter, meanExperts };
+  }
+
+  /** Aux-loss-free balancing by hand: selectionBias += biasUpdateRate * sign(mean(counts) - counts). */
+  updateBias(counts: Int32Array): void {
+    const engine = this.live();
+    if (!(counts instanceof Int32Array)) throw new RouterError('E_DTYPE', 'counts must be an Int32Array');
+    if (counts.length !== this.numExperts) {
+      throw new RouterError('E_SHAPE', `counts must have ${this.numExperts} elements (numExperts) (got ${counts.length})`);
+    }
+    native(() => engine.updateBias(counts));
+    this.version += 1;
+  }
+
+  /** Totals over every route since creation (or resetStats). */
+  stats(): RouterStats {
+    const expertUtilization = new Float64Array(this.numExperts);
+    const [tokens, calls, , dropped, mean, flopReduction, balance] = native(() => this.live().stats(expertUtilization));
+    return {
+      tokens: tokens!,
+      calls: calls!,
+      meanExpertsPerToken: mean!,
+      flopReduction: flopReduction!,
+      expertUtilization,
+      loadBalanceScore: balance!,
+      droppedAssignments: dropped!,
+    };
+  }
+
+  resetStats(): void {
+    native(() => this.live().resetStats());
+  }
+
+  /** Frees the engine; later calls throw E_DISPOSED. A routeAsync in flight still completes. */
+  dispose(): void {
+    this.engine?.dispose();
+    this.engine = undefined;
+    this.pool.clear();
+  }
+
+  get disposed(): boolean {
+    return this.engine === undefined;
+  }
+
+  private live(): NativeRouter {
+    if (!this.engine) throw new RouterError('E_DISPOSED', 'this DynamicRouter was disposed');
+    return this.engine;
+  }
+
+  private input(value: Input, isLogits: boolean, name: string): PreparedInput {
+    return isLogits
+      ? prepareInput(value, this.numExperts, name, 'numExperts')
+      : prepareInput(value, this.inputDim, name, 'inputDim');
+  }
+
+  /** Takes output buffers from the pool and builds the engine's argument list. */
+  private args(value: Input, isLogits: boolean, scalars: Float64Array): RouteArgs {
+    const engine = this.live();
+    const input = this.input(value, isLogits, isLogits ? 'logits' : 'hidden');
+    const T = input.tokens;
+    const slots = T * this.topK;
+    const pool = this.pool;
+    return [
+      input.data,
+      input.dtype,
+      T,
+      isLogits,
+      pool.acquire(Int32Array, slots),
+      pool.acquire(Float32Array, slots),
+      pool.acquire(Int32Array, T),
+      pool.acquire(Int32Array, this.numExperts),
+      pool.acquire(Int32Array, T),
+      this.wantsDispatch ? pool.acquire(Int32Array, this.numExperts + 1) : null,
+      this.wantsDispatch ? pool.acquire(Int32Array, engine.dispatchCapacity(T)) : null,
+      scalars,
+    ];
+  }
+
+  private giveBack(args: RouteArgs): void {
+    for (const i of [4, 5, 6, 7, 8, 9, 10] as const) {
+      const array = args[i];
+      if (array) this.pool.release(array);
+    }
+  }
+
+  private result(args: RouteArgs): Routing {
+    const s = args[11];
+    if (this.changesEveryCall) this.version += 1;
+    return new Routing({
+      tokens: args[2],
+      topK: this.topK,
+      experts: args[4],
+      weights: args[5],
+      expertsPerToken: args[6],
+      expertCounts: args[7],
+      invalidBuffer: args[8],
+      invalidCount: s[Scalar.InvalidCount]!,
+      dispatchOffsets: args[9],
+      dispatchSlots: args[10],
+      dispatchLength: s[Scalar.DispatchLength]!,
+      losses: this.wantsLosses
+        ? { auxLoss: s[Scalar.AuxLoss]!, zLoss: s[Scalar.ZLoss]!, entropy: s[Scalar.Entropy]! }
+        : null,
+      flopReduction: s[Scalar.FlopReduction]!,
+      droppedAssignments: s[Scalar.Dropped]!,
+      pool: this.pool,
+    });
+  }
+
+  private run(value: Input, isLogits: boolean): Routing {
+    const args = this.args(value, isLogits, this.scalars);
+    try {
+      this.engine!.route(...args);
+    } catch (error) {
+      this.giveBack(args);
+      throw native(() => {
+        throw error;
+      });
+    }
+    return this.result(args);
+  }
+
+  private async runAsync(value: Input, isLogits: boolean): Promise<Routing> {
+    const args = this.args(value, isLogits, new Float64Array(7));
+    try {
+      await this.engine!.routeAsync(...args);
+    } catch (error) {
+      this.giveBack(args);
+      throw native(() => {
+        throw error;
+      });
+    }
+    return this.result(args);
+  }
+}

@@ -1,0 +1,121 @@
+/** Typed tensors: f32 data, or f16/bf16 as raw 16-bit patterns, with a shape. */
+import { RouterError } from './errors';
+
+export type DType = 'f32' | 'f16' | 'bf16';
+export type Device = 'cpu' | 'cuda';
+export type TensorData = Float32Array | Uint16Array;
+
+/** Native dtype codes (moe_dtype). */
+export const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
+
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+
+/** Rounds an f32 to the nearest bf16 (ties to even), returning its bits. */
+export function f32ToBf16(value: number): number {
+  f32[0] = value;
+  const bits = u32[0]!;
+  if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff; // quiet NaN
+  return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** Rounds an f32 to the nearest f16 (ties to even), returning its bits. */
+export function f32ToF16(value: number): number {
+  f32[0] = value;
+  const bits = u32[0]!;
+  const sign = (bits >>> 16) & 0x8000;
+  const exponent = (bits >>> 23) & 0xff;
+  let mantissa = bits & 0x7fffff;
+  if (exponent === 0xff) return sign | 0x7c00 | (mantissa ? 0x200 : 0);
+  let e = exponent - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mantissa |= 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = mantissa & ((1 << shift) - 1);
+    let h = mantissa >>> shift;
+    if (rest > half || (rest === half && h & 1)) h += 1;
+    return sign | h;
+  }
+  const rest = mantissa & 0x1fff;
+  let h = (e << 10) | (mantissa >>> 13);
+  if (rest > 0x1000 || (rest === 0x1000 && h & 1)) h += 1;
+  return sign | h;
+}
+
+export function bf16ToF32(bits: number): number {
+  u32[0] = (bits & 0xffff) << 16;
+  return f32[0]!;
+}
+
+export function f16ToF32(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const mantissa = bits & 0x3ff;
+  if (exponent === 0) return sign * mantissa * 2 ** -24;
+  if (exponent === 0x1f) return mantissa ? NaN : sign * Infinity;
+  return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
+}
+
+export class Tensor {
+  readonly data: TensorData;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device = 'cpu';
+
+  private constructor(data: TensorData, shape: readonly number[], dtype: DType) {
+    this.data = data;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+  }
+
+  /**
+   * Wraps data (no copy when the array type already matches). f16/bf16 data is a Uint16Array of raw
+   * bits; a Float32Array or number[] given with dtype f16/bf16 is rounded to it (nearest, ties to even).
+   */
+  static from(
+    data: Float32Array | Uint16Array | ArrayLike<number>,
+    shape: readonly number[],
+    options: { dtype?: DType } = {},
+  ): Tensor {
+    const dtype = options.dtype ?? (data instanceof Uint16Array ? 'bf16' : 'f32');
+    if (!(dtype in DTYPE_CODE)) {
+      throw new RouterError('E_DTYPE', `Tensor dtype must be 'f32', 'f16' or 'bf16' (got '${String(dtype)}')`);
+    }
+    if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {
+      throw new RouterError('E_SHAPE', `Tensor shape must be an array of non-negative integers (got ${JSON.stringify(shape)})`);
+    }
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (data.length !== size) {
+      throw new RouterError('E_SHAPE', `Tensor data has ${data.length} elements but shape [${shape.join(', ')}] needs ${size}`);
+    }
+    let typed: TensorData;
+    if (dtype === 'f32') {
+      if (data instanceof Uint16Array) {
+        throw new RouterError('E_DTYPE', 'Tensor dtype f32 needs a Float32Array or number[] (got Uint16Array)');
+      }
+      typed = data instanceof Float32Array ? data : Float32Array.from(data);
+    } else if (data instanceof Uint16Array) {
+      typed = data;
+    } else {
+      const round = dtype === 'f16' ? f32ToF16 : f32ToBf16;
+      typed = Uint16Array.from(data as ArrayLike<number>, (v) => round(v));
+    }
+    return new Tensor(typed, shape, dtype);
+  }
+
+  /** The values widened to f32 (a copy for f16/bf16, the data itself for f32). */
+  toFloat32(): Float32Array {
+    if (this.dtype === 'f32') return this.data as Float32Array;
+    const widen = this.dtype === 'f16' ? f16ToF32 : bf16ToF32;
+    return Float32Array.from(this.data as Uint16Array, (bits) => widen(bits));
+  }
+
+  /** A device copy for repeated routing. This build has no CUDA backend, so 'cuda' throws E_BACKEND. */
+  to(device: Device): Tensor {
+    if (device === 'cpu') return this;
+    throw new RouterError('E_BACKEND', `Tensor.to('${device}'): this build has no usable CUDA device; keep tensors on 'cpu'`);
+  }
+}
