@@ -70,7 +70,7 @@ export interface NativeRouter {
   getStep(): number;
   setStep(step: number): void;
   /** [tokens, calls, assignments, dropped, meanExpertsPerToken, flopReduction, loadBalanceScore] */
-  stats(utilization: Float64Array): number[];
+  stats(utilization: Float64Array, assignments: Float64Array, kHistogram: Float64Array): number[];
   resetStats(): void;
   backend(): string;
   /** [topP, threshold] in force. */

@@ -13,6 +13,10 @@ export interface RouterStats {
   meanExpertsPerToken: number;
   flopReduction: number;
   expertUtilization: Float64Array;
+  /** Surviving assignments per expert. */
+  expertAssignments: Float64Array;
+  /** Tokens that got k = 0 … topK experts from the strategy, by k. */
+  expertsPerTokenHistogram: Float64Array;
   loadBalanceScore: number;
   droppedAssignments: number;
 }
@@ -195,13 +199,19 @@ export class DynamicRouter {
   /** Totals over every route since creation (or resetStats). */
   stats(): RouterStats {
     const expertUtilization = new Float64Array(this.numExperts);
-    const [tokens, calls, , dropped, mean, flopReduction, balance] = native(() => this.live().stats(expertUtilization));
+    const expertAssignments = new Float64Array(this.numExperts);
+    const expertsPerTokenHistogram = new Float64Array(this.topK + 1);
+    const [tokens, calls, , dropped, mean, flopReduction, balance] = native(() =>
+      this.live().stats(expertUtilization, expertAssignments, expertsPerTokenHistogram),
+    );
     return {
       tokens: tokens!,
       calls: calls!,
       meanExpertsPerToken: mean!,
       flopReduction: flopReduction!,
       expertUtilization,
+      expertAssignments,
+      expertsPerTokenHistogram,
       loadBalanceScore: balance!,
       droppedAssignments: dropped!,
     };

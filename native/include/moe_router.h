@@ -207,10 +207,13 @@ MOE_API void moe_router_get_selection_bias(const moe_router *router, float *out)
 MOE_API uint64_t moe_router_get_step(const moe_router *router);
 MOE_API void moe_router_set_step(moe_router *router, uint64_t step);
 
-/* Cumulative statistics; expert_utilization [E] (optional) receives each expert's share of all
- * surviving assignments. */
+/* Cumulative statistics. Each array is optional (NULL):
+ *   expert_utilization [E]  each expert's share of all surviving assignments;
+ *   expert_assignments [E]  each expert's surviving assignments;
+ *   k_histogram [K+1]       how many tokens got k = 0 .. K experts from the strategy. */
 MOE_API void moe_router_get_stats(const moe_router *router, moe_router_stats *out,
-                                  double *expert_utilization);
+                                  double *expert_utilization, int64_t *expert_assignments,
+                                  int64_t *k_histogram);
 
 /* Forgets the cumulative statistics. */
 MOE_API void moe_router_reset_stats(moe_router *router);

@@ -2,7 +2,9 @@
 
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <string>
+#include <vector>
 
 namespace moe_addon {
 
@@ -363,18 +365,25 @@ Napi::Value RouterWrap::SetStep(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// stats(utilization: Float64Array(E)) -> [tokens, calls, assignments, dropped, mean, flopReduction, balance]
+// stats(utilization: Float64Array(E), assignments: Float64Array(E), kHistogram: Float64Array(K+1))
+//   -> [tokens, calls, assignments, dropped, mean, flopReduction, balance]
 Napi::Value RouterWrap::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   moe_router* router = Live(env);
   if (!router) return env.Undefined();
   moe_router_options options;
   moe_router_get_options(router, &options);
-  View utilization;
-  if (!typed_view(env, info[0], napi_float64_array, options.num_experts, "utilization", &utilization))
+  View utilization, assignments, histogram;
+  if (!typed_view(env, info[0], napi_float64_array, options.num_experts, "utilization", &utilization) ||
+      !typed_view(env, info[1], napi_float64_array, options.num_experts, "assignments", &assignments) ||
+      !typed_view(env, info[2], napi_float64_array, options.top_k + 1, "kHistogram", &histogram))
     return env.Undefined();
+  std::vector<int64_t> totals(options.num_experts), k_counts(options.top_k + 1);
   moe_router_stats stats{};
-  moe_router_get_stats(router, &stats, static_cast<double*>(utilization.data));
+  moe_router_get_stats(router, &stats, static_cast<double*>(utilization.data), totals.data(),
+                       k_counts.data());
+  std::copy(totals.begin(), totals.end(), static_cast<double*>(assignments.data));
+  std::copy(k_counts.begin(), k_counts.end(), static_cast<double*>(histogram.data));
   const double values[] = {static_cast<double>(stats.tokens), static_cast<double>(stats.calls),
                            static_cast<double>(stats.assignments),
                            static_cast<double>(stats.dropped_assignments), stats.mean_experts_per_token,

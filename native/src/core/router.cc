@@ -26,6 +26,7 @@ struct moe_router {
 
   int64_t tokens = 0, calls = 0, assignments = 0, dropped = 0;
   std::vector<int64_t> expert_total;
+  std::vector<int64_t> k_histogram;  // [K+1]
 
   moe::Workspace workspace;
   mutable std::mutex mutex;
@@ -164,7 +165,10 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     const moe::Config& c = r->config;
     ++r->calls;
     r->tokens += tokens;
-    for (int64_t t = 0; t < tokens; ++t) r->assignments += out->experts_per_token[t];
+    for (int64_t t = 0; t < tokens; ++t) {
+      r->assignments += out->experts_per_token[t];
+      ++r->k_histogram[out->experts_per_token[t]];
+    }
     r->dropped += out->dropped_assignments;
     for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
     if (c.options.bias_update_rate > 0) bias_update(r, r->workspace.counts_before.data());
@@ -250,6 +254,7 @@ moe_status moe_router_create(const moe_router_options* options, const float* wei
     r->k_params.top_p = c.options.top_p;
     r->k_params.threshold = c.options.threshold;
     r->expert_total.assign(c.E, 0);
+    r->k_histogram.assign(c.K + 1, 0);
     *out = r.release();
   });
 }
@@ -386,7 +391,8 @@ void moe_router_set_step(moe_router* router, uint64_t step) {
   router->step = step;
 }
 
-void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* utilization) {
+void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* utilization,
+                          int64_t* expert_assignments, int64_t* k_histogram) {
   std::lock_guard<std::mutex> lock(r->mutex);
   const int E = r->config.E;
   out->tokens = r->tokens;
@@ -405,12 +411,15 @@ void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* ut
     sum_sq += share * share;
   }
   out->load_balance_score = total > 0 ? 1.0 / (E * sum_sq) : 1.0;
+  if (expert_assignments) std::copy(r->expert_total.begin(), r->expert_total.end(), expert_assignments);
+  if (k_histogram) std::copy(r->k_histogram.begin(), r->k_histogram.end(), k_histogram);
 }
 
 void moe_router_reset_stats(moe_router* r) {
   std::lock_guard<std::mutex> lock(r->mutex);
   r->tokens = r->calls = r->assignments = r->dropped = 0;
   std::fill(r->expert_total.begin(), r->expert_total.end(), 0);
+  std::fill(r->k_histogram.begin(), r->k_histogram.end(), 0);
 }
 
 }  // extern "C"
