@@ -9,15 +9,20 @@ let cached: NativeAddon | undefined;
 
 export function loadNative(): NativeAddon {
   if (cached) return cached;
+  const override = process.env.MOE_ROUTER_NATIVE_PATH;
   try {
-    cached = nodeGypBuild(packageRoot) as NativeAddon;
+    // MOE_ROUTER_NATIVE_PATH: an explicit .node file (another build directory, a debug build).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    cached = (override ? require(path.resolve(override)) : nodeGypBuild(packageRoot)) as NativeAddon;
     return cached;
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
     throw new Error(
       [
         `Could not load the dynamic-moe-router native engine for ${process.platform}-${process.arch} (Node ${process.versions.node}).`,
-        `Looked in ${path.join(packageRoot, 'prebuilds')} and ${path.join(packageRoot, 'build', 'Release')}.`,
+        override
+          ? `MOE_ROUTER_NATIVE_PATH=${override} could not be loaded.`
+          : `Looked in ${path.join(packageRoot, 'prebuilds')} and ${path.join(packageRoot, 'build', 'Release')}.`,
         'No prebuilt binary matches this platform and no local build was found. To build it from source:',
         '  - install CMake >= 3.18 and a C++17 compiler (Debian/Ubuntu: apt-get install cmake g++),',
         '  - then run: npm rebuild dynamic-moe-router',
