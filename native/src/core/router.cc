@@ -93,9 +93,10 @@ void check_outputs(const moe_router* r, int64_t tokens, const moe_route_outputs*
   }
 }
 
-// The token stage of one call, with what this router's strategy and options need.
+// The token stage of one call, with what this router's strategy and options need. With `out`, the
+// backend may fuse the assignment of each token into the stage (backend.h).
 moe::StageParams stage_params(const moe_router* r, const void* input, moe_dtype dtype, int64_t tokens,
-                              bool is_logits) {
+                              bool is_logits, moe_route_outputs* out) {
   const moe::Config& c = r->config;
   moe::StageParams p;
   p.config = &c;
@@ -113,18 +114,23 @@ moe::StageParams stage_params(const moe_router* r, const void* input, moe_dtype 
   p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
+  const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || r->norm_calibrated;
+  if (out && r->backend->fuses_assignment() && !c.expert_choice && !c.capacity && k_per_token) {
+    p.k_params = &r->k_params;
+    p.fused_out = out;
+  }
   return p;
 }
 
 void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t tokens, bool is_logits) {
-  if (r->config.options.validation != MOE_VALIDATION_REJECT) return;
-  for (int64_t t = 0; t < tokens; ++t) {
-    if (st.invalid[t])
-      fail(MOE_E_NONFINITE,
-           "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
-           "validation 'sanitize' routes such tokens and lists them in invalidTokens",
-           is_logits ? "logits" : "hidden", static_cast<long long>(t));
-  }
+  if (r->config.options.validation != MOE_VALIDATION_REJECT || tokens == 0) return;
+  const void* bad = std::memchr(st.invalid, 1, static_cast<size_t>(tokens));
+  if (bad)
+    fail(MOE_E_NONFINITE,
+         "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
+         "validation 'sanitize' routes such tokens and lists them in invalidTokens",
+         is_logits ? "logits" : "hidden",
+         static_cast<long long>(static_cast<const uint8_t*>(bad) - st.invalid));
 }
 
 // The norm strategy's statistics: calibrated ones, else the batch's own.
@@ -154,7 +160,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     check_input(input, dtype, tokens, is_logits ? "logits" : "hidden");
     check_outputs(r, tokens, out);
     std::lock_guard<std::mutex> lock(r->mutex);
-    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits);
+    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
     const moe::TokenStage& st = r->workspace.prepare(r->config, p);
     if (tokens > 0) r->backend->token_stage(p, st);
     reject_invalid(r, st, tokens, is_logits);
@@ -165,9 +171,10 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     const moe::Config& c = r->config;
     ++r->calls;
     r->tokens += tokens;
-    for (int64_t t = 0; t < tokens; ++t) {
-      r->assignments += out->experts_per_token[t];
-      ++r->k_histogram[out->experts_per_token[t]];
+    const std::vector<int64_t>& histogram = r->workspace.k_histogram;
+    for (int k = 0; k <= c.K; ++k) {
+      r->assignments += k * histogram[k];
+      r->k_histogram[k] += histogram[k];
     }
     r->dropped += out->dropped_assignments;
     for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
@@ -179,7 +186,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
 // Mean k_t over a calibrated sample for one parameter value.
 double mean_k(const moe_router* r, const moe::TokenStage& st, int64_t tokens, const moe::KParams& k) {
   double sum = 0;
-  for (int64_t t = 0; t < tokens; ++t) sum += moe::decide_k(r->config, st, t, k);
+  for (int64_t t = 0; t < tokens; ++t) sum += moe::decide_k(r->config, moe::token_row(r->config, st, t), k);
   return tokens > 0 ? sum / tokens : 0;
 }
 
@@ -304,7 +311,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     if (tokens < 1) fail(MOE_E_SHAPE, "sample must have at least one row (got 0)");
 
     std::lock_guard<std::mutex> lock(r->mutex);
-    moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0);
+    moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0, nullptr);
     p.noise = false;
     p.want_losses = false;
     p.want_full = false;
