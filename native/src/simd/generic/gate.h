@@ -1,0 +1,169 @@
+// The gate u = x . W^T + b for one block of tokens (simd_backend.h, GateBlock), in two register-tiled
+// kernels over a Vec. Each (token, expert) is accumulated by the same instructions in the same order
+// whatever tile or block it falls in, so u does not depend on how tokens are split across threads.
+#pragma once
+
+#include <type_traits>
+
+#include "vec_math.h"
+
+namespace moe {
+namespace simd {
+namespace MOE_SIMD_ISA {
+
+// Small E: MR tokens x NE experts, each u an f32 vector along D (several tokens share each W load,
+// the input is widened on load), reduced at the end. W rows are read as given.
+template <int MR, int NE, class L>
+inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D, float* u,
+                     int64_t ldu) {
+  F acc[MR][NE];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) acc[m][n] = Vec::zero();
+  int d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    F xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) xv[m] = L::load(x + m * ldx + d);
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) {
+      const F wv = Vec::load(w + static_cast<int64_t>(n) * D + d);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
+    }
+  }
+  if (d < D) {
+    const int tail = D - d;
+    F xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, tail);
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) {
+      const F wv = Vec::load_tail(w + static_cast<int64_t>(n) * D + d, tail, 0.0f);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
+}
+
+template <int MR, int NE, class L>
+inline void dot_block(const GateBlock& g) {
+  using T = typename L::T;
+  const T* x = static_cast<const T*>(g.input);
+  const int D = g.dim;
+  const int groups = (g.experts + NE - 1) / NE;
+  int r = 0;
+  for (; r + MR <= g.rows; r += MR)
+    for (int q = 0; q < groups; ++q)
+      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, g.weight + static_cast<int64_t>(q) * NE * D, D,
+                          g.u + r * g.u_stride + q * NE, g.u_stride);
+  for (; r < g.rows; ++r)
+    for (int q = 0; q < groups; ++q)
+      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, g.weight + static_cast<int64_t>(q) * NE * D, D,
+                         g.u + r * g.u_stride + q * NE, g.u_stride);
+}
+
+// Larger E: MR tokens x one panel of NV vectors of experts; per d, one broadcast of each token's x
+// and NV loads of the packed panel feed MR*NV FMAs. c (+)= a . b over kc values of d, where a is MR
+// f32 rows of stride lda (rows past `rows` repeat the last one; their results are not used).
+template <int MR, int NV>
+inline void panel_tile(const float* a, int64_t lda, int rows, const float* b, int kc, float* c,
+                       int64_t ldc, bool accumulate) {
+  constexpr int NR = NV * kLanes;
+  const float* ar[MR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) ar[m] = a + (m < rows ? m : rows - 1) * lda;
+  F acc[MR][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = Vec::zero();
+  for (int d = 0; d < kc; ++d) {
+    F bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + d * NR + v * kLanes);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const F av = Vec::set1(ar[m][d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(av, bv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* p = c + m * ldc + v * kLanes;
+      Vec::store(p, accumulate ? Vec::add(Vec::load(p), acc[m][v]) : acc[m][v]);
+    }
+}
+
+template <int MR, int NV, int KC, class L>
+inline void panel_block(const GateBlock& g) {
+  using T = typename L::T;
+  constexpr int NR = NV * kLanes;
+  constexpr bool kWiden = !std::is_same<T, float>::value;
+  const T* x = static_cast<const T*>(g.input);
+  const int D = g.dim;
+  for (int d0 = 0; d0 < D; d0 += KC) {
+    const int kc = D - d0 < KC ? D - d0 : KC;
+    const float* a;
+    int64_t lda;
+    if constexpr (kWiden) {
+      for (int r = 0; r < g.rows; ++r)
+        widen_span<L>(x + static_cast<int64_t>(r) * D + d0, kc, g.widened + static_cast<int64_t>(r) * KC);
+      a = g.widened;
+      lda = KC;
+    } else {
+      a = x + d0;
+      lda = D;
+    }
+    for (int p = g.panel_begin; p < g.panel_end; ++p) {
+      const float* b = g.weight + (static_cast<int64_t>(p) * D + d0) * NR;
+      for (int m0 = 0; m0 < g.rows; m0 += MR)
+        panel_tile<MR, NV>(a + m0 * lda, lda, g.rows - m0 < MR ? g.rows - m0 : MR, b, kc,
+                           g.u + m0 * g.u_stride + p * NR, g.u_stride, d0 > 0);
+    }
+  }
+}
+
+// u[r, e] += bias[e] for the experts [begin, end).
+inline void add_bias(const GateBlock& g, int begin, int end) {
+  for (int r = 0; r < g.rows; ++r) {
+    float* u = g.u + r * g.u_stride;
+    int e = begin;
+    for (; e + kLanes <= end; e += kLanes) Vec::store(u + e, Vec::add(Vec::load(u + e), Vec::load(g.bias + e)));
+    if (e < end) {
+      const int n = end - e;
+      Vec::store_tail(u + e, Vec::add(Vec::load_tail(u + e, n, 0.0f), Vec::load_tail(g.bias + e, n, 0.0f)), n);
+    }
+  }
+}
+
+// The gate of one block with this ISA's tile shapes.
+template <int DOT_MR, int DOT_NE, int PANEL_MR, int PANEL_NV, int KC>
+inline void gate_block(const GateBlock& g) {
+  with_loader(g.dtype, [&](auto loader) {
+    using L = decltype(loader);
+    if (g.dot) {
+      dot_block<DOT_MR, DOT_NE, L>(g);
+    } else {
+      panel_block<PANEL_MR, PANEL_NV, KC, L>(g);
+    }
+  });
+  if (g.bias) {
+    const int nr = PANEL_NV * kLanes;
+    const int begin = g.dot ? 0 : g.panel_begin * nr;
+    const int end = g.dot ? g.experts : (g.panel_end * nr < g.experts ? g.panel_end * nr : g.experts);
+    add_bias(g, begin, end);
+  }
+}
+
+}  // namespace MOE_SIMD_ISA
+}  // namespace simd
+}  // namespace moe
