@@ -24,8 +24,9 @@ class ThreadPool {
   static int resolve_threads(int threads);
 
   // Runs body(chunk, slot) for every chunk in [0, chunks) on up to `threads` threads, the caller
-  // included (slot 0 is the caller; slots are < threads). Returns when every chunk is done. body must
-  // not throw. When another job holds the pool, the caller runs every chunk itself.
+  // included (slot 0 is the caller; slots are < threads, and no two threads share a slot within a
+  // job). Returns when every chunk is done. body must not throw. chunks < 2^20. When another job
+  // holds the pool, the caller runs every chunk itself.
   template <typename Body>
   void run(int64_t chunks, int threads, Body& body) {
     run_job(chunks, threads, &invoke<Body>, &body);
@@ -45,24 +46,31 @@ class ThreadPool {
   void run_job(int64_t chunks, int threads, Function function, void* context);
   void start_workers();
   void worker_loop();
-  void take_chunks(int slot);
+  // Runs chunks of job `job` while it has some left; false once it has none (or is over).
+  void take_chunks(uint64_t job, int slot);
 
   std::mutex job_mutex_;  // one job at a time
   std::vector<std::thread> workers_;
   bool started_ = false;
 
-  // The current job, published by bumping generation_ (under wake_mutex_).
+  // The current job. Its number tags the two words workers claim from, so a worker that wakes up
+  // late can never take a seat or a chunk of a later job. The fields are written before the job's
+  // number is published and stay put until its last chunk is done.
   Function function_ = nullptr;
   void* context_ = nullptr;
-  int64_t chunks_ = 0;
-  std::atomic<int64_t> next_chunk_{0};
-  std::atomic<int> seats_{0};     // workers that may still join the current job (may go negative)
-  std::atomic<int> finished_{0};  // workers that joined the current job and are done
+  std::atomic<uint64_t> seats_{0};   // [job:32][seats left:32]
+  std::atomic<uint64_t> chunks_{0};  // [job:24][chunks:20][next chunk:20]
+  std::atomic<int64_t> done_{0};     // chunks of the current job finished
   std::atomic<uint64_t> generation_{0};
 
   std::mutex wake_mutex_;
   std::condition_variable wake_;
   int sleepers_ = 0;  // workers blocked on wake_ (under wake_mutex_)
+
+  // The caller, when the last chunks are slow to finish (their core is busy), sleeps on finished_.
+  std::mutex finish_mutex_;
+  std::condition_variable finished_;
+  bool caller_sleeps_ = false;  // under finish_mutex_
 };
 
 }  // namespace moe
