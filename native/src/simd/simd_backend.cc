@@ -55,7 +55,7 @@ T* grown(std::vector<T>& v, int64_t n) {
 // What one thread works in; grown to the largest call seen, then reused.
 struct ThreadScratch {
   std::vector<float> u;         // [kBlockTokens][u stride]: a block's logits
-  std::vector<float> widened;   // [kBlockTokens][kc]: f16/bf16 input slices for the panel kernel
+  std::vector<float> widened;   // GateBlock::widened
   std::vector<uint32_t> row;    // RowBlock::scratch
   std::vector<double> group_score;
   std::vector<int32_t> group_order, order;
@@ -73,8 +73,14 @@ class SimdBackend final : public Backend {
   std::vector<float> pack_weight(const float* weight, int experts, int dim) const override {
     const GateShape& g = k_.shape;
     if (dot(experts)) {
-      std::vector<float> packed(static_cast<size_t>(gate_stride(experts)) * dim, 0.0f);
-      std::copy(weight, weight + static_cast<int64_t>(experts) * dim, packed.begin());
+      // Groups of dot_experts experts, each [ceil(D / lanes)][dot_experts][lanes], zero past D and E.
+      const int ne = g.dot_experts, lanes = g.lanes;
+      const int64_t chunks = (dim + lanes - 1) / lanes;
+      std::vector<float> packed(static_cast<size_t>(gate_stride(experts) * chunks * lanes), 0.0f);
+      for (int e = 0; e < experts; ++e)
+        for (int d = 0; d < dim; ++d)
+          packed[((e / ne * chunks + d / lanes) * ne + e % ne) * lanes + d % lanes] =
+              weight[static_cast<int64_t>(e) * dim + d];
       return packed;
     }
     // Panels of panel_experts experts, each [D][panel_experts], zero past E.
@@ -98,7 +104,12 @@ class SimdBackend final : public Backend {
     const int64_t chunk_tokens = (blocks + max_chunks - 1) / max_chunks * kBlockTokens;
     const int64_t chunks = (T + chunk_tokens - 1) / chunk_tokens;
     const int64_t work = T * E * (p.is_logits ? kLogitsWork : c.D);
-    const int threads = static_cast<int>(std::min<int64_t>(work < kParallelWork ? 1 : threads_, chunks));
+    const int64_t panels = gate_stride(E) / k_.shape.panel_experts;
+    // A batch of one block whose gate spans several panels (decoding: few tokens, large E x D) is
+    // split by panels instead: first every thread computes whole panels of u, then the caller runs
+    // the rest of the stage. Each u is computed by the same instructions either way.
+    const bool by_panels = !p.is_logits && !dot(E) && chunks == 1 && panels > 1;
+    const int threads = static_cast<int>(std::min<int64_t>(work < kParallelWork ? 1 : threads_, by_panels ? panels : chunks));
 
     const int64_t u_words = kBlockTokens * std::max(gate_stride(E), padded(E));
     const int64_t row_words = kRowArrays * padded(E) + kSlotArrays * padded(c.K);
@@ -106,7 +117,8 @@ class SimdBackend final : public Backend {
       ThreadScratch& s = scratch_[slot];
       grown(s.u, u_words);
       grown(s.row, row_words);
-      if (!p.is_logits && !dot(E) && p.dtype != MOE_DTYPE_F32) grown(s.widened, kBlockTokens * k_.shape.kc);
+      if (!p.is_logits)
+        grown(s.widened, kBlockTokens * std::max(k_.shape.kc, k_.shape.dot_experts * k_.shape.lanes));
       if (p.fused_out) {
         s.counts.assign(E, 0);
         s.counts_valid.assign(E, 0);
@@ -116,12 +128,23 @@ class SimdBackend final : public Backend {
     double* chunk_p_sum = p.want_losses ? grown(chunk_p_sum_, chunks * E) : nullptr;
     if (chunk_p_sum) std::fill(chunk_p_sum, chunk_p_sum + chunks * E, 0.0);
 
-    auto body = [&](int64_t chunk, int slot) {
-      const int64_t first = chunk * chunk_tokens;
-      run_chunk(p, out, first, std::min(T, first + chunk_tokens), scratch_[slot],
-                chunk_p_sum ? chunk_p_sum + chunk * E : nullptr);
-    };
-    ThreadPool::instance().run(chunks, threads, body);
+    if (by_panels && threads > 1) {
+      auto gate_panel = [&](int64_t panel, int slot) {
+        GateBlock g = gate_block(p, 0, static_cast<int>(T), scratch_[0].u.data(), scratch_[slot]);
+        g.panel_begin = static_cast<int>(panel);
+        g.panel_end = static_cast<int>(panel + 1);
+        k_.gate(g);
+      };
+      ThreadPool::instance().run(panels, threads, gate_panel);
+      finish_block(p, out, 0, static_cast<int>(T), scratch_[0].u.data(), gate_stride(E), scratch_[0], chunk_p_sum);
+    } else {
+      auto body = [&](int64_t chunk, int slot) {
+        const int64_t first = chunk * chunk_tokens;
+        run_chunk(p, out, first, std::min(T, first + chunk_tokens), scratch_[slot],
+                  chunk_p_sum ? chunk_p_sum + chunk * E : nullptr);
+      };
+      ThreadPool::instance().run(chunks, threads, body);
+    }
 
     // Combine: loss sums in chunk order, integer counts in any order.
     if (chunk_p_sum) {
@@ -142,7 +165,11 @@ class SimdBackend final : public Backend {
   }
 
  private:
-  bool dot(int experts) const { return experts <= k_.shape.dot_max_experts; }
+  // The dot kernel for small E, unless whole panels fit E exactly (measured: the panel kernel wins
+  // there, the dot kernel wherever panels would be padded).
+  bool dot(int experts) const {
+    return experts <= k_.shape.dot_max_experts && experts % k_.shape.panel_experts != 0;
+  }
 
   // Row stride of a block's gate logits: the packed expert count.
   int64_t gate_stride(int experts) const {
@@ -150,18 +177,65 @@ class SimdBackend final : public Backend {
     return (experts + unit - 1) / unit * unit;
   }
 
+  // The gate of tokens [first, first + rows) over every panel, into u.
+  GateBlock gate_block(const StageParams& p, int64_t first, int rows, float* u, ThreadScratch& s) const {
+    const Config& c = *p.config;
+    GateBlock g;
+    g.input = static_cast<const char*>(p.input) + first * c.D * dtype_size(p.dtype);
+    g.dtype = p.dtype;
+    g.rows = rows;
+    g.dim = c.D;
+    g.experts = c.E;
+    g.weight = p.packed_weight;
+    g.bias = p.bias;
+    g.dot = dot(c.E);
+    g.panel_begin = 0;
+    g.panel_end = static_cast<int>(gate_stride(c.E) / k_.shape.panel_experts);
+    g.u = u;
+    g.u_stride = gate_stride(c.E);
+    g.widened = s.widened.data();
+    return g;
+  }
+
+  // Tokens [first, end) of one chunk, block by block: their logits, then the rest of the stage.
   void run_chunk(const StageParams& p, const TokenStage& out, int64_t first, int64_t end,
                  ThreadScratch& s, double* p_sum) const {
     const Config& c = *p.config;
-    const int E = c.E, D = c.D;
-    const int64_t row_length = p.is_logits ? E : D;
-    const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
-    const char* input = static_cast<const char*>(p.input);
+    const int E = c.E;
+    const size_t row_bytes = static_cast<size_t>(p.is_logits ? E : c.D) * dtype_size(p.dtype);
+    for (int64_t t0 = first; t0 < end; t0 += kBlockTokens) {
+      const int rows = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0));
+      const char* in = static_cast<const char*>(p.input) + t0 * row_bytes;
+      if (!p.is_logits) {
+        k_.gate(gate_block(p, t0, rows, s.u.data(), s));
+        finish_block(p, out, t0, rows, s.u.data(), gate_stride(E), s, p_sum);
+      } else if (p.dtype == MOE_DTYPE_F32 && !p.noise) {
+        finish_block(p, out, t0, rows, reinterpret_cast<const float*>(in), E, s, p_sum);
+      } else {
+        for (int r = 0; r < rows; ++r) k_.widen(in + r * row_bytes, p.dtype, E, s.u.data() + r * padded(E));
+        finish_block(p, out, t0, rows, s.u.data(), padded(E), s, p_sum);
+      }
+    }
+  }
 
+  // The rest of the stage for a block whose logits are u (s.u when the stage may add noise to them).
+  void finish_block(const StageParams& p, const TokenStage& out, int64_t first, int rows, const float* u,
+                    int64_t u_stride, ThreadScratch& s, double* p_sum) const {
+    const Config& c = *p.config;
+    const int64_t row_length = p.is_logits ? c.E : c.D;
+    const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
+    const char* in = static_cast<const char*>(p.input) + first * row_bytes;
+    if (p.noise) add_noise(p, first, rows, s.u.data(), u_stride);
+    if (p.want_norm)
+      for (int r = 0; r < rows; ++r) out.norm[first + r] = k_.norm(in + r * row_bytes, p.dtype, row_length);
     RowBlock rb;
     rb.config = &c;
     rb.params = &p;
     rb.out = &out;
+    rb.first = first;
+    rb.rows = rows;
+    rb.u = u;
+    rb.u_stride = u_stride;
     rb.sums.p_sum = p_sum;
     if (p.fused_out) {
       rb.sums.counts = s.counts.data();
@@ -172,43 +246,7 @@ class SimdBackend final : public Backend {
     rb.group_score = &s.group_score;
     rb.group_order = &s.group_order;
     rb.order = &s.order;
-
-    for (int64_t t0 = first; t0 < end; t0 += kBlockTokens) {
-      const int rows = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0));
-      const char* in = input + t0 * row_bytes;
-      if (!p.is_logits) {
-        GateBlock g;
-        g.input = in;
-        g.dtype = p.dtype;
-        g.rows = rows;
-        g.dim = D;
-        g.experts = E;
-        g.weight = p.packed_weight;
-        g.bias = p.bias;
-        g.dot = dot(E);
-        g.panel_begin = 0;
-        g.panel_end = static_cast<int>(gate_stride(E) / k_.shape.panel_experts);
-        g.u = s.u.data();
-        g.u_stride = gate_stride(E);
-        g.widened = s.widened.data();
-        k_.gate(g);
-        rb.u = s.u.data();
-        rb.u_stride = g.u_stride;
-      } else if (p.dtype == MOE_DTYPE_F32 && !p.noise) {
-        rb.u = reinterpret_cast<const float*>(in);
-        rb.u_stride = E;
-      } else {
-        for (int r = 0; r < rows; ++r) k_.widen(in + r * row_bytes, p.dtype, E, s.u.data() + r * padded(E));
-        rb.u = s.u.data();
-        rb.u_stride = padded(E);
-      }
-      if (p.noise) add_noise(p, t0, rows, s.u.data(), rb.u_stride);
-      if (p.want_norm)
-        for (int r = 0; r < rows; ++r) out.norm[t0 + r] = k_.norm(in + r * row_bytes, p.dtype, row_length);
-      rb.first = t0;
-      rb.rows = rows;
-      k_.rows(rb);
-    }
+    k_.rows(rb);
   }
 
   // u += std * n(step, t, e), exactly as the oracle adds it (docs/semantics.md §8).

@@ -14,8 +14,9 @@ namespace moe {
 namespace simd {
 
 // The layout of the packed gate weight and the tile shapes of the two gate kernels:
-//  - "dot" (small E): W rows as given, padded with zero rows to a multiple of dot_experts; a tile is
-//    dot_tokens tokens x dot_experts experts, each u an f32 vector accumulated along D, then reduced.
+//  - "dot" (small E): groups of dot_experts experts, each [ceil(D / lanes)][dot_experts][lanes]
+//    (zero-padded past D and E); a tile is dot_tokens tokens x dot_experts experts, each u an f32
+//    vector accumulated along D, then reduced.
 //  - "panel" (larger E): panels of panel_experts experts, each panel [D][panel_experts] (zero-padded
 //    past E); a tile is panel_tokens tokens x one panel, one FMA per d for each (token, vector of
 //    experts), in kc-sized slices of D.
@@ -23,7 +24,7 @@ struct GateShape {
   int lanes = 0;
   int dot_experts = 0, dot_tokens = 0;
   int panel_experts = 0, panel_tokens = 0, kc = 0;
-  int dot_max_experts = 0;  // E up to which the dot kernel runs
+  int dot_max_experts = 0;  // E up to which the dot kernel may run
 };
 
 // One block of tokens through the gate: u[r, e] = x[r, :] . W[e, :] + bias[e] for rows r < rows,
@@ -39,7 +40,9 @@ struct GateBlock {
   int panel_begin = 0, panel_end = 0;  // panel kernel: the panels to compute (a range of experts)
   float* u = nullptr;
   int64_t u_stride = 0;
-  float* widened = nullptr;  // scratch for f16/bf16 rows: [rows rounded up to the tile][kc]
+  // Scratch: the panel kernel's f16/bf16 input slices [rows][kc], or the dot kernel's partial
+  // accumulators [rows][dot_experts][lanes].
+  float* widened = nullptr;
 };
 
 // Per-chunk sums, combined by the driver in chunk order.

@@ -36,6 +36,10 @@ struct Vec {
   static F load_bf16(const uint16_t* p) { return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static F load_bf16_tail(const uint16_t* p, int n) { return widen_bf16(load_u16_tail(p, n)); }
 
+  // Keeps v in a register: the compiler would otherwise fold a load used by several FMAs into each
+  // of them as a memory operand, one load per use.
+  static void pin(F& v) { asm("" : "+x"(v)); }
+
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
   static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   static F mul(F a, F b) { return _mm256_mul_ps(a, b); }

@@ -44,6 +44,10 @@ struct Vec {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first(n), p)), 16));
   }
 
+  // Keeps v in a register: the compiler would otherwise fold a load used by several FMAs into each
+  // of them as a memory operand, one load per use.
+  static void pin(F& v) { asm("" : "+x"(v)); }
+
   // Arithmetic.
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
   static F sub(F a, F b) { return _mm512_sub_ps(a, b); }

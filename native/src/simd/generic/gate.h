@@ -12,35 +12,41 @@ namespace simd {
 namespace MOE_SIMD_ISA {
 
 // Small E: MR tokens x NE experts, each u an f32 vector along D (several tokens share each W load,
-// the input is widened on load), reduced at the end. W rows are read as given.
+// the input is widened on load), reduced at the end. W comes packed per group of NE experts as
+// [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
+// would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB. D is walked in slices of
+// DS so that a slice of W stays in L1 for every tile of the block; the accumulators of the tiles
+// wait in `partial` between slices (a round trip through memory is exact).
 template <int MR, int NE, class L>
-inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D, float* u,
-                     int64_t ldu) {
+inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0, int d1, int D,
+                     float* partial, float* u, int64_t ldu) {
   F acc[MR][NE];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
-    for (int n = 0; n < NE; ++n) acc[m][n] = Vec::zero();
-  int d = 0;
-  for (; d + kLanes <= D; d += kLanes) {
+    for (int n = 0; n < NE; ++n)
+      acc[m][n] = d0 == 0 ? Vec::zero() : Vec::load(partial + (m * NE + n) * kLanes);
+  int d = d0;
+  w += static_cast<int64_t>(d0) * NE;
+  for (; d + kLanes <= d1; d += kLanes, w += NE * kLanes) {
     F xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) xv[m] = L::load(x + m * ldx + d);
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
-      const F wv = Vec::load(w + static_cast<int64_t>(n) * D + d);
+      F wv = Vec::load(w + n * kLanes);
+      Vec::pin(wv);  // one load per W vector, not one memory operand per token
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
   }
-  if (d < D) {
-    const int tail = D - d;
+  if (d < d1) {  // the tail of D
     F xv[MR];
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, tail);
+    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, d1 - d);
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
-      const F wv = Vec::load_tail(w + static_cast<int64_t>(n) * D + d, tail, 0.0f);
+      const F wv = Vec::load(w + n * kLanes);
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
@@ -48,24 +54,35 @@ inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D,
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
-    for (int n = 0; n < NE; ++n) u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
+    for (int n = 0; n < NE; ++n) {
+      if (d1 == D) {
+        u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
+      } else {
+        Vec::store(partial + (m * NE + n) * kLanes, acc[m][n]);
+      }
+    }
 }
 
-template <int MR, int NE, class L>
+template <int MR, int NE, int DS, class L>
 inline void dot_block(const GateBlock& g) {
   using T = typename L::T;
   const T* x = static_cast<const T*>(g.input);
   const int D = g.dim;
   const int groups = (g.experts + NE - 1) / NE;
-  int r = 0;
-  for (; r + MR <= g.rows; r += MR)
-    for (int q = 0; q < groups; ++q)
-      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, g.weight + static_cast<int64_t>(q) * NE * D, D,
-                          g.u + r * g.u_stride + q * NE, g.u_stride);
-  for (; r < g.rows; ++r)
-    for (int q = 0; q < groups; ++q)
-      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, g.weight + static_cast<int64_t>(q) * NE * D, D,
-                         g.u + r * g.u_stride + q * NE, g.u_stride);
+  const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
+  for (int q = 0; q < groups; ++q) {
+    const float* w = g.weight + q * group_words;
+    for (int d0 = 0; d0 < D; d0 += DS) {
+      const int d1 = D - d0 < DS ? D : d0 + DS;
+      int r = 0;
+      for (; r + MR <= g.rows; r += MR)
+        dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
+                            g.u + r * g.u_stride + q * NE, g.u_stride);
+      for (; r < g.rows; ++r)
+        dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
+                           g.u + r * g.u_stride + q * NE, g.u_stride);
+    }
+  }
 }
 
 // Larger E: MR tokens x one panel of NV vectors of experts; per d, one broadcast of each token's x
@@ -115,8 +132,12 @@ inline void panel_block(const GateBlock& g) {
     const float* a;
     int64_t lda;
     if constexpr (kWiden) {
-      for (int r = 0; r < g.rows; ++r)
-        widen_span<L>(x + static_cast<int64_t>(r) * D + d0, kc, g.widened + static_cast<int64_t>(r) * KC);
+      // The rows are far apart: fetch the next slice while this one is widened and used.
+      for (int r = 0; r < g.rows; ++r) {
+        const T* row = x + static_cast<int64_t>(r) * D + d0;
+        for (int i = KC; i < 2 * KC && d0 + i < D; i += 64 / sizeof(T)) __builtin_prefetch(row + i);
+        widen_span<L>(row, kc, g.widened + static_cast<int64_t>(r) * KC);
+      }
       a = g.widened;
       lda = KC;
     } else {
@@ -146,12 +167,12 @@ inline void add_bias(const GateBlock& g, int begin, int end) {
 }
 
 // The gate of one block with this ISA's tile shapes.
-template <int DOT_MR, int DOT_NE, int PANEL_MR, int PANEL_NV, int KC>
+template <int DOT_MR, int DOT_NE, int DOT_DS, int PANEL_MR, int PANEL_NV, int KC>
 inline void gate_block(const GateBlock& g) {
   with_loader(g.dtype, [&](auto loader) {
     using L = decltype(loader);
     if (g.dot) {
-      dot_block<DOT_MR, DOT_NE, L>(g);
+      dot_block<DOT_MR, DOT_NE, DOT_DS, L>(g);
     } else {
       panel_block<PANEL_MR, PANEL_NV, KC, L>(g);
     }
