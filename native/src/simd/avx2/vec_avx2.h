@@ -54,11 +54,6 @@ struct Vec {
     const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));
     return _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
   }
-  static float reduce_min(F a) {
-    const __m128 q = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    const __m128 e = _mm_min_ps(q, _mm_movehl_ps(q, q));
-    return _mm_cvtss_f32(_mm_min_ss(e, _mm_movehdup_ps(e)));
-  }
   static float reduce_max(F a) {
     const __m128 q = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     const __m128 e = _mm_max_ps(q, _mm_movehl_ps(q, q));
@@ -74,17 +69,6 @@ struct Vec {
   static uint32_t bits(M m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
   static F select(M m, F if_true, F if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
 
-  // Lane i of the result holds lane (i + R) % kLanes of a.
-  template <int R> static F rotate(F a) {
-    return _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(R % 8, (R + 1) % 8, (R + 2) % 8, (R + 3) % 8,
-                                                          (R + 4) % 8, (R + 5) % 8, (R + 6) % 8, (R + 7) % 8));
-  }
-  static M lanes_from(int n) { return _mm256_xor_ps(first(n), first(kLanes)); }  // lanes >= n
-  static M mask_or(M a, M b) { return _mm256_or_ps(a, b); }
-  // Integer lanes: acc + 1 where m, and the lanes below n.
-  static I count_if(I acc, M m) { return _mm256_sub_epi32(acc, _mm256_castps_si256(m)); }
-  static M int_lt(I a, int32_t n) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), a)); }
-  static M int_eq(I a, int32_t n) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, _mm256_set1_epi32(n))); }
   static void store_int(int32_t* p, I a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm256_maskstore_epi32(p, first_i(n), a); }
   static I int_load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }

@@ -65,12 +65,6 @@ struct Vec {
     const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));
     return _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
   }
-  static float reduce_min(F a) {
-    const __m256 h = _mm256_min_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
-    const __m128 q = _mm_min_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    const __m128 e = _mm_min_ps(q, _mm_movehl_ps(q, q));
-    return _mm_cvtss_f32(_mm_min_ss(e, _mm_movehdup_ps(e)));
-  }
   static float reduce_max(F a) {
     const __m256 h = _mm256_max_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
     const __m128 q = _mm_max_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
@@ -88,16 +82,6 @@ struct Vec {
   static uint32_t bits(M m) { return m; }
   static F select(M m, F if_true, F if_false) { return _mm512_mask_blend_ps(m, if_false, if_true); }
 
-  // Lane i of the result holds lane (i + R) % kLanes of a.
-  template <int R> static F rotate(F a) {
-    return _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(a), _mm512_castps_si512(a), R));
-  }
-  static M lanes_from(int n) { return static_cast<M>(~((1u << n) - 1) & 0xffff); }  // lanes >= n
-  static M mask_or(M a, M b) { return static_cast<M>(a | b); }
-  // Integer lanes: acc + 1 where m, and the lanes below n.
-  static I count_if(I acc, M m) { return _mm512_mask_sub_epi32(acc, m, acc, _mm512_set1_epi32(-1)); }
-  static M int_lt(I a, int32_t n) { return _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32(n)); }
-  static M int_eq(I a, int32_t n) { return _mm512_cmpeq_epi32_mask(a, _mm512_set1_epi32(n)); }
   static void store_int(int32_t* p, I a) { _mm512_storeu_si512(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm512_mask_storeu_epi32(p, first(n), a); }
   static I int_load(const int32_t* p) { return _mm512_loadu_si512(p); }
