@@ -19,6 +19,12 @@ constexpr int kChunkBits = 20;
 constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkBits) - 1;
 constexpr uint64_t kJobMask = (uint64_t{1} << 24) - 1;
 
+// std::thread::hardware_concurrency reads /sys on every call (microseconds): ask once.
+int hardware_threads() {
+  static const int count = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return count;
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -35,13 +41,11 @@ ThreadPool& ThreadPool::instance() {
 }
 
 int ThreadPool::resolve_threads(int threads) {
-  const int hardware = std::max(1u, std::thread::hardware_concurrency());
-  return threads <= 0 ? hardware : std::min(threads, hardware);
+  return threads <= 0 ? hardware_threads() : std::min(threads, hardware_threads());
 }
 
 void ThreadPool::start_workers() {
-  const int hardware = std::max(1u, std::thread::hardware_concurrency());
-  for (int i = 1; i < hardware; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < hardware_threads(); ++i) workers_.emplace_back([this] { worker_loop(); });
   started_ = true;
 }
 
