@@ -208,6 +208,105 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max) {
 // Rows per phase of rows_by_logit_order.
 constexpr int kPhaseRows = 4;
 
+// Up to these E and K, rows_by_logit_order works across tokens. Measured, K = 8, ns per token on one
+// Zen 4 core: AVX-512 E=64 59 vs 103 token by token, E=128 141 vs 135; AVX2 E=64 107 vs 311, E=256
+// 375 vs 774.
+constexpr int kAcrossMaxE = kLanes == 16 ? 64 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+
+// rows_by_logit_order for kLanes tokens at once, one per lane: rows are loaded kLanes experts at a
+// time and transposed into columns (one expert, kLanes tokens), and every column is inserted into a
+// per-lane sorted list of K, in expert order so that a tie keeps the lower expert. Pure throughput:
+// no per-token chain of dependent steps, no horizontal operation. Returns false, writing nothing,
+// when a token of the group has a non-finite logit.
+template <int K>
+inline bool rows_across_tokens(const RowBlock& b, int i0) {
+  const Config& c = *b.config;
+  moe_route_outputs* fused = b.params->fused_out;
+  const int E = c.E;
+  const float* base = b.u + i0 * b.u_stride;
+
+  // best[0..K) in key order; a new expert beats position j iff its logit is strictly larger (it has
+  // the highest index so far), and then every later position too: the list shifts down from j.
+  F best[K];
+  Vec::I index[K];
+  for (int j = 0; j < K; ++j) {
+    best[j] = Vec::set1(-kInf);
+    index[j] = Vec::int_set1(0);
+  }
+  F max = Vec::set1(-kInf);
+  M finite = Vec::first(kLanes);
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    const int width = E - e0 < kLanes ? E - e0 : kLanes;
+    alignas(64) float columns[kLanes][kLanes];  // through memory: the lists need the registers
+    {
+      F block[kLanes];
+      for (int l = 0; l < kLanes; ++l)
+        block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
+                                   : Vec::load_tail(base + l * b.u_stride + e0, width, 0.0f);
+      Vec::transpose(block);
+      for (int l = 0; l < kLanes; ++l) Vec::store(columns[l], block[l]);
+    }
+    for (int i = 0; i < width; ++i) {
+      const F x = Vec::load(columns[i]);
+      finite = Vec::mask_and(finite, Vec::lt(Vec::abs(x), Vec::set1(kInf)));
+      max = Vec::max(max, x);
+      const Vec::I xi = Vec::int_set1(e0 + i);
+      // From the last position up, so that best[j - 1] is still the old one when j takes it.
+      M beats = Vec::gt(x, best[K - 1]);
+#pragma GCC unroll 8
+      for (int j = K - 1; j > 0; --j) {
+        const M beats_above = Vec::gt(x, best[j - 1]);
+        best[j] = Vec::select(beats, Vec::select(beats_above, best[j - 1], x), best[j]);
+        index[j] = Vec::int_select(beats, Vec::int_select(beats_above, index[j - 1], xi), index[j]);
+        beats = beats_above;
+      }
+      best[0] = Vec::select(beats, x, best[0]);
+      index[0] = Vec::int_select(beats, xi, index[0]);
+    }
+  }
+  if (Vec::bits(finite) != Vec::bits(Vec::first(kLanes))) return false;
+
+  // Weights exp(u_j - max) / sum (sum >= 1: the largest logit is selected), scaled; back to one row
+  // of K slots per token through a second transpose.
+  F weight[kLanes], experts[kLanes];
+  F sum = Vec::zero();
+  for (int j = 0; j < K; ++j) {
+    weight[j] = vexp(Vec::sub(best[j], max));
+    sum = Vec::add(sum, weight[j]);
+  }
+  const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
+  for (int j = 0; j < kLanes; ++j) {
+    weight[j] = j < K ? Vec::mul(weight[j], factor) : Vec::zero();
+    experts[j] = j < K ? Vec::from_bits(index[j]) : Vec::zero();
+  }
+  Vec::transpose(weight);
+  Vec::transpose(experts);
+  const int64_t t0 = b.first + i0;
+  for (int l = 0; l < kLanes; ++l) {
+    b.out->invalid[t0 + l] = 0;
+    fused->experts_per_token[t0 + l] = K;
+    Vec::store_tail(fused->weights + (t0 + l) * K, weight[l], K);
+    Vec::store_int_tail(fused->experts + (t0 + l) * K, Vec::to_bits(experts[l]), K);
+  }
+  for (int e = 0; e < E; ++e) {
+    int n = 0;
+    for (int j = 0; j < K; ++j) n += __builtin_popcount(Vec::bits(Vec::int_eq(index[j], Vec::int_set1(e))));
+    b.sums.counts[e] += n;
+    b.sums.counts_valid[e] += n;
+  }
+  b.sums.k_histogram[K] += kLanes;
+  return true;
+}
+
+// rows_across_tokens with K known at compile time, so that its lists live in registers.
+template <int K = 1>
+inline bool rows_across_tokens(const RowBlock& b, int i0, int k) {
+  if constexpr (K < kAcrossMaxK) {
+    if (k != K) return rows_across_tokens<K + 1>(b, i0, k);
+  }
+  return rows_across_tokens<K>(b, i0);
+}
+
 // Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias, groups or
 // losses (the default routing, and the logits workloads): softmax is monotone, so the K best scores
 // are the scores of the K best logits (the two orders differ only between equal scores: near-ties,
@@ -233,7 +332,10 @@ inline void rows_by_logit_order(const RowBlock& b) {
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M slots = Vec::first(K);
 
-  for (int i0 = 0; i0 < b.rows; i0 += kPhaseRows) {
+  int first_row = 0;
+  if (E <= kAcrossMaxE && K <= kAcrossMaxK)
+    for (; first_row + kLanes <= b.rows && rows_across_tokens(b, first_row, K);) first_row += kLanes;
+  for (int i0 = first_row; i0 < b.rows; i0 += kPhaseRows) {
     const int n = b.rows - i0 < kPhaseRows ? b.rows - i0 : kPhaseRows;
     float max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];

@@ -99,6 +99,16 @@ struct Vec {
     return count;
   }
 
+  // r[i] lane j <- r[j] lane i.
+  static void transpose(F r[kLanes]) {
+    const float32x4x2_t a = vtrnq_f32(r[0], r[1]), b = vtrnq_f32(r[2], r[3]);
+    r[0] = vcombine_f32(vget_low_f32(a.val[0]), vget_low_f32(b.val[0]));
+    r[1] = vcombine_f32(vget_low_f32(a.val[1]), vget_low_f32(b.val[1]));
+    r[2] = vcombine_f32(vget_high_f32(a.val[0]), vget_high_f32(b.val[0]));
+    r[3] = vcombine_f32(vget_high_f32(a.val[1]), vget_high_f32(b.val[1]));
+  }
+  static I int_select(M m, I if_true, I if_false) { return vbslq_s32(m, if_true, if_false); }
+  static M int_eq(I a, I b) { return vceqq_s32(a, b); }
   static I to_bits(F a) { return vreinterpretq_s32_f32(a); }
   static F from_bits(I a) { return vreinterpretq_f32_s32(a); }
   static I to_int(F a) { return vcvtnq_s32_f32(a); }
