@@ -17,6 +17,9 @@ namespace MOE_SIMD_ISA {
 // would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB. D is walked in slices of
 // DS so that a slice of W stays in L1 for every tile of the block; the accumulators of the tiles
 // wait in `partial` between slices (a round trip through memory is exact).
+// How far ahead along a row the dot kernel prefetches its input.
+constexpr int kPrefetchBytes = 1024;
+
 template <int MR, int NE, class L>
 inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0, int d1, int D,
                      float* partial, float* u, int64_t ldu) {
@@ -31,7 +34,12 @@ inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0
   for (; d + kLanes <= d1; d += kLanes, w += NE * kLanes) {
     F xv[MR];
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) xv[m] = L::load(x + m * ldx + d);
+    for (int m = 0; m < MR; ++m) {
+      xv[m] = L::load(x + m * ldx + d);
+      // The block's rows are separate streams, more than the prefetcher tracks well: fetch ahead
+      // (measured: helps 16-bit rows, f32 rows do as well without).
+      if constexpr (sizeof(typename L::T) == 2) __builtin_prefetch(x + m * ldx + d + kPrefetchBytes / 2);
+    }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
       F wv = Vec::load(w + n * kLanes);

@@ -224,6 +224,10 @@ inline bool rows_across_tokens(const RowBlock& b, int i0) {
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E;
   const float* base = b.u + i0 * b.u_stride;
+  // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows late:
+  // fetch the next group's rows now (they may lie past this block; a prefetch never faults).
+  for (int l = kLanes; l < 2 * kLanes; ++l)
+    for (int e = 0; e < E; e += 64 / static_cast<int>(sizeof(float))) __builtin_prefetch(base + l * b.u_stride + e);
 
   // best[0..K) in key order; a new expert beats position j iff its logit is strictly larger (it has
   // the highest index so far), and then every later position too: the list shifts down from j.
