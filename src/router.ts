@@ -91,6 +91,10 @@ export class DynamicRouter {
     const { inputDim, numExperts, topK } = nativeOptions;
     let weight: Float32Array;
     if (options.weight instanceof Tensor) {
+      const shape = options.weight.shape;
+      if (shape.length !== 2 || shape[0] !== numExperts || shape[1] !== inputDim) {
+        throw new RouterError('E_SHAPE', `option weight must have shape [numExperts, inputDim] = [${numExperts}, ${inputDim}] (the nn.Linear layout) (got [${shape.join(', ')}])`);
+      }
       weight = options.weight.toFloat32();
     } else if (options.weight instanceof Float32Array) {
       weight = options.weight;
