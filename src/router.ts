@@ -1,5 +1,6 @@
 /** DynamicRouter: the public router over the native engine. */
 import { Scalar, type NativeRouter, type RouteArgs } from './addon-types';
+import { modelCard, type ModelCardOptions } from './card';
 import { native, RouterError } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
@@ -219,6 +220,11 @@ export class DynamicRouter {
       loadBalanceScore: balance!,
       droppedAssignments: dropped!,
     };
+  }
+
+  /** A model card: Markdown with YAML front matter describing the options, backend and stats. */
+  modelCard(options: ModelCardOptions = {}): string {
+    return modelCard(this, options);
   }
 
   resetStats(): void {
