@@ -1,14 +1,14 @@
 /**
  * RoutingCache: answers a repeated input from memory instead of routing it again.
  *
- * The key is a SHA-256 digest over every byte of the input (never a sample), with the entry (hidden or
- * logits), the dtype, the shape and the router's configVersion, so a changed input or a changed router
- * can never be answered from the cache. Entries hold copies, never the router's pooled buffers, and every
+ * The key is a 128-bit hash (moe_hash128, native) over every byte of the input (never a sample), with
+ * the entry (hidden or logits), the dtype, the shape and the router's configVersion, so a changed input
+ * or a changed router can never be answered from the cache. Entries hold copies, never the router's pooled buffers, and every
  * hit hands out a fresh copy, so nothing a caller does to a result (release, writes) reaches the cache.
  */
-import { hash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { RouterError } from './errors';
+import { loadNative } from './native';
 import type { Routable, RouteInput, RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 import type { Dispatch } from './routing';
@@ -136,7 +136,7 @@ function rowsOf(input: RouteInput, width: number): Rows | null {
 }
 
 function digest(data: TensorData): string {
-  return hash('sha256', data, 'base64');
+  return loadNative().hash128(data);
 }
 
 /** A token-mode plan: the rows found in the cache and the ones still to route. */
