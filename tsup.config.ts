@@ -19,4 +19,12 @@ export default defineConfig([
     target: 'node20',
     banner: { js: '#!/usr/bin/env node' },
   },
+  {
+    // `npm run bench:anchors` (bench/anchors.ts). Not part of the package: package.json "files" leaves it out.
+    entry: { 'bench-anchors': 'bench/anchors.ts' },
+    format: ['cjs'],
+    sourcemap: true,
+    target: 'node20',
+    external: ['onnxruntime-node'],
+  },
 ]);

@@ -88,4 +88,6 @@ export interface NativeAddon {
   ) => NativeRouter;
   version(): string;
   backendAvailable(code: number): boolean;
+  /** 32 hex digits of moe_hash128 over the view's bytes (cache keys). */
+  hash128(view: ArrayBufferView): string;
 }

@@ -1,4 +1,5 @@
 /** Finds and loads the compiled engine, and explains a failure with what to run. */
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import nodeGypBuild from 'node-gyp-build';
 import type { NativeAddon } from './addon-types';
@@ -12,8 +13,7 @@ export function loadNative(): NativeAddon {
   const override = process.env.MOE_ROUTER_NATIVE_PATH;
   try {
     // MOE_ROUTER_NATIVE_PATH: an explicit .node file (another build directory, a debug build).
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    cached = (override ? require(path.resolve(override)) : nodeGypBuild(packageRoot)) as NativeAddon;
+    cached = (override ? createRequire(__filename)(path.resolve(override)) : nodeGypBuild(packageRoot)) as NativeAddon;
     return cached;
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);

@@ -90,6 +90,10 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
   if (groups !== undefined && (groups === null || typeof groups !== 'object')) {
     throw new RouterError('E_CONFIG', 'option groups must be { count, select }');
   }
+  // The engine reads count 0 as "no groups"; a groups object asks for them, so 0 is a mistake here.
+  if (groups && !(Number.isInteger(groups.count) && groups.count >= 1)) {
+    throw new RouterError('E_CONFIG', `option groups.count must be an integer >= 1 (got ${JSON.stringify(groups.count)})`);
+  }
   const noise = o.noise;
   if (noise !== undefined && (noise === null || typeof noise !== 'object')) {
     throw new RouterError('E_CONFIG', 'option noise must be { std, seed }');

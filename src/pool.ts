@@ -1,9 +1,10 @@
 /** Reusable output buffers: a route takes them from the pool, Routing.release() gives them back. */
 type PooledArray = Int32Array | Float32Array | Float64Array;
-type Ctor<T extends PooledArray> = { new (length: number): T; name: string };
+type Ctor<T extends PooledArray> = new (length: number) => T;
 
 export class BufferPool {
-  private readonly free = new Map<string, PooledArray[]>();
+  // constructor -> length -> free buffers; no string keys on the hot path.
+  private readonly free = new Map<Function, Map<number, PooledArray[]>>();
   private readonly limitPerSize: number;
   /** Buffers created (misses) and handed out again (hits). */
   allocated = 0;
@@ -14,8 +15,7 @@ export class BufferPool {
   }
 
   acquire<T extends PooledArray>(ctor: Ctor<T>, length: number): T {
-    const list = this.free.get(`${ctor.name}:${length}`);
-    const found = list?.pop();
+    const found = this.free.get(ctor)?.get(length)?.pop();
     if (found) {
       this.reused += 1;
       return found as T;
@@ -25,11 +25,15 @@ export class BufferPool {
   }
 
   release(array: PooledArray): void {
-    const key = `${array.constructor.name}:${array.length}`;
-    let list = this.free.get(key);
+    let bySize = this.free.get(array.constructor);
+    if (!bySize) {
+      bySize = new Map();
+      this.free.set(array.constructor, bySize);
+    }
+    let list = bySize.get(array.length);
     if (!list) {
       list = [];
-      this.free.set(key, list);
+      bySize.set(array.length, list);
     }
     if (list.length < this.limitPerSize && !list.includes(array)) list.push(array);
   }

@@ -1,5 +1,6 @@
 /** DynamicRouter: the public router over the native engine. */
 import { Scalar, type NativeRouter, type RouteArgs } from './addon-types';
+import { modelCard, type ModelCardOptions } from './card';
 import { native, RouterError } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
@@ -91,6 +92,10 @@ export class DynamicRouter {
     const { inputDim, numExperts, topK } = nativeOptions;
     let weight: Float32Array;
     if (options.weight instanceof Tensor) {
+      const shape = options.weight.shape;
+      if (shape.length !== 2 || shape[0] !== numExperts || shape[1] !== inputDim) {
+        throw new RouterError('E_SHAPE', `option weight must have shape [numExperts, inputDim] = [${numExperts}, ${inputDim}] (the nn.Linear layout) (got [${shape.join(', ')}])`);
+      }
       weight = options.weight.toFloat32();
     } else if (options.weight instanceof Float32Array) {
       weight = options.weight;
@@ -215,6 +220,11 @@ export class DynamicRouter {
       loadBalanceScore: balance!,
       droppedAssignments: dropped!,
     };
+  }
+
+  /** A model card: Markdown with YAML front matter describing the options, backend and stats. */
+  modelCard(options: ModelCardOptions = {}): string {
+    return modelCard(this, options);
   }
 
   resetStats(): void {

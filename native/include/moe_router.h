@@ -217,6 +217,10 @@ MOE_API void moe_router_get_stats(const moe_router *router, moe_router_stats *ou
                                   double *expert_utilization, int64_t *expert_assignments,
                                   int64_t *k_histogram);
 
+/* A fast 128-bit hash of `bytes` bytes (for cache keys; not cryptographic): every byte and the length
+ * reach the result. */
+MOE_API void moe_hash128(const void *data, size_t bytes, uint64_t seed, uint64_t out[2]);
+
 /* Forgets the cumulative statistics. */
 MOE_API void moe_router_reset_stats(moe_router *router);
 

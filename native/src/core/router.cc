@@ -29,7 +29,14 @@ struct moe_router {
   std::vector<int64_t> k_histogram;  // [K+1]
 
   moe::Workspace workspace;
-  mutable std::mutex mutex;
+  std::vector<float> bias_snapshot;  // the selection bias a running call uses
+  moe::KParams k_snapshot;           // the strategy parameters a running fused call uses
+
+  // compute_mutex serializes route and calibrate (they share the workspace) and is held for a whole
+  // call. state_mutex guards the small mutable state above (step, parameters, selection bias,
+  // statistics) and is only held for copies, so getters never wait for a long route.
+  std::mutex compute_mutex;
+  mutable std::mutex state_mutex;
 };
 
 namespace {
@@ -93,30 +100,38 @@ void check_outputs(const moe_router* r, int64_t tokens, const moe_route_outputs*
   }
 }
 
-// The token stage of one call, with what this router's strategy and options need. With `out`, the
-// backend may fuse the assignment of each token into the stage (backend.h).
-moe::StageParams stage_params(const moe_router* r, const void* input, moe_dtype dtype, int64_t tokens,
+// The token stage of one call, with what this router's strategy and options need. Takes a snapshot
+// of the mutable state; call with compute_mutex held. With `out`, the backend may fuse the
+// assignment of each token into the stage (backend.h).
+moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype, int64_t tokens,
                               bool is_logits, moe_route_outputs* out) {
   const moe::Config& c = r->config;
+  bool norm_calibrated;
+  {
+    std::lock_guard<std::mutex> lock(r->state_mutex);
+    r->bias_snapshot = r->selection_bias;
+    r->k_snapshot = r->k_params;
+    norm_calibrated = r->norm_calibrated;
+  }
   moe::StageParams p;
   p.config = &c;
   p.packed_weight = r->packed_weight.data();
   p.bias = r->has_bias ? r->bias.data() : nullptr;
-  p.selection_bias = r->selection_bias.data();
+  p.selection_bias = r->bias_snapshot.data();
   p.input = input;
   p.dtype = dtype;
   p.tokens = tokens;
   p.is_logits = is_logits;
   p.noise = c.options.noise_std > 0;
-  p.step = r->step;
+  p.step = moe_router_get_step(r);
   p.want_norm = c.options.strategy == MOE_STRATEGY_NORM;
   p.want_top_scores = c.options.strategy == MOE_STRATEGY_THRESHOLD;
   p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
-  const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || r->norm_calibrated;
+  const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || norm_calibrated;
   if (out && r->backend->fuses_assignment() && !c.expert_choice && !c.capacity && k_per_token) {
-    p.k_params = &r->k_params;
+    p.k_params = &r->k_snapshot;
     p.fused_out = out;
   }
   return p;
@@ -133,14 +148,21 @@ void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t toke
          static_cast<long long>(static_cast<const uint8_t*>(bad) - st.invalid));
 }
 
-// The norm strategy's statistics: calibrated ones, else the batch's own.
+// The strategy parameters in force; for the norm strategy, the batch's own statistics until calibrate.
 moe::KParams k_params_for(const moe_router* r, const moe::TokenStage& st, int64_t tokens) {
-  moe::KParams k = r->k_params;
-  if (r->config.options.strategy == MOE_STRATEGY_NORM && !r->norm_calibrated)
+  moe::KParams k;
+  bool calibrated;
+  {
+    std::lock_guard<std::mutex> lock(r->state_mutex);
+    k = r->k_params;
+    calibrated = r->norm_calibrated;
+  }
+  if (r->config.options.strategy == MOE_STRATEGY_NORM && !calibrated)
     moe::norm_statistics(st.norm, tokens, &k.norm_mean, &k.norm_std);
   return k;
 }
 
+// Call with state_mutex held.
 void bias_update(moe_router* r, const int64_t* counts) {
   const moe::Config& c = r->config;
   double mean = 0;
@@ -159,7 +181,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     check_router(r);
     check_input(input, dtype, tokens, is_logits ? "logits" : "hidden");
     check_outputs(r, tokens, out);
-    std::lock_guard<std::mutex> lock(r->mutex);
+    std::lock_guard<std::mutex> compute(r->compute_mutex);
     const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
     const moe::TokenStage& st = r->workspace.prepare(r->config, p);
     if (tokens > 0) r->backend->token_stage(p, st);
@@ -169,6 +191,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     moe::assign(r->config, p, k_params_for(r, st, tokens), r->workspace, out);
 
     const moe::Config& c = r->config;
+    std::lock_guard<std::mutex> state(r->state_mutex);
     ++r->calls;
     r->tokens += tokens;
     const std::vector<int64_t>& histogram = r->workspace.k_histogram;
@@ -271,7 +294,7 @@ void moe_router_destroy(moe_router* router) { delete router; }
 moe_backend moe_router_backend(const moe_router* router) { return router->backend_kind; }
 
 void moe_router_get_options(const moe_router* router, moe_router_options* out) {
-  std::lock_guard<std::mutex> lock(router->mutex);
+  std::lock_guard<std::mutex> lock(router->state_mutex);
   *out = router->config.options;
   out->top_p = router->k_params.top_p;
   out->threshold = router->k_params.threshold;
@@ -310,7 +333,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
            target);
     if (tokens < 1) fail(MOE_E_SHAPE, "sample must have at least one row (got 0)");
 
-    std::lock_guard<std::mutex> lock(r->mutex);
+    std::lock_guard<std::mutex> compute(r->compute_mutex);
     moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0, nullptr);
     p.noise = false;
     p.want_losses = false;
@@ -320,7 +343,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     reject_invalid(r, st, tokens, is_logits != 0);
 
     // Bisection on the parameter; mean k_t is monotone in each of them.
-    moe::KParams k = r->k_params;
+    moe::KParams k = k_params_for(r, st, tokens);
     double* parameter = nullptr;
     double low = 0, high = 1;
     bool increasing = true;  // does mean k grow with the parameter?
@@ -364,8 +387,11 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     }
     *parameter = best;
     if (strategy == MOE_STRATEGY_TOP_P && best <= 0) *parameter = best = std::nextafter(0.0, 1.0);
-    r->k_params = k;
-    if (strategy == MOE_STRATEGY_NORM) r->norm_calibrated = true;
+    {
+      std::lock_guard<std::mutex> state(r->state_mutex);
+      r->k_params = k;
+      if (strategy == MOE_STRATEGY_NORM) r->norm_calibrated = true;
+    }
     if (parameter_out) *parameter_out = best;
     if (mean_out) *mean_out = best_mean;
   });
@@ -377,30 +403,30 @@ moe_status moe_router_update_bias(moe_router* r, const int32_t* counts, moe_erro
     if (!counts) fail(MOE_E_SHAPE, "counts is NULL (expected [%d] int32)", r->config.E);
     if (!(r->config.options.bias_update_rate > 0))
       fail(MOE_E_CONFIG, "updateBias needs option biasUpdateRate > 0");
-    std::lock_guard<std::mutex> lock(r->mutex);
     std::vector<int64_t> wide(counts, counts + r->config.E);
+    std::lock_guard<std::mutex> state(r->state_mutex);
     bias_update(r, wide.data());
   });
 }
 
 void moe_router_get_selection_bias(const moe_router* router, float* out) {
-  std::lock_guard<std::mutex> lock(router->mutex);
+  std::lock_guard<std::mutex> lock(router->state_mutex);
   std::copy(router->selection_bias.begin(), router->selection_bias.end(), out);
 }
 
 uint64_t moe_router_get_step(const moe_router* router) {
-  std::lock_guard<std::mutex> lock(router->mutex);
+  std::lock_guard<std::mutex> lock(router->state_mutex);
   return router->step;
 }
 
 void moe_router_set_step(moe_router* router, uint64_t step) {
-  std::lock_guard<std::mutex> lock(router->mutex);
+  std::lock_guard<std::mutex> lock(router->state_mutex);
   router->step = step;
 }
 
 void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* utilization,
                           int64_t* expert_assignments, int64_t* k_histogram) {
-  std::lock_guard<std::mutex> lock(r->mutex);
+  std::lock_guard<std::mutex> lock(r->state_mutex);
   const int E = r->config.E;
   out->tokens = r->tokens;
   out->calls = r->calls;
@@ -423,7 +449,7 @@ void moe_router_get_stats(const moe_router* r, moe_router_stats* out, double* ut
 }
 
 void moe_router_reset_stats(moe_router* r) {
-  std::lock_guard<std::mutex> lock(r->mutex);
+  std::lock_guard<std::mutex> lock(r->state_mutex);
   r->tokens = r->calls = r->assignments = r->dropped = 0;
   std::fill(r->expert_total.begin(), r->expert_total.end(), 0);
   std::fill(r->k_histogram.begin(), r->k_histogram.end(), 0);

@@ -1,0 +1,112 @@
+/**
+ * What the routing cache and the monitor cost, with tinybench:
+ *   plain      router.route(x)                      (x changes every call)
+ *   miss       cache.route(x), request mode          (x changes every call: hash, route, copy, store)
+ *   hit        cache.route(x), request mode          (the same x: hash, look up, copy out)
+ *   tok-miss   cache.route(x), token mode            (every row new)
+ *   tok-hit    cache.route(x), token mode            (every row cached)
+ *   monitored  MonitoredRouter.route(x), no cache    (timing and counting per call)
+ * Each task runs in several rounds and reports the median of the rounds' medians, so that a noisy,
+ * shared machine moves every task alike.
+ *
+ *   npx tsup bench/cache.bench.ts --no-config --format cjs --target node20 -d dist && node dist/cache.bench.js
+ */
+import { Bench } from 'tinybench';
+import { MonitoredRouter, RoutingCache, DynamicRouter } from '../src/index';
+import { normalGenerator, randomGate } from '../src/random';
+
+interface Shape {
+  name: string;
+  tokens: number;
+  hidden: number;
+  experts: number;
+  topK: number;
+  logits?: boolean;
+}
+
+const SHAPES: Shape[] = [
+  { name: 'olmoe-decode', tokens: 1, hidden: 2048, experts: 64, topK: 8 },
+  { name: 'olmoe-batch64', tokens: 64, hidden: 2048, experts: 64, topK: 8 },
+  { name: 'qwen3-batch16', tokens: 16, hidden: 4096, experts: 128, topK: 8 },
+  { name: 'logits-64x8', tokens: 64, hidden: 0, experts: 64, topK: 8, logits: true },
+];
+const ROUNDS = 9;
+const TIME_MS = 200;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+async function measure(shape: Shape): Promise<Record<string, number>> {
+  const width = shape.logits ? shape.experts : shape.hidden;
+  const router = new DynamicRouter({
+    inputDim: shape.logits ? 1 : shape.hidden,
+    numExperts: shape.experts,
+    topK: shape.topK,
+    weight: randomGate(shape.experts, shape.logits ? 1 : shape.hidden, 1),
+  });
+  const twin = new DynamicRouter({ ...router.options, weight: randomGate(shape.experts, shape.logits ? 1 : shape.hidden, 1) });
+  const request = new RoutingCache(router, { mode: 'request' });
+  const token = new RoutingCache(router, { mode: 'token' });
+  const monitored = new MonitoredRouter(twin);
+  const normal = normalGenerator(2);
+  const x = Float32Array.from({ length: shape.tokens * width }, () => normal());
+  const route = (target: { route(v: Float32Array): { release(): void }; routeLogits(v: Float32Array): { release(): void } }, v: Float32Array) =>
+    (shape.logits ? target.routeLogits(v) : target.route(v)).release();
+  let counter = 0;
+  /** A new input each call: the first value of every row moves, so no row repeats. */
+  const fresh = () => {
+    counter += 1;
+    for (let t = 0; t < shape.tokens; t++) x[t * width] = counter;
+    return x;
+  };
+  const same = Float32Array.from(x);
+  route(request, same);
+  route(token, same);
+  const bench = new Bench({ time: TIME_MS, warmupTime: 50 });
+  bench
+    .add('plain', () => route(router, fresh()))
+    .add('miss', () => route(request, fresh()))
+    .add('hit', () => route(request, same))
+    .add('tok-miss', () => route(token, fresh()))
+    .add('tok-hit', () => route(token, same))
+    .add('monitored', () => route(monitored, fresh()));
+  const samples = new Map<string, number[]>();
+  for (let round = 0; round < ROUNDS; round++) {
+    await bench.run();
+    for (const task of bench.tasks) {
+      const p50 = task.result?.latency.p50;
+      if (p50 !== undefined) samples.set(task.name, [...(samples.get(task.name) ?? []), p50 * 1000]);
+    }
+  }
+  request.dispose(); // disposes router; token shares it
+  monitored.dispose();
+  return Object.fromEntries([...samples].map(([name, values]) => [name, median(values)]));
+}
+
+async function main(): Promise<void> {
+  const rows = [];
+  for (const shape of SHAPES) {
+    const us = await measure(shape);
+    const pct = (task: string) => `${(((us[task]! - us.plain!) / us.plain!) * 100).toFixed(1)}%`;
+    rows.push({
+      workload: shape.name,
+      'T×D→E,k': `${shape.tokens}×${shape.logits ? 'logits' : shape.hidden}→${shape.experts},${shape.topK}`,
+      'plain µs': us.plain!.toFixed(1),
+      'miss µs': us.miss!.toFixed(1),
+      'miss cost': pct('miss'),
+      'hit µs': us.hit!.toFixed(1),
+      'hit speed-up': `${(us.plain! / us.hit!).toFixed(1)}×`,
+      'tok-miss cost': pct('tok-miss'),
+      'tok-hit speed-up': `${(us.plain! / us['tok-hit']!).toFixed(1)}×`,
+      'monitored cost': pct('monitored'),
+    });
+  }
+  console.table(rows);
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});

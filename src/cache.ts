@@ -1,0 +1,447 @@
+/**
+ * RoutingCache: answers a repeated input from memory instead of routing it again.
+ *
+ * The key is a 128-bit hash (moe_hash128, native) over every byte of the input (never a sample), with
+ * the entry (hidden or logits), the dtype, the shape and the router's configVersion, so a changed input
+ * or a changed router can never be answered from the cache. Entries hold copies, never the router's pooled buffers, and every
+ * hit hands out a fresh copy, so nothing a caller does to a result (release, writes) reaches the cache.
+ */
+import { LRUCache } from 'lru-cache';
+import { RouterError } from './errors';
+import { loadNative } from './native';
+import type { Routable, RouteInput, RoutingResult } from './routable';
+import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
+import type { Dispatch } from './routing';
+import { Tensor, type DType, type TensorData } from './tensor';
+
+/** 'request': one entry per whole input. 'token': one entry per token row, so batches that share rows hit. */
+export type CacheMode = 'request' | 'token';
+
+export interface RoutingCacheOptions {
+  /** Upper bound on the memory the entries take, in bytes (default 64 MiB). */
+  maxBytes?: number;
+  mode?: CacheMode;
+}
+
+export interface CacheStats {
+  mode: CacheMode;
+  /** Requests (request mode) or token rows (token mode) answered from the cache. */
+  hits: number;
+  /** Requests or token rows that had to be routed. */
+  misses: number;
+  /** Entries dropped to stay within maxBytes. */
+  evictions: number;
+  /** Times the whole cache was emptied because the router's configuration changed. */
+  invalidations: number;
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+}
+
+/** Bookkeeping bytes counted per entry on top of its arrays and key (object and array headers). */
+const ENTRY_OVERHEAD_BYTES = 200;
+const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
+
+/** A routing answer with arrays of its own: what the cache stores and what a hit returns. */
+export class CachedRouting implements RoutingResult {
+  readonly tokens: number;
+  readonly topK: number;
+  readonly experts: Int32Array;
+  readonly weights: Float32Array;
+  readonly expertsPerToken: Int32Array;
+  readonly expertCounts: Int32Array;
+  readonly dispatch?: Dispatch;
+  readonly auxLoss?: number;
+  readonly zLoss?: number;
+  readonly entropy?: number;
+  readonly flopReduction: number;
+  readonly droppedAssignments: number;
+  readonly invalidTokens: Int32Array;
+
+  /** The one buffer all its arrays are views of. */
+  private readonly buffer: ArrayBuffer;
+
+  /**
+   * Copies every array of `source` into one buffer of its own (one allocation, not one per array);
+   * the copy does not depend on `source` afterwards.
+   */
+  constructor(source: RoutingResult) {
+    const d = source.dispatch;
+    const parts = [source.experts, source.weights, source.expertsPerToken, source.expertCounts, source.invalidTokens];
+    if (d) parts.push(d.offsets, d.slots);
+    this.buffer = new ArrayBuffer(parts.reduce((n, part) => n + part.byteLength, 0));
+    let at = 0;
+    const copy = <T extends Int32Array | Float32Array>(part: T): T => {
+      const view = (part instanceof Float32Array ? new Float32Array(this.buffer, at, part.length) : new Int32Array(this.buffer, at, part.length)) as T;
+      view.set(part);
+      at += part.byteLength;
+      return view;
+    };
+    this.tokens = source.tokens;
+    this.topK = source.topK;
+    this.experts = copy(source.experts);
+    this.weights = copy(source.weights);
+    this.expertsPerToken = copy(source.expertsPerToken);
+    this.expertCounts = copy(source.expertCounts);
+    this.invalidTokens = copy(source.invalidTokens);
+    if (d) this.dispatch = { offsets: copy(d.offsets), slots: copy(d.slots) };
+    if (source.auxLoss !== undefined) {
+      this.auxLoss = source.auxLoss;
+      this.zLoss = source.zLoss;
+      this.entropy = source.entropy;
+    }
+    this.flopReduction = source.flopReduction;
+    this.droppedAssignments = source.droppedAssignments;
+  }
+
+  /** Nothing to give back: the arrays belong to this object. */
+  release(): void {}
+
+  /** The bytes its arrays take. */
+  get byteLength(): number {
+    return this.buffer.byteLength;
+  }
+}
+
+/** One token's answer in token mode. */
+interface TokenRow {
+  experts: Int32Array;
+  weights: Float32Array;
+  k: number;
+  invalid: boolean;
+}
+
+type Entry = CachedRouting | TokenRow;
+
+interface Rows {
+  data: TensorData;
+  dtype: DType;
+  tokens: number;
+  width: number;
+}
+
+/** The input as rows of `width`, or null when the router would reject it (the router then says why). */
+function rowsOf(input: RouteInput, width: number): Rows | null {
+  if (input instanceof Tensor) {
+    const s = input.shape;
+    if (input.device !== 'cpu') return null;
+    if (s.length === 2 && s[1] === width) return { data: input.data, dtype: input.dtype, tokens: s[0]!, width };
+    if (s.length === 1 && s[0] === width) return { data: input.data, dtype: input.dtype, tokens: 1, width };
+    return null;
+  }
+  if (input instanceof Float32Array && width > 0 && input.length % width === 0) {
+    return { data: input, dtype: 'f32', tokens: input.length / width, width };
+  }
+  return null;
+}
+
+function digest(data: TensorData): string {
+  return loadNative().hash128(data);
+}
+
+/** A token-mode plan: the rows found in the cache and the ones still to route. */
+interface Plan {
+  rows: Rows;
+  version: number;
+  keys: string[];
+  found: (TokenRow | undefined)[];
+  missing: number[];
+}
+
+export class RoutingCache implements Routable {
+  readonly router: Routable;
+  readonly mode: CacheMode;
+  readonly maxBytes: number;
+  private readonly lru: LRUCache<string, Entry>;
+  private version: number;
+  private hits = 0;
+  private misses = 0;
+  private evictions = 0;
+  private invalidations = 0;
+
+  constructor(router: Routable, options: RoutingCacheOptions = {}) {
+    const mode = options.mode ?? 'request';
+    if (mode !== 'request' && mode !== 'token') {
+      throw new RouterError('E_CONFIG', `cache mode must be 'request' or 'token' (got ${JSON.stringify(mode)})`);
+    }
+    const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
+    if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
+      throw new RouterError('E_CONFIG', `cache maxBytes must be a positive integer (got ${JSON.stringify(options.maxBytes)})`);
+    }
+    if (mode === 'token') RoutingCache.checkTokenMode(router);
+    this.router = router;
+    this.mode = mode;
+    this.maxBytes = maxBytes;
+    this.version = router.configVersion;
+    this.lru = new LRUCache<string, Entry>({
+      maxSize: maxBytes,
+      sizeCalculation: (entry, key) =>
+        ENTRY_OVERHEAD_BYTES +
+        2 * key.length +
+        (entry instanceof CachedRouting ? entry.byteLength : entry.experts.byteLength + entry.weights.byteLength),
+      dispose: (_entry, _key, reason) => {
+        if (reason === 'evict') this.evictions += 1;
+      },
+    });
+  }
+
+  /** Token mode needs every token routed on its own row alone; these options make a token depend on its batch. */
+  private static checkTokenMode(router: Routable): void {
+    const o = router.options;
+    const reasons: string[] = [];
+    if (o.strategy === 'expert-choice') reasons.push("strategy 'expert-choice' picks tokens per batch");
+    if (o.strategy === 'norm') reasons.push("strategy 'norm' uses the batch's norm statistics until calibrated");
+    if (o.capacityFactor !== undefined && o.capacityFactor > 0) reasons.push('capacityFactor makes tokens compete for capacity');
+    if (o.losses) reasons.push('losses are batch averages');
+    if (o.dispatch) reasons.push('dispatch is built per batch');
+    if (reasons.length > 0) {
+      throw new RouterError('E_CONFIG', `cache mode 'token' cannot be used with this router: ${reasons.join('; ')}; use mode 'request'`);
+    }
+  }
+
+  stats(): RouterStats {
+    return this.router.stats();
+  }
+
+  /** Hits, misses, evictions and size of the cache itself. */
+  cacheStats(): CacheStats {
+    return {
+      mode: this.mode,
+      hits: this.hits,
+      misses: this.misses,
+      evictions: this.evictions,
+      invalidations: this.invalidations,
+      entries: this.lru.size,
+      bytes: this.lru.calculatedSize,
+      maxBytes: this.maxBytes,
+    };
+  }
+
+  clear(): void {
+    this.lru.clear();
+  }
+
+  route(hidden: RouteInput): RoutingResult {
+    return this.mode === 'token' ? this.routeRows(hidden, false) : this.routeRequest(hidden, false);
+  }
+
+  routeLogits(logits: RouteInput): RoutingResult {
+    return this.mode === 'token' ? this.routeRows(logits, true) : this.routeRequest(logits, true);
+  }
+
+  routeAsync(hidden: RouteInput): Promise<RoutingResult> {
+    return this.mode === 'token' ? this.routeRowsAsync(hidden, false) : this.routeRequestAsync(hidden, false);
+  }
+
+  routeLogitsAsync(logits: RouteInput): Promise<RoutingResult> {
+    return this.mode === 'token' ? this.routeRowsAsync(logits, true) : this.routeRequestAsync(logits, true);
+  }
+
+  get inputDim(): number {
+    return this.router.inputDim;
+  }
+
+  get numExperts(): number {
+    return this.router.numExperts;
+  }
+
+  get topK(): number {
+    return this.router.topK;
+  }
+
+  get options(): Routable['options'] {
+    return this.router.options;
+  }
+
+  get backend(): string {
+    return this.router.backend;
+  }
+
+  get configVersion(): number {
+    return this.router.configVersion;
+  }
+
+  get parameters(): { topP: number; threshold: number } {
+    return this.router.parameters;
+  }
+
+  calibrate(sample: RouteInput, options: CalibrateOptions): CalibrateResult {
+    return this.router.calibrate(sample, options);
+  }
+
+  updateBias(counts: Int32Array): void {
+    this.router.updateBias(counts);
+  }
+
+  resetStats(): void {
+    this.router.resetStats();
+  }
+
+  /** Disposes the router underneath and drops every entry. */
+  dispose(): void {
+    this.lru.clear();
+    this.router.dispose();
+  }
+
+  /** The router's configVersion now; a change empties the cache, since no entry can match again. */
+  private currentVersion(): number {
+    const version = this.router.configVersion;
+    if (version !== this.version) {
+      if (this.lru.size > 0) this.invalidations += 1;
+      this.lru.clear();
+      this.version = version;
+    }
+    return version;
+  }
+
+  private prefix(rows: Rows, isLogits: boolean, version: number): string {
+    return `${isLogits ? 'l' : 'h'}:${rows.dtype}:${rows.width}:${version}:`;
+  }
+
+  private direct(input: RouteInput, isLogits: boolean): RoutingResult {
+    return isLogits ? this.router.routeLogits(input) : this.router.route(input);
+  }
+
+  private directAsync(input: RouteInput, isLogits: boolean): Promise<RoutingResult> {
+    return isLogits ? this.router.routeLogitsAsync(input) : this.router.routeAsync(input);
+  }
+
+  /** Stores an answer only when the router did not change while it was computed. */
+  private store(key: string, version: number, entry: Entry): void {
+    if (this.router.configVersion === version) this.lru.set(key, entry);
+  }
+
+  // Request mode ------------------------------------------------------------------------------------
+
+  private requestKey(input: RouteInput, isLogits: boolean): { key: string; version: number; hit?: CachedRouting } | null {
+    const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
+    if (!rows) return null;
+    const version = this.currentVersion();
+    const key = `${this.prefix(rows, isLogits, version)}${rows.tokens}:${digest(rows.data)}`;
+    const found = this.lru.get(key);
+    if (found instanceof CachedRouting) {
+      this.hits += 1;
+      return { key, version, hit: new CachedRouting(found) };
+    }
+    this.misses += 1;
+    return { key, version };
+  }
+
+  private routeRequest(input: RouteInput, isLogits: boolean): RoutingResult {
+    const lookup = this.requestKey(input, isLogits);
+    if (lookup?.hit) return lookup.hit;
+    const result = this.direct(input, isLogits);
+    if (lookup) this.store(lookup.key, lookup.version, new CachedRouting(result));
+    return result;
+  }
+
+  private async routeRequestAsync(input: RouteInput, isLogits: boolean): Promise<RoutingResult> {
+    const lookup = this.requestKey(input, isLogits);
+    if (lookup?.hit) return lookup.hit;
+    const result = await this.directAsync(input, isLogits);
+    if (lookup) this.store(lookup.key, lookup.version, new CachedRouting(result));
+    return result;
+  }
+
+  // Token mode --------------------------------------------------------------------------------------
+
+  private plan(input: RouteInput, isLogits: boolean): Plan | null {
+    const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
+    if (!rows) return null;
+    const version = this.currentVersion();
+    const prefix = this.prefix(rows, isLogits, version);
+    const { data, width, tokens } = rows;
+    const keys: string[] = new Array(tokens);
+    const found: (TokenRow | undefined)[] = new Array(tokens);
+    const missing: number[] = [];
+    for (let t = 0; t < tokens; t++) {
+      const key = prefix + digest(data.subarray(t * width, (t + 1) * width));
+      keys[t] = key;
+      const entry = this.lru.get(key);
+      if (entry && !(entry instanceof CachedRouting)) {
+        found[t] = entry;
+      } else {
+        missing.push(t);
+      }
+    }
+    this.hits += tokens - missing.length;
+    this.misses += missing.length;
+    return { rows, version, keys, found, missing };
+  }
+
+  /** The input made of the missing rows only (the input itself when every row is missing). */
+  private missingInput(input: RouteInput, plan: Plan): RouteInput {
+    const { data, width, tokens, dtype } = plan.rows;
+    if (plan.missing.length === tokens) return input;
+    const out = data instanceof Float32Array ? new Float32Array(plan.missing.length * width) : new Uint16Array(plan.missing.length * width);
+    plan.missing.forEach((t, i) => out.set(data.subarray(t * width, (t + 1) * width), i * width));
+    return out instanceof Float32Array ? out : Tensor.from(out, [plan.missing.length, width], { dtype });
+  }
+
+  /** Puts the cached rows and the freshly routed ones together, and stores the fresh ones. */
+  private assemble(plan: Plan, routed: RoutingResult | null): CachedRouting {
+    const K = this.topK;
+    const T = plan.rows.tokens;
+    const experts = new Int32Array(T * K);
+    const weights = new Float32Array(T * K);
+    const expertsPerToken = new Int32Array(T);
+    const expertCounts = new Int32Array(this.numExperts);
+    const invalid: number[] = [];
+    const routedInvalid = new Set(routed?.invalidTokens ?? []);
+    let next = 0;
+    let chosen = 0;
+    for (let t = 0; t < T; t++) {
+      let row = plan.found[t];
+      if (!row) {
+        const i = next++;
+        row = {
+          experts: routed!.experts.slice(i * K, (i + 1) * K),
+          weights: routed!.weights.slice(i * K, (i + 1) * K),
+          k: routed!.expertsPerToken[i]!,
+          invalid: routedInvalid.has(i),
+        };
+        this.store(plan.keys[t]!, plan.version, row);
+      }
+      experts.set(row.experts, t * K);
+      weights.set(row.weights, t * K);
+      expertsPerToken[t] = row.k;
+      chosen += row.k;
+      if (row.invalid) invalid.push(t);
+      for (const e of row.experts) if (e >= 0) expertCounts[e]! += 1;
+    }
+    return new CachedRouting({
+      tokens: T,
+      topK: K,
+      experts,
+      weights,
+      expertsPerToken,
+      expertCounts,
+      invalidTokens: Int32Array.from(invalid),
+      flopReduction: T === 0 ? 0 : 1 - chosen / (T * K),
+      droppedAssignments: 0,
+      release() {},
+    });
+  }
+
+  private routeRows(input: RouteInput, isLogits: boolean): RoutingResult {
+    const plan = this.plan(input, isLogits);
+    if (!plan) return this.direct(input, isLogits);
+    const routed = plan.missing.length > 0 ? this.direct(this.missingInput(input, plan), isLogits) : null;
+    try {
+      return this.assemble(plan, routed);
+    } finally {
+      routed?.release();
+    }
+  }
+
+  private async routeRowsAsync(input: RouteInput, isLogits: boolean): Promise<RoutingResult> {
+    const plan = this.plan(input, isLogits);
+    if (!plan) return this.directAsync(input, isLogits);
+    const routed = plan.missing.length > 0 ? await this.directAsync(this.missingInput(input, plan), isLogits) : null;
+    try {
+      return this.assemble(plan, routed);
+    } finally {
+      routed?.release();
+    }
+  }
+}

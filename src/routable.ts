@@ -1,0 +1,49 @@
+/**
+ * The router surface that the cache, the monitor and the GPU→CPU breaker wrap and themselves offer,
+ * so that they stack: MonitoredRouter → RoutingCache → FailoverRouter → DynamicRouter.
+ */
+import type { CalibrateOptions, CalibrateResult, DynamicRouter, RouterStats } from './router';
+import type { Dispatch } from './routing';
+import type { Tensor } from './tensor';
+
+export type RouteInput = Float32Array | Tensor;
+
+/** What a route answers: a pooled `Routing`, or a cached copy (whose release() does nothing). */
+export interface RoutingResult {
+  readonly tokens: number;
+  readonly topK: number;
+  readonly experts: Int32Array;
+  readonly weights: Float32Array;
+  readonly expertsPerToken: Int32Array;
+  readonly expertCounts: Int32Array;
+  readonly dispatch?: Dispatch;
+  readonly auxLoss?: number;
+  readonly zLoss?: number;
+  readonly entropy?: number;
+  readonly flopReduction: number;
+  readonly droppedAssignments: number;
+  readonly invalidTokens: Int32Array;
+  release(): void;
+}
+
+export interface Routable {
+  readonly inputDim: number;
+  readonly numExperts: number;
+  readonly topK: number;
+  readonly options: DynamicRouter['options'];
+  /** The backend serving now. */
+  readonly backend: string;
+  /** Changes whenever the same input could route differently (see DynamicRouter.configVersion). */
+  readonly configVersion: number;
+  /** The top-p and threshold parameters in force. */
+  readonly parameters: { topP: number; threshold: number };
+  route(hidden: RouteInput): RoutingResult;
+  routeLogits(logits: RouteInput): RoutingResult;
+  routeAsync(hidden: RouteInput): Promise<RoutingResult>;
+  routeLogitsAsync(logits: RouteInput): Promise<RoutingResult>;
+  calibrate(sample: RouteInput, options: CalibrateOptions): CalibrateResult;
+  updateBias(counts: Int32Array): void;
+  stats(): RouterStats;
+  resetStats(): void;
+  dispose(): void;
+}

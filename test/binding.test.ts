@@ -1,0 +1,135 @@
+// The binding's promises: zero-copy inputs that honour byteOffset, async twins that keep their inputs
+// alive and equal the sync result, pooled outputs, disposal while a call is in flight, and a package
+// that loads from both require and import.
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { DynamicRouter, RouterError, Tensor, f32ToBf16 } from '../src/index';
+import { normalGenerator, randomGate } from '../src/random';
+
+const D = 24;
+const E = 12;
+const K = 3;
+
+function makeRouter(extra: Record<string, unknown> = {}): DynamicRouter {
+  return new DynamicRouter({ inputDim: D, numExperts: E, topK: K, weight: randomGate(E, D, 1), losses: true, dispatch: true, ...extra });
+}
+
+function randomRows(tokens: number, width: number, seed: number): Float32Array {
+  const normal = normalGenerator(seed);
+  return Float32Array.from({ length: tokens * width }, () => normal());
+}
+
+function snapshot(r: ReturnType<DynamicRouter['route']>) {
+  return {
+    experts: Array.from(r.experts),
+    weights: Array.from(r.weights),
+    expertsPerToken: Array.from(r.expertsPerToken),
+    expertCounts: Array.from(r.expertCounts),
+    slots: Array.from(r.dispatch!.slots),
+    offsets: Array.from(r.dispatch!.offsets),
+    auxLoss: r.auxLoss,
+    zLoss: r.zLoss,
+    entropy: r.entropy,
+  };
+}
+
+describe('inputs', () => {
+  it('reads a subarray view at its byteOffset, without copying', () => {
+    const router = makeRouter();
+    const rows = randomRows(7, D, 2);
+    const backing = new Float32Array(rows.length + 5 * D + 3);
+    backing.set(rows, 5 * D + 3);
+    const view = backing.subarray(5 * D + 3, 5 * D + 3 + rows.length);
+    expect(snapshot(router.route(view))).toEqual(snapshot(router.route(rows)));
+  });
+
+  it('routes bf16 tensors as the f32 values they hold', () => {
+    const router = makeRouter();
+    const rows = randomRows(9, D, 3);
+    const bits = Uint16Array.from(rows, (v) => f32ToBf16(v));
+    const widened = Tensor.from(bits, [9, D], { dtype: 'bf16' }).toFloat32();
+    expect(snapshot(router.route(Tensor.from(bits, [9, D], { dtype: 'bf16' })))).toEqual(snapshot(router.route(widened)));
+  });
+
+  it('routes zero tokens to an empty result', () => {
+    const r = makeRouter().route(new Float32Array(0));
+    expect(r.tokens).toBe(0);
+    expect(r.experts.length).toBe(0);
+    expect(Array.from(r.expertCounts)).toEqual(new Array(E).fill(0));
+    expect(r.flopReduction).toBe(0);
+  });
+});
+
+describe('async twins', () => {
+  it('routeAsync and routeLogitsAsync equal their sync twins, many in flight at once', async () => {
+    const router = makeRouter();
+    const batches = Array.from({ length: 16 }, (_, i) => randomRows(50 + i, D, 100 + i));
+    const expected = batches.map((b) => snapshot(router.route(b)));
+    const got = await Promise.all(batches.map((b) => router.routeAsync(b)));
+    expect(got.map(snapshot)).toEqual(expected);
+
+    const logits = randomRows(40, E, 7);
+    const sync = snapshot(router.routeLogits(logits));
+    expect(snapshot(await router.routeLogitsAsync(logits))).toEqual(sync);
+  });
+
+  it('keeps its input alive while the worker runs, even when the caller drops it', async () => {
+    const router = makeRouter();
+    const expected = snapshot(router.route(randomRows(3000, D, 11)));
+    const pending = router.routeAsync(randomRows(3000, D, 11)); // no other reference to the input
+    (globalThis as { gc?: () => void }).gc?.();
+    expect(snapshot(await pending)).toEqual(expected);
+  });
+
+  it('finishes a call in flight when the router is disposed, then refuses new ones', async () => {
+    const router = makeRouter();
+    const rows = randomRows(2000, D, 12);
+    const expected = snapshot(makeRouter().route(rows));
+    const pending = router.routeAsync(rows);
+    router.dispose();
+    expect(snapshot(await pending)).toEqual(expected);
+    expect(() => router.route(rows)).toThrowError(RouterError);
+    await expect(router.routeAsync(rows)).rejects.toMatchObject({ code: 'E_DISPOSED' });
+  });
+
+  it('rejects with a RouterError carrying the code', async () => {
+    const router = makeRouter();
+    const rows = randomRows(4, D, 13);
+    rows[2 * D + 5] = Number.NaN;
+    await expect(router.routeAsync(rows)).rejects.toMatchObject({ name: 'RouterError', code: 'E_NONFINITE' });
+  });
+});
+
+describe('pooled outputs', () => {
+  it('allocates no new buffers in steady state when results are released', () => {
+    const router = makeRouter();
+    const rows = randomRows(64, D, 14);
+    router.route(rows).release();
+    const pool = (router as unknown as { pool: { allocated: number; reused: number } }).pool;
+    const before = pool.allocated;
+    for (let i = 0; i < 50; i++) router.route(rows).release();
+    expect(pool.allocated).toBe(before);
+    expect(pool.reused).toBeGreaterThanOrEqual(50 * 5);
+  });
+
+  it('never hands out a buffer that a live result still holds', () => {
+    const router = makeRouter();
+    const a = router.route(randomRows(8, D, 15));
+    const kept = snapshot(a);
+    const b = router.route(randomRows(8, D, 16));
+    expect(b.experts).not.toBe(a.experts);
+    expect(snapshot(a)).toEqual(kept);
+  });
+});
+
+describe('packaging', () => {
+  it('loads from require and import once built', () => {
+    const root = path.resolve(__dirname, '..');
+    execFileSync('npx', ['tsup', '--silent'], { cwd: root, stdio: 'ignore' });
+    const cjs = execFileSync(process.execPath, ['-e', "const m = require('dynamic-moe-router'); console.log(typeof m.DynamicRouter, typeof m.RouterError)"], { cwd: root, encoding: 'utf8' });
+    expect(cjs.trim()).toBe('function function');
+    const esm = execFileSync(process.execPath, ['--input-type=module', '-e', "import { DynamicRouter, Tensor } from 'dynamic-moe-router'; console.log(typeof DynamicRouter, typeof Tensor)"], { cwd: root, encoding: 'utf8' });
+    expect(esm.trim()).toBe('function function');
+  }, 60_000);
+});

@@ -1,0 +1,359 @@
+// Bad arguments give a RouterError with the right code and a message that names the argument and
+// the expected/actual values; nothing crashes the process. Plus the async twins, determinism and
+// buffer release.
+import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
+import { existsSync } from 'node:fs';
+import { DynamicRouter, RouterError, Tensor } from '../src/index';
+import { backendList } from './reference/harness';
+import { snapshot } from './reference/compare';
+import { Rng } from './reference/cases';
+
+const D = 3;
+const E = 4;
+const W = new Float32Array(E * D).map((_, i) => Math.sin(i + 1));
+const base = { inputDim: D, numExperts: E, topK: 2, weight: W };
+const make = (patch: Record<string, unknown> = {}) => new DynamicRouter({ ...base, ...patch } as any);
+
+function caught(f: () => unknown): unknown {
+  try {
+    f();
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+/** f throws a RouterError with `code` whose message matches every pattern. */
+function expectCode(f: () => unknown, code: string, ...patterns: RegExp[]) {
+  const e = caught(f);
+  if (!(e instanceof RouterError)) throw new Error(`expected RouterError ${code}, got ${e === undefined ? 'no error' : String(e)}`);
+  expect(e.code).toBe(code);
+  expect(e).toBeInstanceOf(Error);
+  for (const p of patterns) expect(e.message).toMatch(p);
+}
+async function expectRejects(p: Promise<unknown>, code: string, ...patterns: RegExp[]) {
+  let e: unknown;
+  try {
+    await p;
+  } catch (x) {
+    e = x;
+  }
+  if (!(e instanceof RouterError)) throw new Error(`expected a rejection with RouterError ${code}, got ${String(e)}`);
+  expect(e.code).toBe(code);
+  for (const pat of patterns) expect(e.message).toMatch(pat);
+}
+
+describe('E_CONFIG: options out of range', () => {
+  const cases: [string, Record<string, unknown>, RegExp[]][] = [
+    ['topK > numExperts', { topK: 5 }, [/topK/, /5/]],
+    ['topK = 0', { topK: 0 }, [/topK/, /0/]],
+    ['topK not an integer', { topK: 1.5 }, [/topK/, /1\.5/]],
+    ['minExperts > topK', { minExperts: 3 }, [/minExperts/, /3/]],
+    ['minExperts = 0', { minExperts: 0 }, [/minExperts/]],
+    ['inputDim = 0', { inputDim: 0, weight: new Float32Array(0) }, [/inputDim/]],
+    ['numExperts = 0', { numExperts: 0, topK: 1, weight: new Float32Array(0) }, [/numExperts/]],
+    ['E % groups.count != 0', { groups: { count: 3, select: 1 } }, [/groups/, /3/]],
+    ['groups.select > groups.count', { groups: { count: 2, select: 3 } }, [/groups\.select|select/, /3/]],
+    ['groups.select = 0', { groups: { count: 2, select: 0 } }, [/select/]],
+    ['groups.count = 0', { groups: { count: 0, select: 0 } }, [/groups/]],
+    ['groups keep fewer than topK experts', { groups: { count: 4, select: 1 } }, [/groups/]],
+    ['groups with expert-choice', { strategy: 'expert-choice', groups: { count: 2, select: 1 } }, [/groups/, /expert-choice/]],
+    ['topP = 0', { strategy: 'top-p', topP: 0 }, [/topP/, /0/]],
+    ['topP > 1', { strategy: 'top-p', topP: 1.5 }, [/topP/, /1\.5/]],
+    ['topP < 0', { strategy: 'top-p', topP: -0.25 }, [/topP/, /-0\.25/]],
+    ['topP NaN', { strategy: 'top-p', topP: NaN }, [/topP/]],
+    ['threshold NaN', { strategy: 'threshold', threshold: NaN }, [/threshold/]],
+    ['threshold infinite', { strategy: 'threshold', threshold: Infinity }, [/threshold/]],
+    ['negative capacityFactor', { capacityFactor: -1 }, [/capacityFactor/, /-1/]],
+    ['capacityFactor NaN', { capacityFactor: NaN }, [/capacityFactor/]],
+    ['negative minCapacity', { capacityFactor: 1, minCapacity: -1 }, [/minCapacity/, /-1/]],
+    ['unknown strategy', { strategy: 'bogus' }, [/strategy/, /bogus/, /top-k/]],
+    ['unknown scoring', { scoring: 'relu' }, [/scoring/, /relu/]],
+    ['unknown order', { order: 'sideways' }, [/order/, /sideways/]],
+    ['unknown dropPolicy', { capacityFactor: 1, dropPolicy: 'random' }, [/dropPolicy/, /random/]],
+    ['unknown validation', { validation: 'ignore' }, [/validation/, /ignore/]],
+    ['unknown device', { device: 'tpu' }, [/device/, /tpu/]],
+    ['unknown backend', { backend: 'sse9' }, [/backend/, /sse9/]],
+    ['negative noise std', { noise: { std: -1, seed: 1 } }, [/noise/, /-1/]],
+    ['negative noise seed', { noise: { std: 1, seed: -3 } }, [/seed/, /-3/]],
+    ['blockSize = 0', { dispatch: { blockSize: 0 } }, [/blockSize/, /0/]],
+    ['negative biasUpdateRate', { biasUpdateRate: -0.5 }, [/biasUpdateRate/, /-0\.5/]],
+    ['scale NaN', { scale: NaN }, [/scale/]],
+    ['negative threads', { threads: -1 }, [/threads/, /-1/]],
+  ];
+  for (const [name, patch, patterns] of cases) {
+    it(name, () => expectCode(() => make(patch), 'E_CONFIG', ...patterns));
+  }
+
+  it('missing or non-object options', () => {
+    expectCode(() => new DynamicRouter(null as any), 'E_CONFIG');
+    expectCode(() => new DynamicRouter(undefined as any), 'E_CONFIG');
+    expectCode(() => new DynamicRouter({ inputDim: D, numExperts: E, weight: W } as any), 'E_CONFIG', /topK/);
+  });
+
+  it('step must be a non-negative integer', () => {
+    const r = make();
+    expectCode(() => (r.step = -1), 'E_CONFIG', /step/, /-1/);
+    expectCode(() => (r.step = 1.5), 'E_CONFIG', /step/, /1\.5/);
+    expectCode(() => (r.step = NaN), 'E_CONFIG', /step/);
+    r.step = 2 ** 40;
+    expect(r.step).toBe(2 ** 40);
+  });
+
+  it('calibrate and updateBias check their preconditions', () => {
+    expectCode(() => make().calibrate(new Float32Array(D * 4), { meanExperts: 1.5 }), 'E_CONFIG', /calibrate/);
+    expectCode(() => make({ strategy: 'entropy' }).calibrate(new Float32Array(D * 4), { meanExperts: 1.5 }), 'E_CONFIG');
+    const p = make({ strategy: 'top-p', topP: 0.5 });
+    expectCode(() => p.calibrate(new Float32Array(D * 4), { meanExperts: 3 }), 'E_CONFIG', /meanExperts/, /3/);
+    expectCode(() => p.calibrate(new Float32Array(D * 4), { meanExperts: 0.5 }), 'E_CONFIG', /meanExperts/);
+    expectCode(() => p.calibrate(new Float32Array(D * 4), { meanExperts: NaN }), 'E_CONFIG', /meanExperts/);
+    expectCode(() => make().updateBias(new Int32Array(E)), 'E_CONFIG', /biasUpdateRate/);
+  });
+});
+
+describe('E_SHAPE: wrong length or shape', () => {
+  it('constructor arrays', () => {
+    expectCode(() => make({ weight: new Float32Array(11) }), 'E_SHAPE', /weight/, /12/, /11/);
+    expectCode(() => make({ bias: new Float32Array(3) }), 'E_SHAPE', /bias/, /4/, /3/);
+    expectCode(() => make({ selectionBias: new Float32Array(5) }), 'E_SHAPE', /selectionBias/, /4/, /5/);
+    expectCode(() => make({ weight: Tensor.from(new Float32Array(11), [11]) }), 'E_SHAPE', /weight/);
+  });
+
+  it('a weight tensor must be [numExperts, inputDim] (a transposed [inputDim, numExperts] is rejected)', () => {
+    expectCode(() => make({ weight: Tensor.from(new Float32Array(12), [D, E]) }), 'E_SHAPE', /weight/, /4/, /3/);
+  });
+
+  it('route / routeLogits inputs', () => {
+    const r = make();
+    expectCode(() => r.route(new Float32Array(4)), 'E_SHAPE', /hidden/, /3/, /4/);
+    expectCode(() => r.route(Tensor.from(new Float32Array(8), [2, 4])), 'E_SHAPE', /hidden/, /3/, /2, 4/);
+    expectCode(() => r.route(Tensor.from(new Float32Array(6), [1, 2, 3])), 'E_SHAPE', /hidden/);
+    expectCode(() => r.routeLogits(new Float32Array(5)), 'E_SHAPE', /logits/, /4/, /5/);
+    expectCode(() => r.routeLogits(Tensor.from(new Float32Array(5), [1, 5])), 'E_SHAPE', /logits/, /4/, /5/);
+    expectCode(() => r.routeLogits(Tensor.from(new Float32Array(6), [2, 3])), 'E_SHAPE', /logits/);
+  });
+
+  it('Tensor.from checks data length against shape', () => {
+    expectCode(() => Tensor.from(new Float32Array(5), [2, 3]), 'E_SHAPE', /5/, /2, 3|6/);
+    expectCode(() => Tensor.from(new Uint16Array(7), [2, 3], { dtype: 'f16' }), 'E_SHAPE');
+  });
+
+  it('calibrate sample and updateBias counts', () => {
+    const p = make({ strategy: 'top-p', topP: 0.5 });
+    expectCode(() => p.calibrate(new Float32Array(4), { meanExperts: 1.5 }), 'E_SHAPE', /sample/, /3/, /4/);
+    const b = make({ biasUpdateRate: 0.1 });
+    expectCode(() => b.updateBias(new Int32Array(3)), 'E_SHAPE', /counts/, /4/, /3/);
+  });
+
+  it('async twins reject the same way', async () => {
+    const r = make();
+    await expectRejects(r.routeAsync(new Float32Array(4)), 'E_SHAPE', /hidden/);
+    await expectRejects(r.routeLogitsAsync(new Float32Array(5)), 'E_SHAPE', /logits/);
+  });
+});
+
+describe('E_DTYPE: wrong array type or dtype', () => {
+  it('route / routeLogits inputs', () => {
+    const r = make();
+    for (const bad of [new Float64Array(3), new Int32Array(3), new Uint16Array(3), [0, 0, 0], null, undefined, 'abc', 42, {}]) {
+      expectCode(() => r.route(bad as any), 'E_DTYPE', /hidden/, /Float32Array|Tensor/);
+      expectCode(() => r.routeLogits(bad as any), 'E_DTYPE', /logits/);
+    }
+  });
+
+  it('constructor arrays', () => {
+    expectCode(() => make({ weight: new Float64Array(12) }), 'E_DTYPE', /weight/, /Float32Array/);
+    expectCode(() => make({ weight: Array(12).fill(0) }), 'E_DTYPE', /weight/);
+    expectCode(() => make({ weight: undefined }), 'E_DTYPE', /weight/);
+    expectCode(() => make({ bias: [0, 0, 0, 0] }), 'E_DTYPE', /bias/);
+    expectCode(() => make({ selectionBias: new Float64Array(4) }), 'E_DTYPE', /selectionBias/);
+  });
+
+  it('Tensor dtypes', () => {
+    expectCode(() => Tensor.from(new Uint16Array(6), [2, 3], { dtype: 'f64' as any }), 'E_DTYPE', /dtype/, /f64/);
+    expectCode(() => Tensor.from(new Uint16Array(6) as any, [2, 3], { dtype: 'f32' }), 'E_DTYPE', /f32/, /Uint16Array/);
+  });
+
+  it('updateBias counts must be an Int32Array', () => {
+    expectCode(() => make({ biasUpdateRate: 0.1 }).updateBias(new Float32Array(4) as any), 'E_DTYPE', /counts/, /Int32Array/);
+  });
+
+  it('async twins reject the same way', async () => {
+    await expectRejects(make().routeAsync(new Float64Array(3) as any), 'E_DTYPE', /hidden/);
+    await expectRejects(make().routeLogitsAsync([1, 2, 3, 4] as any), 'E_DTYPE', /logits/);
+  });
+});
+
+describe('E_NONFINITE under reject', () => {
+  it('names the first bad token, sync and async, hidden and logits', async () => {
+    const r = make();
+    const logits = new Float32Array(50 * E).map((_, i) => Math.cos(i));
+    logits[37 * E + 2] = NaN;
+    logits[41 * E] = Infinity;
+    expectCode(() => r.routeLogits(logits), 'E_NONFINITE', /\b37\b/);
+    await expectRejects(r.routeLogitsAsync(logits), 'E_NONFINITE', /\b37\b/);
+    const hidden = new Float32Array(20 * D).map((_, i) => Math.sin(i));
+    hidden[13 * D + 1] = -Infinity;
+    expectCode(() => r.route(hidden), 'E_NONFINITE', /\b13\b/);
+    await expectRejects(r.routeAsync(hidden), 'E_NONFINITE', /\b13\b/);
+    const f16 = new Uint16Array(2 * D);
+    f16[D] = 0x7e00; // NaN in token 1
+    expectCode(() => r.route(Tensor.from(f16, [2, D], { dtype: 'f16' })), 'E_NONFINITE', /\b1\b/);
+    // the router keeps working
+    expect(r.route(new Float32Array(D)).tokens).toBe(1);
+  });
+});
+
+describe('E_DISPOSED', () => {
+  it('every method after dispose()', async () => {
+    const r = make({ strategy: 'top-p', topP: 0.5, biasUpdateRate: 0.1 });
+    r.dispose();
+    expectCode(() => r.route(new Float32Array(D)), 'E_DISPOSED');
+    expectCode(() => r.routeLogits(new Float32Array(E)), 'E_DISPOSED');
+    expectCode(() => r.calibrate(new Float32Array(D), { meanExperts: 1 }), 'E_DISPOSED');
+    expectCode(() => r.updateBias(new Int32Array(E)), 'E_DISPOSED');
+    expectCode(() => r.stats(), 'E_DISPOSED');
+    await expectRejects(r.routeAsync(new Float32Array(D)), 'E_DISPOSED');
+    await expectRejects(r.routeLogitsAsync(new Float32Array(E)), 'E_DISPOSED');
+    r.dispose(); // twice is harmless
+  });
+});
+
+describe('E_BACKEND', () => {
+  const cpu = backendList();
+  // Without an NVIDIA device node there can be no usable GPU, whatever the build.
+  const gpuPresent = existsSync('/dev/nvidiactl') || existsSync('/dev/nvidia0');
+  it("backend: 'cuda' and device: 'cuda' on a machine without a usable GPU", () => {
+    for (const patch of [{ backend: 'cuda' }, { device: 'cuda' }]) {
+      if (!gpuPresent) expectCode(() => make(patch), 'E_BACKEND', /cuda/);
+      else {
+        // A GPU machine: either this build has CUDA and uses it, or it says why not.
+        const e = caught(() => expect(make(patch).backend).toBe('cuda'));
+        if (e !== undefined) expect((e as RouterError).code).toBe('E_BACKEND');
+      }
+    }
+  });
+  it('CPU backends this machine lacks', () => {
+    for (const name of ['avx2', 'avx512', 'neon'].filter((n) => !cpu.includes(n)))
+      expectCode(() => make({ backend: name }), 'E_BACKEND', new RegExp(name));
+  });
+  it('every listed backend constructs and reports itself', () => {
+    for (const name of cpu) expect(make({ backend: name }).backend).toBe(name);
+    expect(cpu).toContain(make({ device: 'cpu' }).backend);
+    expect(cpu).toContain(make().backend);
+  });
+});
+
+describe('nothing crashes the process', () => {
+  it('garbage inputs give RouterError', () => {
+    const r = make();
+    fc.assert(
+      fc.property(fc.anything(), (x) => {
+        for (const f of [() => r.route(x as any), () => r.routeLogits(x as any)]) {
+          const e = caught(f);
+          if (!(e instanceof RouterError)) throw new Error(`input ${fc.stringify(x)} gave ${String(e)}`);
+        }
+      }),
+      { seed: 7, numRuns: 300 },
+    );
+  });
+  it('garbage option values give RouterError or a working router', () => {
+    const keys = [
+      'inputDim', 'numExperts', 'topK', 'weight', 'bias', 'minExperts', 'strategy', 'topP', 'threshold', 'scoring',
+      'order', 'normalize', 'scale', 'groups', 'selectionBias', 'biasUpdateRate', 'capacityFactor', 'minCapacity',
+      'dropPolicy', 'noise', 'dispatch', 'losses', 'validation', 'device', 'threads', 'backend',
+    ];
+    fc.assert(
+      fc.property(fc.constantFrom(...keys), fc.anything(), (key, value) => {
+        let router: DynamicRouter | undefined;
+        try {
+          router = make({ [key]: value });
+        } catch (e) {
+          if (!(e instanceof RouterError)) throw new Error(`${key}: ${fc.stringify(value)} gave ${String(e)}`);
+          return;
+        }
+        try {
+          router.route(new Float32Array(2 * D).fill(0.5));
+        } catch (e) {
+          if (!(e instanceof RouterError)) throw new Error(`${key}: ${fc.stringify(value)} then route gave ${String(e)}`);
+        } finally {
+          router.dispose();
+        }
+      }),
+      { seed: 8, numRuns: 400 },
+    );
+  });
+});
+
+describe.each(backendList())('determinism and async twins, backend %s', (backend) => {
+  const rng = new Rng(99);
+  const Dd = 40;
+  const Ee = 24;
+  const T = 700;
+  const weight = new Float32Array(Ee * Dd).map(() => rng.normal() * 0.3);
+  const hidden = new Float32Array(T * Dd).map(() => rng.normal());
+  const logits = new Float32Array(T * Ee).map(() => rng.normal() * 2);
+  const opts = {
+    inputDim: Dd, numExperts: Ee, topK: 4, weight, backend, strategy: 'top-p', topP: 0.7, capacityFactor: 1.25,
+    dropPolicy: 'score', dispatch: { blockSize: 8 }, losses: true, noise: { std: 0.3, seed: 5 },
+  } as const;
+
+  it('routeAsync equals route, routeLogitsAsync equals routeLogits, bit for bit', async () => {
+    const r = new DynamicRouter(opts as any);
+    r.step = 3;
+    const a = snapshot(r.route(hidden));
+    r.step = 3;
+    const b = snapshot(await r.routeAsync(hidden));
+    expect(b).toEqual(a);
+    r.step = 9;
+    const c = snapshot(r.routeLogits(logits));
+    r.step = 9;
+    const d = snapshot(await r.routeLogitsAsync(logits));
+    expect(d).toEqual(c);
+    // f16 input through the async path too
+    const t = Tensor.from(new Uint16Array(T * Dd).map((_, i) => 0x3000 + (i % 997)), [T, Dd], { dtype: 'f16' });
+    r.step = 1;
+    const e = snapshot(r.route(t));
+    r.step = 1;
+    expect(snapshot(await r.routeAsync(t))).toEqual(e);
+  });
+
+  it('concurrent async calls each get their own, correct result', async () => {
+    const r = new DynamicRouter({ ...opts, noise: undefined } as any);
+    const inputs = [0, 1, 2, 3, 4, 5].map((k) => hidden.map((v, i) => v + ((i * k) % 7) * 0.01));
+    const sync = inputs.map((x) => snapshot(r.route(x)));
+    const all = await Promise.all(inputs.map((x) => r.routeAsync(x)));
+    all.forEach((res, i) => expect(snapshot(res)).toEqual(sync[i]));
+  });
+
+  it('repeated calls and different thread counts give bit-identical results', () => {
+    const first = new DynamicRouter({ ...opts, noise: undefined } as any);
+    const ref = snapshot(first.route(hidden));
+    for (let i = 0; i < 3; i++) expect(snapshot(first.route(hidden))).toEqual(ref);
+    for (const threads of [1, 2, 3]) {
+      const r = new DynamicRouter({ ...opts, noise: undefined, threads } as any);
+      expect(snapshot(r.route(hidden))).toEqual(ref);
+      expect(snapshot(r.routeLogits(logits))).toEqual(snapshot(first.routeLogits(logits)));
+    }
+  });
+
+  it('release() hands buffers back; routing again works', () => {
+    const r = new DynamicRouter({ ...opts, noise: undefined } as any);
+    const x1 = hidden;
+    const x2 = hidden.map((v) => -v);
+    const want1 = snapshot(r.route(x1));
+    const want2 = snapshot(r.route(x2));
+    for (let i = 0; i < 4; i++) {
+      const a = r.route(x1);
+      expect(snapshot(a)).toEqual(want1);
+      a.release();
+      const b = r.route(x2);
+      expect(snapshot(b)).toEqual(want2);
+      b.release();
+    }
+    const last = r.route(x1);
+    last.release();
+    last.release(); // twice is harmless
+    expect(snapshot(r.route(x1))).toEqual(want1);
+  });
+});
