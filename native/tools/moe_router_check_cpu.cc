@@ -202,7 +202,8 @@ struct Result {
   bool same_bits(const Result& o) const {
     return status == o.status && message == o.message && experts == o.experts && per_token == o.per_token &&
            counts == o.counts && offsets == o.offsets && slots == o.slots && invalid == o.invalid &&
-           std::memcmp(weights.data(), o.weights.data(), weights.size() * sizeof(float)) == 0 &&
+           weights.size() == o.weights.size() &&
+           (weights.empty() || std::memcmp(weights.data(), o.weights.data(), weights.size() * sizeof(float)) == 0) &&
            out.dispatch_length == o.out.dispatch_length && out.invalid_count == o.out.invalid_count &&
            out.dropped_assignments == o.out.dropped_assignments &&
            std::memcmp(&out.aux_loss, &o.out.aux_loss, sizeof(double)) == 0 &&
