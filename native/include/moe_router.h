@@ -10,7 +10,9 @@
  *  - Every tensor is row-major and contiguous. Sizes are in elements, not bytes.
  *  - Every function returns a moe_status. On failure it fills *err (when err is not NULL) with the same
  *    code and a readable message naming the argument, what was expected and what was found, and it
- *    writes nothing into caller outputs.
+ *    writes nothing into caller outputs, with one exception: a route that fails with MOE_E_NONFINITE
+ *    may have written experts, weights and experts_per_token (contents unspecified), because the fast
+ *    backends assign each token while they compute its logits, before the batch is known to be clean.
  *  - A moe_router is safe to call from several threads: calls on one router are serialized internally.
  *    Destroying a router while another thread is inside a call on it is the caller's error.
  */

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace moe {
@@ -14,21 +15,64 @@ T* sized(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-// Token choice: k_t and the first k_t candidates of each token, then capacity.
+// The first k_t candidates of a token in its slots, -1 after them. Returns k_t.
+int select_slots(const Config& c, const TokenRow& row, const KParams& kp, int32_t* experts) {
+  const int k = decide_k(c, row, kp);
+  for (int j = 0; j < c.K; ++j) experts[j] = j < k ? row.candidate_expert[j] : -1;
+  return k;
+}
+
+// Weights of one token's K slots from the slots' s and u (docs/semantics.md §6–§7); an empty slot
+// (expert -1) gets 0 and takes no part.
+void slot_weights(const Config& c, const int32_t* experts, const float* score, const float* logit,
+                  float* weights) {
+  constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
+  const int K = c.K;
+  int survivors = 0;
+  double score_sum = 0, max_logit = kMinusInf;
+  for (int j = 0; j < K; ++j) {
+    if (experts[j] < 0) continue;
+    ++survivors;
+    score_sum += score[j];
+    max_logit = std::max(max_logit, static_cast<double>(logit[j]));
+  }
+  double exp_sum = 0;
+  if (c.weights_are_softmax && max_logit != kMinusInf) {
+    for (int j = 0; j < K; ++j)
+      if (experts[j] >= 0) exp_sum += std::exp(logit[j] - max_logit);
+  }
+  for (int j = 0; j < K; ++j) {
+    if (experts[j] < 0) {
+      weights[j] = 0.0f;  // not scaled: a negative scale must not give -0
+      continue;
+    }
+    double w;
+    if (c.weights_are_softmax) {
+      w = exp_sum > 0 ? std::exp(logit[j] - max_logit) / exp_sum : 1.0 / survivors;
+    } else if (c.normalize) {
+      w = score_sum > 0 ? score[j] / score_sum : 1.0 / survivors;
+    } else {
+      w = score[j];
+    }
+    weights[j] = static_cast<float>(w * c.options.scale);
+  }
+}
+
+// Token choice: k_t and the first k_t candidates of each token, then capacity, then the weights.
 void assign_token_choice(const Config& c, int64_t T, const KParams& kp, Workspace& ws,
                          moe_route_outputs* out) {
   const int K = c.K;
   const TokenStage& st = ws.stage();
   for (int64_t t = 0; t < T; ++t) {
-    const int k = decide_k(c, st, t, kp);
+    const TokenRow row = token_row(c, st, t);
+    int32_t* experts = out->experts + t * K;
+    const int k = c.capacity ? select_slots(c, row, kp, experts)
+                             : assign_token(c, row, kp, experts, out->weights + t * K);
     out->experts_per_token[t] = k;
-    for (int j = 0; j < K; ++j) {
-      const int32_t e = j < k ? st.candidate_expert[t * K + j] : -1;
-      out->experts[t * K + j] = e;
-      if (e >= 0) {
-        ++ws.counts_before[e];
-        if (!st.invalid[t]) ++ws.counts_before_valid[e];
-      }
+    ++ws.k_histogram[k];
+    for (int j = 0; j < k; ++j) {
+      ++ws.counts_before[experts[j]];
+      if (!st.invalid[t]) ++ws.counts_before_valid[experts[j]];
     }
   }
   if (!c.capacity) return;
@@ -47,29 +91,33 @@ void assign_token_choice(const Config& c, int64_t T, const KParams& kp, Workspac
         ++out->dropped_assignments;
       }
     }
-    return;
-  }
-  // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments.
-  ws.choices.clear();
-  for (int64_t i = 0; i < T * K; ++i) {
-    const int32_t e = out->experts[i];
-    if (e >= 0)
-      ws.choices.push_back({st.candidate_score[i], static_cast<int32_t>(i / K), e,
-                            static_cast<int32_t>(i)});
-  }
-  std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
-    if (a.expert != b.expert) return a.expert < b.expert;
-    if (a.key != b.key) return a.key > b.key;
-    return a.token < b.token;
-  });
-  int64_t rank = 0;
-  for (size_t i = 0; i < ws.choices.size(); ++i) {
-    rank = (i > 0 && ws.choices[i].expert == ws.choices[i - 1].expert) ? rank + 1 : 0;
-    if (rank >= capacity) {
-      out->experts[ws.choices[i].slot] = -1;
-      ++out->dropped_assignments;
+  } else {
+    // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments.
+    ws.choices.clear();
+    for (int64_t i = 0; i < T * K; ++i) {
+      const int32_t e = out->experts[i];
+      if (e >= 0)
+        ws.choices.push_back({st.candidate_score[i], static_cast<int32_t>(i / K), e,
+                              static_cast<int32_t>(i)});
+    }
+    std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
+      if (a.expert != b.expert) return a.expert < b.expert;
+      if (a.key != b.key) return a.key > b.key;
+      return a.token < b.token;
+    });
+    int64_t rank = 0;
+    for (size_t i = 0; i < ws.choices.size(); ++i) {
+      rank = (i > 0 && ws.choices[i].expert == ws.choices[i - 1].expert) ? rank + 1 : 0;
+      if (rank >= capacity) {
+        out->experts[ws.choices[i].slot] = -1;
+        ++out->dropped_assignments;
+      }
     }
   }
+  // The survivors' weights.
+  for (int64_t t = 0; t < T; ++t)
+    slot_weights(c, out->experts + t * K, st.candidate_score + t * K, st.candidate_logit + t * K,
+                 out->weights + t * K);
 }
 
 // Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
@@ -110,50 +158,19 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
       ++out->dropped_assignments;
     }
   }
-}
+  for (int64_t t = 0; t < T; ++t) ++ws.k_histogram[out->experts_per_token[t]];
 
-// Weights over each token's surviving slots (docs/semantics.md §6–§7).
-void assign_weights(const Config& c, int64_t T, const TokenStage& st, moe_route_outputs* out) {
-  const int K = c.K, E = c.E;
-  constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
-  // s and u of slot i (token t): expert choice reads the full matrices, token choice its candidates.
-  const auto score = [&](int64_t i, int64_t t, int32_t e) -> double {
-    return c.expert_choice ? st.full_score[t * E + e] : st.candidate_score[i];
-  };
-  const auto logit = [&](int64_t i, int64_t t, int32_t e) -> double {
-    return c.expert_choice ? st.full_logit[t * E + e] : st.candidate_logit[i];
-  };
+  // Weights from the full s and u matrices.
+  float* score = ws.slot_score.data();
+  float* logit = ws.slot_logit.data();
   for (int64_t t = 0; t < T; ++t) {
-    int survivors = 0;
-    double score_sum = 0, max_logit = kMinusInf;
-    for (int64_t i = t * K; i < (t + 1) * K; ++i) {
-      const int32_t e = out->experts[i];
-      if (e < 0) continue;
-      ++survivors;
-      score_sum += score(i, t, e);
-      max_logit = std::max(max_logit, logit(i, t, e));
+    const int32_t* experts = out->experts + t * K;
+    for (int j = 0; j < K; ++j) {
+      if (experts[j] < 0) continue;
+      score[j] = st.full_score[t * E + experts[j]];
+      logit[j] = st.full_logit[t * E + experts[j]];
     }
-    double exp_sum = 0;
-    if (c.weights_are_softmax && max_logit != kMinusInf) {
-      for (int64_t i = t * K; i < (t + 1) * K; ++i)
-        if (out->experts[i] >= 0) exp_sum += std::exp(logit(i, t, out->experts[i]) - max_logit);
-    }
-    for (int64_t i = t * K; i < (t + 1) * K; ++i) {
-      const int32_t e = out->experts[i];
-      if (e < 0) {
-        out->weights[i] = 0.0f;  // not scaled: a negative scale must not give -0
-        continue;
-      }
-      double w;
-      if (c.weights_are_softmax) {
-        w = exp_sum > 0 ? std::exp(logit(i, t, e) - max_logit) / exp_sum : 1.0 / survivors;
-      } else if (c.normalize) {
-        w = score_sum > 0 ? score(i, t, e) / score_sum : 1.0 / survivors;
-      } else {
-        w = score(i, t, e);
-      }
-      out->weights[i] = static_cast<float>(w * c.options.scale);
-    }
+    slot_weights(c, experts, score, logit, out->weights + t * K);
   }
 }
 
@@ -208,12 +225,22 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
   const int64_t T = p.tokens, K = c.K, E = c.E;
   stage_ = TokenStage{};
-  stage_.candidate_expert = sized(candidate_expert_, T * K);
-  stage_.candidate_score = sized(candidate_score_, T * K);
-  stage_.candidate_logit = sized(candidate_logit_, T * K);
   stage_.invalid = sized(invalid_, T);
-  if (p.want_top_scores) stage_.top_scores = sized(top_scores_, T * K);
-  if (p.want_score_entropy) stage_.score_entropy = sized(score_entropy_, T);
+  counts_before.assign(static_cast<size_t>(E), 0);
+  counts_before_valid.assign(static_cast<size_t>(E), 0);
+  k_histogram.assign(static_cast<size_t>(K + 1), 0);
+  cursor.assign(static_cast<size_t>(E + 1), 0);
+  if (p.fused_out) {
+    stage_.counts = counts_before.data();
+    stage_.counts_valid = counts_before_valid.data();
+    stage_.k_histogram = k_histogram.data();
+  } else {
+    stage_.candidate_expert = sized(candidate_expert_, T * K);
+    stage_.candidate_score = sized(candidate_score_, T * K);
+    stage_.candidate_logit = sized(candidate_logit_, T * K);
+    if (p.want_top_scores) stage_.top_scores = sized(top_scores_, T * K);
+    if (p.want_score_entropy) stage_.score_entropy = sized(score_entropy_, T);
+  }
   if (p.want_norm) stage_.norm = sized(norm_, T);
   if (p.want_losses) {
     stage_.logsumexp = sized(logsumexp_, T);
@@ -224,10 +251,9 @@ const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
     stage_.full_key = sized(full_key_, T * E);
     stage_.full_score = sized(full_score_, T * E);
     stage_.full_logit = sized(full_logit_, T * E);
+    sized(slot_score, K);
+    sized(slot_logit, K);
   }
-  counts_before.assign(static_cast<size_t>(E), 0);
-  counts_before_valid.assign(static_cast<size_t>(E), 0);
-  cursor.assign(static_cast<size_t>(E + 1), 0);
   return stage_;
 }
 
@@ -247,7 +273,19 @@ void norm_statistics(const double* norms, int64_t tokens, double* mean, double* 
   *std_dev = n > 0 ? std::sqrt(sum_sq / n) : 0;
 }
 
-int decide_k(const Config& c, const TokenStage& st, int64_t t, const KParams& kp) {
+TokenRow token_row(const Config& c, const TokenStage& st, int64_t t) {
+  const int64_t K = c.K;
+  TokenRow row;
+  row.candidate_expert = st.candidate_expert + t * K;
+  row.candidate_score = st.candidate_score + t * K;
+  row.candidate_logit = st.candidate_logit + t * K;
+  if (st.top_scores) row.top_scores = st.top_scores + t * K;
+  if (st.score_entropy) row.score_entropy = st.score_entropy[t];
+  if (st.norm) row.norm = st.norm[t];
+  return row;
+}
+
+int decide_k(const Config& c, const TokenRow& row, const KParams& kp) {
   const int K = c.K, kmin = c.kmin;
   int k = K;
   switch (c.options.strategy) {
@@ -257,7 +295,7 @@ int decide_k(const Config& c, const TokenStage& st, int64_t t, const KParams& kp
     case MOE_STRATEGY_TOP_P: {
       double cumulative = 0;
       for (int j = 0; j < K; ++j) {
-        cumulative += st.candidate_score[t * K + j];
+        cumulative += row.candidate_score[j];
         if (cumulative >= kp.top_p) {
           k = j + 1;
           break;
@@ -268,17 +306,17 @@ int decide_k(const Config& c, const TokenStage& st, int64_t t, const KParams& kp
     case MOE_STRATEGY_THRESHOLD: {
       k = 0;
       for (int j = 0; j < K; ++j)
-        if (st.top_scores[t * K + j] >= kp.threshold) ++k;
+        if (row.top_scores[j] >= kp.threshold) ++k;
       break;
     }
     case MOE_STRATEGY_ENTROPY: {
       if (c.E == 1) return kmin;
-      const double ratio = st.score_entropy[t] / std::log(static_cast<double>(c.E));
+      const double ratio = row.score_entropy / std::log(static_cast<double>(c.E));
       k = kmin + static_cast<int>(std::floor((K - kmin) * ratio + 0.5));
       break;
     }
     case MOE_STRATEGY_NORM: {
-      const double norm = st.norm[t];
+      const double norm = row.norm;
       double complexity;
       if (!std::isfinite(norm)) {
         complexity = 0;
@@ -294,6 +332,13 @@ int decide_k(const Config& c, const TokenStage& st, int64_t t, const KParams& kp
   return std::clamp(k, kmin, K);
 }
 
+int assign_token(const Config& c, const TokenRow& row, const KParams& kp, int32_t* experts,
+                 float* weights) {
+  const int k = select_slots(c, row, kp, experts);
+  slot_weights(c, experts, row.candidate_score, row.candidate_logit, weights);
+  return k;
+}
+
 void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
             moe_route_outputs* out) {
   const int64_t T = p.tokens;
@@ -303,26 +348,33 @@ void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace&
 
   if (c.expert_choice) {
     assign_expert_choice(c, T, ws, out);
-  } else {
+  } else if (!p.fused_out) {
     assign_token_choice(c, T, kp, ws, out);
   }
-  assign_weights(c, T, st, out);
 
-  std::fill(out->expert_counts, out->expert_counts + E, 0);
-  for (int64_t i = 0; i < T * K; ++i)
-    if (out->experts[i] >= 0) ++out->expert_counts[out->experts[i]];
+  // Without capacity drops, the counts are the assignments made.
+  if (c.capacity) {
+    std::fill(out->expert_counts, out->expert_counts + E, 0);
+    for (int64_t i = 0; i < T * K; ++i)
+      if (out->experts[i] >= 0) ++out->expert_counts[out->experts[i]];
+  } else {
+    for (int e = 0; e < E; ++e) out->expert_counts[e] = static_cast<int32_t>(ws.counts_before[e]);
+  }
   if (c.options.dispatch) assign_dispatch(c, T, ws, out);
 
+  // Invalid tokens are rare: memchr skips over the valid ones.
   out->invalid_count = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    if (!st.invalid[t]) continue;
-    if (out->invalid_tokens) out->invalid_tokens[out->invalid_count] = static_cast<int32_t>(t);
+  const uint8_t* const end = st.invalid + T;
+  for (const uint8_t* bad = st.invalid; bad < end; ++bad) {
+    bad = static_cast<const uint8_t*>(std::memchr(bad, 1, static_cast<size_t>(end - bad)));
+    if (!bad) break;
+    if (out->invalid_tokens) out->invalid_tokens[out->invalid_count] = static_cast<int32_t>(bad - st.invalid);
     ++out->invalid_count;
   }
   if (c.options.losses) assign_losses(c, T, ws, out);
 
   int64_t sum_k = 0;
-  for (int64_t t = 0; t < T; ++t) sum_k += out->experts_per_token[t];
+  for (int k = 0; k <= K; ++k) sum_k += k * ws.k_histogram[k];
   out->flop_reduction = T > 0 ? 1.0 - static_cast<double>(sum_k) / (static_cast<double>(T) * K) : 0;
 }
 

@@ -35,8 +35,10 @@ class Workspace {
     int32_t expert;
     int32_t slot;
   };
+  std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;   // capacity ('score') and expert choice
   std::vector<int32_t> order;    // expert choice: token order of one expert
+  std::vector<float> slot_score, slot_logit;  // [K] expert choice: one token's slots' s and u
 
  private:
   std::vector<int32_t> candidate_expert_;
@@ -50,11 +52,31 @@ class Workspace {
 // The mean and population standard deviation of the finite norms of a batch.
 void norm_statistics(const double* norms, int64_t tokens, double* mean, double* std_dev);
 
-// k_t of token t for a token-choice strategy.
-int decide_k(const Config& config, const TokenStage& stage, int64_t t, const KParams& k);
+// One token's results of the token stage, as the strategies read them (absent ones are unused).
+struct TokenRow {
+  const int32_t* candidate_expert = nullptr;  // [K]
+  const float* candidate_score = nullptr;     // [K]
+  const float* candidate_logit = nullptr;     // [K]
+  const float* top_scores = nullptr;          // [K] strategy threshold
+  double score_entropy = 0;                   // strategy entropy
+  double norm = 0;                            // strategy norm
+};
+
+// Token t's row of a token stage's buffers.
+TokenRow token_row(const Config& config, const TokenStage& stage, int64_t t);
+
+// k_t of a token for a token-choice strategy.
+int decide_k(const Config& config, const TokenRow& row, const KParams& k);
+
+// Token choice without capacity for one token: k_t, its first k_t candidates and their weights
+// (docs/semantics.md §4, §6) into experts[K] and weights[K]; unused slots get -1 and 0. Returns k_t.
+// The assignment stage runs it for every token; a fusing backend runs it inside its token stage.
+int assign_token(const Config& config, const TokenRow& row, const KParams& k, int32_t* experts,
+                 float* weights);
 
 // Runs the assignment stage for a batch whose token stage is done and validated, writing `out`.
-// `selection` holds the expert-per-token decisions' parameters. Fills ws.counts_before.
+// `k` holds the expert-per-token decisions' parameters. Fills ws.counts_before and ws.k_histogram.
+// After a fused token stage (params.fused_out) only the cross-token part is left to do.
 void assign(const Config& config, const StageParams& params, const KParams& k, Workspace& ws,
             moe_route_outputs* out);
 

@@ -6,6 +6,8 @@
 //     strategies and losses need. This is where all the O(T·D·E) and O(T·E) work is.
 //  2. the assignment stage (core/assign.cc, shared): experts per token, expert choice, capacity,
 //     weights, counts, dispatch and losses, all O(T·K) or O(T·E) bookkeeping on stage 1's results.
+//     A backend may run the per-token part of it (k_t, experts, weights, counts) inside stage 1, on
+//     the same shared code, so that the common call makes one pass over the tokens (fused_out below).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,8 @@
 #include "moe_router.h"
 
 namespace moe {
+
+struct KParams;
 
 // What one token stage is asked to compute.
 struct StageParams {
@@ -34,6 +38,12 @@ struct StageParams {
   bool want_score_entropy = false;  // per-token H(s) (strategy entropy)
   bool want_losses = false;     // per-token logsumexp(u), H(p) and the sum of p over valid tokens
   bool want_full = false;       // the whole [T, E] key, s and u matrices (expert choice)
+  // Fused assignment, only for a backend that fuses_assignment(), on token-choice calls without
+  // capacity whose k_t needs nothing but the token itself: the token stage also runs assign_token
+  // for every token, writing k_t, experts and weights into fused_out, and fills TokenStage::counts,
+  // counts_valid and k_histogram. The candidate, top_scores and score_entropy buffers are then absent.
+  const KParams* k_params = nullptr;
+  moe_route_outputs* fused_out = nullptr;
 };
 
 // Where the token stage writes. The router owns and sizes these buffers.
@@ -51,6 +61,9 @@ struct TokenStage {
   float* full_key = nullptr;            // [T*E] want_full
   float* full_score = nullptr;          // [T*E] want_full
   float* full_logit = nullptr;          // [T*E] want_full
+  int64_t* counts = nullptr;            // [E] fused: assignments per expert, every token
+  int64_t* counts_valid = nullptr;      // [E] fused: the same over valid tokens
+  int64_t* k_histogram = nullptr;       // [K+1] fused: tokens per k_t
 };
 
 class Backend {
@@ -62,6 +75,8 @@ class Backend {
   // Runs the token stage for all p.tokens tokens. In reject mode an invalid token is only flagged;
   // the rest of its outputs may be left unwritten.
   virtual void token_stage(const StageParams& p, const TokenStage& out) = 0;
+  // Whether token_stage can run the fused assignment (StageParams::fused_out).
+  virtual bool fuses_assignment() const { return false; }
 };
 
 // Backends compiled into this binary that can run on this machine.

@@ -2,6 +2,7 @@
 #include <memory>
 
 #include "../scalar/scalar.h"
+#include "../simd/simd.h"
 #include "backend.h"
 #include "failure.h"
 
@@ -12,8 +13,12 @@ bool backend_available(moe_backend kind) {
     case MOE_BACKEND_AUTO:
     case MOE_BACKEND_SCALAR:
       return true;
+    case MOE_BACKEND_AVX2:
+    case MOE_BACKEND_AVX512:
+    case MOE_BACKEND_NEON:
+      return simd_supported(kind);
     default:
-      return false;  // SIMD and CUDA backends register here when they are built
+      return false;  // the CUDA backend registers here when it is built
   }
 }
 
@@ -42,10 +47,13 @@ moe_backend resolve_backend(moe_backend asked, moe_device device) {
 }
 
 std::unique_ptr<Backend> make_backend(moe_backend kind, int threads) {
-  (void)threads;
   switch (kind) {
     case MOE_BACKEND_SCALAR:
       return make_scalar_backend();
+    case MOE_BACKEND_AVX2:
+    case MOE_BACKEND_AVX512:
+    case MOE_BACKEND_NEON:
+      return make_simd_backend(kind, threads);
     default:
       fail(MOE_E_BACKEND, "backend '%s' is not available on this machine or in this build",
            moe_backend_name(kind));

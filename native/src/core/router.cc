@@ -30,6 +30,7 @@ struct moe_router {
 
   moe::Workspace workspace;
   std::vector<float> bias_snapshot;  // the selection bias a running call uses
+  moe::KParams k_snapshot;           // the strategy parameters a running fused call uses
 
   // compute_mutex serializes route and calibrate (they share the workspace) and is held for a whole
   // call. state_mutex guards the small mutable state above (step, parameters, selection bias,
@@ -100,13 +101,17 @@ void check_outputs(const moe_router* r, int64_t tokens, const moe_route_outputs*
 }
 
 // The token stage of one call, with what this router's strategy and options need. Takes a snapshot
-// of the mutable state; call with compute_mutex held.
+// of the mutable state; call with compute_mutex held. With `out`, the backend may fuse the
+// assignment of each token into the stage (backend.h).
 moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype, int64_t tokens,
-                              bool is_logits) {
+                              bool is_logits, moe_route_outputs* out) {
   const moe::Config& c = r->config;
+  bool norm_calibrated;
   {
     std::lock_guard<std::mutex> lock(r->state_mutex);
     r->bias_snapshot = r->selection_bias;
+    r->k_snapshot = r->k_params;
+    norm_calibrated = r->norm_calibrated;
   }
   moe::StageParams p;
   p.config = &c;
@@ -124,18 +129,23 @@ moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype,
   p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
+  const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || norm_calibrated;
+  if (out && r->backend->fuses_assignment() && !c.expert_choice && !c.capacity && k_per_token) {
+    p.k_params = &r->k_snapshot;
+    p.fused_out = out;
+  }
   return p;
 }
 
 void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t tokens, bool is_logits) {
-  if (r->config.options.validation != MOE_VALIDATION_REJECT) return;
-  for (int64_t t = 0; t < tokens; ++t) {
-    if (st.invalid[t])
-      fail(MOE_E_NONFINITE,
-           "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
-           "validation 'sanitize' routes such tokens and lists them in invalidTokens",
-           is_logits ? "logits" : "hidden", static_cast<long long>(t));
-  }
+  if (r->config.options.validation != MOE_VALIDATION_REJECT || tokens == 0) return;
+  const void* bad = std::memchr(st.invalid, 1, static_cast<size_t>(tokens));
+  if (bad)
+    fail(MOE_E_NONFINITE,
+         "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
+         "validation 'sanitize' routes such tokens and lists them in invalidTokens",
+         is_logits ? "logits" : "hidden",
+         static_cast<long long>(static_cast<const uint8_t*>(bad) - st.invalid));
 }
 
 // The strategy parameters in force; for the norm strategy, the batch's own statistics until calibrate.
@@ -172,7 +182,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     check_input(input, dtype, tokens, is_logits ? "logits" : "hidden");
     check_outputs(r, tokens, out);
     std::lock_guard<std::mutex> compute(r->compute_mutex);
-    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits);
+    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
     const moe::TokenStage& st = r->workspace.prepare(r->config, p);
     if (tokens > 0) r->backend->token_stage(p, st);
     reject_invalid(r, st, tokens, is_logits);
@@ -184,9 +194,10 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
     std::lock_guard<std::mutex> state(r->state_mutex);
     ++r->calls;
     r->tokens += tokens;
-    for (int64_t t = 0; t < tokens; ++t) {
-      r->assignments += out->experts_per_token[t];
-      ++r->k_histogram[out->experts_per_token[t]];
+    const std::vector<int64_t>& histogram = r->workspace.k_histogram;
+    for (int k = 0; k <= c.K; ++k) {
+      r->assignments += k * histogram[k];
+      r->k_histogram[k] += histogram[k];
     }
     r->dropped += out->dropped_assignments;
     for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
@@ -198,7 +209,7 @@ moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t toke
 // Mean k_t over a calibrated sample for one parameter value.
 double mean_k(const moe_router* r, const moe::TokenStage& st, int64_t tokens, const moe::KParams& k) {
   double sum = 0;
-  for (int64_t t = 0; t < tokens; ++t) sum += moe::decide_k(r->config, st, t, k);
+  for (int64_t t = 0; t < tokens; ++t) sum += moe::decide_k(r->config, moe::token_row(r->config, st, t), k);
   return tokens > 0 ? sum / tokens : 0;
 }
 
@@ -323,7 +334,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     if (tokens < 1) fail(MOE_E_SHAPE, "sample must have at least one row (got 0)");
 
     std::lock_guard<std::mutex> compute(r->compute_mutex);
-    moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0);
+    moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0, nullptr);
     p.noise = false;
     p.want_losses = false;
     p.want_full = false;

@@ -1,0 +1,27 @@
+// The gate kernels on AVX2 (generic/gate.h): dot tiles of 3 tokens x 4 experts, panel tiles of
+// 6 tokens x 16 experts (12 ymm accumulators) over D in slices of 128.
+#define MOE_SIMD_ISA avx2
+#include "vec_avx2.h"
+//
+#include "../simd_backend.h"
+//
+#include "../generic/gate.h"
+
+namespace moe {
+namespace simd {
+namespace avx2 {
+
+namespace {
+constexpr int kDotTokens = 3, kDotExperts = 4, kDotSlice = 1024, kPanelTokens = 6, kPanelVectors = 2, kKc = 128;
+}
+
+const GateShape kGateShape = {Vec::kLanes,  kDotExperts, kDotTokens, kPanelVectors * Vec::kLanes,
+                              kPanelTokens, kKc,         24};
+
+void gate(const GateBlock& block) {
+  gate_block<kDotTokens, kDotExperts, kDotSlice, kPanelTokens, kPanelVectors, kKc>(block);
+}
+
+}  // namespace avx2
+}  // namespace simd
+}  // namespace moe

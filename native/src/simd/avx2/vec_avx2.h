@@ -1,0 +1,182 @@
+// The vector type the generic SIMD code (simd/generic/) is instantiated with on AVX2 + FMA + F16C:
+// 8 f32 lanes, masks as all-ones lanes. Included only by the translation units of simd/avx2/, which
+// are compiled with those flags. The interface is the one of avx512/vec_avx512.h.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace moe {
+namespace simd {
+namespace avx2 {
+
+struct Vec {
+  static constexpr int kLanes = 8;
+  using F = __m256;
+  using I = __m256i;
+  using M = __m256;
+
+  static __m256i first_i(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static M first(int n) { return _mm256_castsi256_ps(first_i(n)); }  // lanes < n
+
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float x) { return _mm256_set1_ps(x); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static F load_tail(const float* p, int n, float fill) {
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, first_i(n)), first(n));
+  }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static void store_tail(float* p, F v, int n) { _mm256_maskstore_ps(p, first_i(n), v); }
+
+  static F load_f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static F load_f16_tail(const uint16_t* p, int n) { return _mm256_cvtph_ps(load_u16_tail(p, n)); }
+  static F load_bf16(const uint16_t* p) { return widen_bf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static F load_bf16_tail(const uint16_t* p, int n) { return widen_bf16(load_u16_tail(p, n)); }
+
+  // Keeps v in a register: the compiler would otherwise fold a load used by several FMAs into each
+  // of them as a memory operand, one load per use.
+  static void pin(F& v) { asm("" : "+x"(v)); }
+
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm256_div_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F min(F a, F b) { return _mm256_min_ps(a, b); }
+  static F abs(F a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
+  static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static float reduce_add(F a) {
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(e, _mm_movehdup_ps(e)));
+  }
+  static float reduce_max(F a) {
+    const __m128 q = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 e = _mm_max_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_max_ss(e, _mm_movehdup_ps(e)));
+  }
+
+  static M gt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static M eq(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static M mask_and(M a, M b) { return _mm256_and_ps(a, b); }
+  static M mask_andnot(M a, M b) { return _mm256_andnot_ps(a, b); }  // !a && b
+  static uint32_t bits(M m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
+  static F select(M m, F if_true, F if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
+
+  static void store_int(int32_t* p, I a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
+  static void store_int_tail(int32_t* p, I a, int n) { _mm256_maskstore_epi32(p, first_i(n), a); }
+  static I int_load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I int_xor(I a, I b) { return _mm256_xor_si256(a, b); }
+  static I int_max(I a, I b) { return _mm256_max_epi32(a, b); }
+  static I int_min(I a, I b) { return _mm256_min_epi32(a, b); }
+  template <int kShift> static I shift_right_arith(I a) { return _mm256_srai_epi32(a, kShift); }
+  static I permute(I a, I index) { return _mm256_permutevar8x32_epi32(a, index); }  // lane i = a[index[i]]
+  static I blend_bits(uint32_t bits, I if_set, I if_clear) {
+    const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit);
+    return _mm256_blendv_epi8(if_clear, if_set, set);
+  }
+
+  // Stores the lanes of v selected by `lanes` (a bit per lane), and their indices base + lane, at
+  // keys[0..) and index[0..) in lane order. Returns how many.
+  static int compress(float* keys, int32_t* index, F v, int32_t base, uint32_t lanes) {
+    alignas(32) float all[kLanes];
+    _mm256_store_ps(all, v);
+    int n = 0;
+    for (; lanes; lanes &= lanes - 1, ++n) {
+      const int lane = __builtin_ctz(lanes);
+      keys[n] = all[lane];
+      index[n] = base + lane;
+    }
+    return n;
+  }
+
+  // Appends the lanes of block (and of block_index) selected by `lanes` to lanes [count, ..) of keys
+  // (and index), in lane order; the total must fit in a vector. Returns the new count.
+  static int append(F& keys, I& index, int count, F block, I block_index, uint32_t lanes) {
+    alignas(32) float k[kLanes], from[kLanes];
+    alignas(32) int32_t i[kLanes], from_index[kLanes];
+    _mm256_store_ps(k, keys);
+    _mm256_store_ps(from, block);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(i), index);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(from_index), block_index);
+    for (; lanes; lanes &= lanes - 1, ++count) {
+      k[count] = from[__builtin_ctz(lanes)];
+      i[count] = from_index[__builtin_ctz(lanes)];
+    }
+    keys = _mm256_load_ps(k);
+    index = _mm256_load_si256(reinterpret_cast<const __m256i*>(i));
+    return count;
+  }
+
+  // r[i] lane j <- r[j] lane i.
+  static void transpose(F r[kLanes]) {
+    F t[kLanes];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+      r[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      r[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+      r[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      r[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+      t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+    }
+    for (int i = 0; i < kLanes; ++i) r[i] = t[i];
+  }
+  static I int_select(M m, I if_true, I if_false) {
+    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(if_false), _mm256_castsi256_ps(if_true), m));
+  }
+  static M int_eq(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+  static I to_bits(F a) { return _mm256_castps_si256(a); }
+  static F from_bits(I a) { return _mm256_castsi256_ps(a); }
+  static I to_int(F a) { return _mm256_cvtps_epi32(a); }
+  static F to_float(I a) { return _mm256_cvtepi32_ps(a); }
+  static I int_add(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I int_sub(I a, I b) { return _mm256_sub_epi32(a, b); }
+  static I int_set1(int32_t x) { return _mm256_set1_epi32(x); }
+  static I int_and(I a, I b) { return _mm256_and_si256(a, b); }
+  static I int_or(I a, I b) { return _mm256_or_si256(a, b); }
+  template <int kShift> static I shift_left(I a) { return _mm256_slli_epi32(a, kShift); }
+  template <int kShift> static I shift_right(I a) { return _mm256_srli_epi32(a, kShift); }
+
+  // acc[0..n) += a[0..n)^2 in double.
+  static void add_squares_to_double(double* acc, F a, int n) {
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+    add_to_double(acc, _mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi), n);
+  }
+  // acc[0..n) += a[0..n) in double.
+  static void add_to_double(double* acc, F a, int n) {
+    add_to_double(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), n);
+  }
+  static void add_to_double(double* acc, __m256d lo, __m256d hi, int n) {
+    const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i mlo = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), iota);
+    const __m256i mhi = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - 4), iota);
+    _mm256_maskstore_pd(acc, mlo, _mm256_add_pd(_mm256_maskload_pd(acc, mlo), lo));
+    _mm256_maskstore_pd(acc + 4, mhi, _mm256_add_pd(_mm256_maskload_pd(acc + 4, mhi), hi));
+  }
+
+ private:
+  static __m128i load_u16_tail(const uint16_t* p, int n) {
+    alignas(16) uint16_t buffer[8] = {};
+    for (int i = 0; i < n; ++i) buffer[i] = p[i];
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(buffer));
+  }
+  static F widen_bf16(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+};
+
+}  // namespace avx2
+}  // namespace simd
+}  // namespace moe

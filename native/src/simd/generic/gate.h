@@ -1,0 +1,198 @@
+// The gate u = x . W^T + b for one block of tokens (simd_backend.h, GateBlock), in two register-tiled
+// kernels over a Vec. Each (token, expert) is accumulated by the same instructions in the same order
+// whatever tile or block it falls in, so u does not depend on how tokens are split across threads.
+#pragma once
+
+#include <type_traits>
+
+#include "vec_math.h"
+
+namespace moe {
+namespace simd {
+namespace MOE_SIMD_ISA {
+
+// Small E: MR tokens x NE experts, each u an f32 vector along D (several tokens share each W load,
+// the input is widened on load), reduced at the end. W comes packed per group of NE experts as
+// [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
+// would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB. D is walked in slices of
+// DS so that a slice of W stays in L1 for every tile of the block; the accumulators of the tiles
+// wait in `partial` between slices (a round trip through memory is exact).
+// How far ahead along a row the dot kernel prefetches its input.
+constexpr int kPrefetchBytes = 1024;
+
+template <int MR, int NE, class L>
+inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0, int d1, int D,
+                     float* partial, float* u, int64_t ldu) {
+  F acc[MR][NE];
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n)
+      acc[m][n] = d0 == 0 ? Vec::zero() : Vec::load(partial + (m * NE + n) * kLanes);
+  int d = d0;
+  w += static_cast<int64_t>(d0) * NE;
+  for (; d + kLanes <= d1; d += kLanes, w += NE * kLanes) {
+    F xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      xv[m] = L::load(x + m * ldx + d);
+      // The block's rows are separate streams, more than the prefetcher tracks well: fetch ahead
+      // (measured: helps 16-bit rows, f32 rows do as well without).
+      if constexpr (sizeof(typename L::T) == 2) __builtin_prefetch(x + m * ldx + d + kPrefetchBytes / 2);
+    }
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) {
+      F wv = Vec::load(w + n * kLanes);
+      Vec::pin(wv);  // one load per W vector, not one memory operand per token
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
+    }
+  }
+  if (d < d1) {  // the tail of D
+    F xv[MR];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, d1 - d);
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) {
+      const F wv = Vec::load(w + n * kLanes);
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) {
+      if (d1 == D) {
+        u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
+      } else {
+        Vec::store(partial + (m * NE + n) * kLanes, acc[m][n]);
+      }
+    }
+}
+
+template <int MR, int NE, int DS, class L>
+inline void dot_block(const GateBlock& g) {
+  using T = typename L::T;
+  const T* x = static_cast<const T*>(g.input);
+  const int D = g.dim;
+  const int groups = (g.experts + NE - 1) / NE;
+  const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
+  for (int q = 0; q < groups; ++q) {
+    const float* w = g.weight + q * group_words;
+    for (int d0 = 0; d0 < D; d0 += DS) {
+      const int d1 = D - d0 < DS ? D : d0 + DS;
+      int r = 0;
+      for (; r + MR <= g.rows; r += MR)
+        dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
+                            g.u + r * g.u_stride + q * NE, g.u_stride);
+      for (; r < g.rows; ++r)
+        dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
+                           g.u + r * g.u_stride + q * NE, g.u_stride);
+    }
+  }
+}
+
+// Larger E: MR tokens x one panel of NV vectors of experts; per d, one broadcast of each token's x
+// and NV loads of the packed panel feed MR*NV FMAs. c (+)= a . b over kc values of d, where a is MR
+// f32 rows of stride lda (rows past `rows` repeat the last one; their results are not used).
+template <int MR, int NV>
+inline void panel_tile(const float* a, int64_t lda, int rows, const float* b, int kc, float* c,
+                       int64_t ldc, bool accumulate) {
+  constexpr int NR = NV * kLanes;
+  const float* ar[MR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) ar[m] = a + (m < rows ? m : rows - 1) * lda;
+  F acc[MR][NV];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[m][v] = Vec::zero();
+  for (int d = 0; d < kc; ++d) {
+    F bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + d * NR + v * kLanes);
+#pragma GCC unroll 16
+    for (int m = 0; m < MR; ++m) {
+      const F av = Vec::set1(ar[m][d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(av, bv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* p = c + m * ldc + v * kLanes;
+      Vec::store(p, accumulate ? Vec::add(Vec::load(p), acc[m][v]) : acc[m][v]);
+    }
+}
+
+template <int MR, int NV, int KC, class L>
+inline void panel_block(const GateBlock& g) {
+  using T = typename L::T;
+  constexpr int NR = NV * kLanes;
+  constexpr bool kWiden = !std::is_same<T, float>::value;
+  const T* x = static_cast<const T*>(g.input);
+  const int D = g.dim;
+  for (int d0 = 0; d0 < D; d0 += KC) {
+    const int kc = D - d0 < KC ? D - d0 : KC;
+    const float* a;
+    int64_t lda;
+    if constexpr (kWiden) {
+      // The rows are far apart: fetch the next slice while this one is widened and used.
+      for (int r = 0; r < g.rows; ++r) {
+        const T* row = x + static_cast<int64_t>(r) * D + d0;
+        for (int i = KC; i < 2 * KC && d0 + i < D; i += 64 / sizeof(T)) __builtin_prefetch(row + i);
+        widen_span<L>(row, kc, g.widened + static_cast<int64_t>(r) * KC);
+      }
+      a = g.widened;
+      lda = KC;
+    } else {
+      a = x + d0;
+      lda = D;
+    }
+    for (int p = g.panel_begin; p < g.panel_end; ++p) {
+      const float* b = g.weight + (static_cast<int64_t>(p) * D + d0) * NR;
+      for (int m0 = 0; m0 < g.rows; m0 += MR)
+        panel_tile<MR, NV>(a + m0 * lda, lda, g.rows - m0 < MR ? g.rows - m0 : MR, b, kc,
+                           g.u + m0 * g.u_stride + p * NR, g.u_stride, d0 > 0);
+    }
+  }
+}
+
+// u[r, e] += bias[e] for the experts [begin, end).
+inline void add_bias(const GateBlock& g, int begin, int end) {
+  for (int r = 0; r < g.rows; ++r) {
+    float* u = g.u + r * g.u_stride;
+    int e = begin;
+    for (; e + kLanes <= end; e += kLanes) Vec::store(u + e, Vec::add(Vec::load(u + e), Vec::load(g.bias + e)));
+    if (e < end) {
+      const int n = end - e;
+      Vec::store_tail(u + e, Vec::add(Vec::load_tail(u + e, n, 0.0f), Vec::load_tail(g.bias + e, n, 0.0f)), n);
+    }
+  }
+}
+
+// The gate of one block with this ISA's tile shapes.
+template <int DOT_MR, int DOT_NE, int DOT_DS, int PANEL_MR, int PANEL_NV, int KC>
+inline void gate_block(const GateBlock& g) {
+  with_loader(g.dtype, [&](auto loader) {
+    using L = decltype(loader);
+    if (g.dot) {
+      dot_block<DOT_MR, DOT_NE, DOT_DS, L>(g);
+    } else {
+      panel_block<PANEL_MR, PANEL_NV, KC, L>(g);
+    }
+  });
+  if (g.bias) {
+    const int nr = PANEL_NV * kLanes;
+    const int begin = g.dot ? 0 : g.panel_begin * nr;
+    const int end = g.dot ? g.experts : (g.panel_end * nr < g.experts ? g.panel_end * nr : g.experts);
+    add_bias(g, begin, end);
+  }
+}
+
+}  // namespace MOE_SIMD_ISA
+}  // namespace simd
+}  // namespace moe

@@ -1,0 +1,541 @@
+// The token stage after the gate, for one block of tokens (simd_backend.h, RowBlock): validation,
+// scores, keys, group mask, the K best candidates and what the strategies and losses need, and in a
+// fused call the token's assignment (core/assign.h, assign_token). The vector twin of
+// scalar/topk_softmax.cc; docs/semantics.md §2–§4 defines every quantity.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "../../core/row_select.h"
+#include "vec_math.h"
+
+namespace moe {
+namespace simd {
+namespace MOE_SIMD_ISA {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// An order-preserving int32 image of a float (no NaN): a larger float gives a larger int. The
+// same operation maps it back.
+inline Vec::I sortable(Vec::I bits) {
+  return Vec::int_xor(bits, Vec::int_and(Vec::shift_right_arith<31>(bits), Vec::int_set1(0x7fffffff)));
+}
+
+// The bitonic sorting network of kLanes lanes, descending: each stage compares every lane with
+// lane ^ distance and keeps the larger or the smaller value.
+struct SortStage {
+  int32_t partner[kLanes];
+  uint32_t keeps_max;  // a bit per lane
+};
+constexpr int log2_lanes() { return kLanes == 16 ? 4 : kLanes == 8 ? 3 : 2; }
+constexpr int kSortStages = log2_lanes() * (log2_lanes() + 1) / 2;
+struct SortNetwork {
+  SortStage stage[kSortStages];
+};
+constexpr SortNetwork make_sort_network() {
+  SortNetwork net{};
+  int at = 0;
+  for (int block = 2; block <= kLanes; block *= 2) {
+    for (int distance = block / 2; distance > 0; distance /= 2, ++at) {
+      net.stage[at].keeps_max = 0;
+      for (int lane = 0; lane < kLanes; ++lane) {
+        const int partner = lane ^ distance;
+        net.stage[at].partner[lane] = partner;
+        if (((lane & block) == 0) == (lane < partner)) net.stage[at].keeps_max |= 1u << lane;
+      }
+    }
+  }
+  return net;
+}
+constexpr SortNetwork kSortNetwork = make_sort_network();
+
+inline Vec::I sort_descending(Vec::I v) {
+#pragma GCC unroll 16
+  for (int i = 0; i < kSortStages; ++i) {
+    const Vec::I other = Vec::permute(v, Vec::int_load(kSortNetwork.stage[i].partner));
+    v = Vec::blend_bits(kSortNetwork.stage[i].keeps_max, Vec::int_max(v, other), Vec::int_min(v, other));
+  }
+  return v;
+}
+
+// The k <= kLanes best lanes of `keys` in key order: their `index` lanes into out[0..kLanes) and
+// their keys into best[0..kLanes) (whole vectors; lanes past k are don't-care). Each key's sortable
+// image with its low bits replaced by the lane (a lower lane ranks first) is sorted; keys that differ
+// only in those bits (2^-19 relative at most) may come out in lane order, a near-tie that
+// docs/semantics.md §13 allows. Exact ties resolve exactly as the oracle's.
+inline void select_in_vector(F keys, Vec::I index, int32_t* out, float* best) {
+  alignas(64) static constexpr int32_t kReversedLane[16] = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
+  const Vec::I lane_bits = Vec::int_set1(kLanes - 1);
+  const Vec::I reversed = Vec::int_load(kReversedLane + 16 - kLanes);  // kLanes - 1 - lane
+  const Vec::I high = Vec::int_and(sortable(Vec::to_bits(keys)), Vec::int_xor(lane_bits, Vec::int_set1(-1)));
+  const Vec::I sorted = sort_descending(Vec::int_or(high, reversed));
+  const Vec::I lane = Vec::int_sub(lane_bits, Vec::int_and(sorted, lane_bits));
+  Vec::store_int(out, Vec::permute(index, lane));
+  Vec::store(best, Vec::from_bits(Vec::permute(Vec::to_bits(keys), lane)));
+}
+
+// The m > kLanes entries of key/index in key order (descending key, ties to the lower position)
+// into out[0..k) and best[0..k), by counting for each entry the entries before it. key[m..) up to a
+// whole vector must hold -inf; order[] is scratch of padded(m) words.
+inline void rank_place(const float* key, const int32_t* index, int m, int k, int32_t* out, float* best,
+                       int32_t* order) {
+  const int vectors = (m + kLanes - 1) / kLanes;
+  for (int p = 0; p < m; ++p) {
+    const F x = Vec::set1(key[p]);
+    int rank = 0;
+    for (int v = 0; v < vectors; ++v) {
+      const F block = Vec::load(key + v * kLanes);
+      const uint32_t before = v < p / kLanes ? ~0u : v == p / kLanes ? (1u << (p % kLanes)) - 1 : 0u;
+      rank += __builtin_popcount(Vec::bits(Vec::gt(block, x))) +
+              __builtin_popcount(Vec::bits(Vec::eq(block, x)) & before);
+    }
+    order[rank] = p;
+  }
+  for (int j = 0; j < k; ++j) {
+    out[j] = index[order[j]];
+    best[j] = key[order[j]];
+  }
+}
+
+// The k best of key[0..n) in key order (descending key, ties to the lower index): their indices into
+// idx[0..) and keys into best[0..), each with room for max(k, kLanes) entries. key[n..) up to a whole
+// vector must hold -inf; `keys`, `index` and `order` are scratch of padded(n) words.
+// For k <= kLanes, the k-th largest of the lane-wise maxima bounds the k-th largest key from below
+// (those maxima are k distinct entries), so only the keys at or above it remain: about 1.3k of them
+// for random keys, gathered into one vector in registers and sorted there. Larger k, or more than a
+// vector of survivors: counting ranks, or the shared partial sort.
+inline void select_best(const float* key, int n, int k, int32_t* idx, float* best, float* keys,
+                        int32_t* index, int32_t* order, std::vector<int32_t>& sort_order) {
+  alignas(64) static constexpr int32_t kLaneIndex[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const Vec::I lanes_index = Vec::int_load(kLaneIndex);
+  if (k > kLanes) {
+    select_top(key, n, k, sort_order, idx);
+    for (int j = 0; j < k; ++j) best[j] = key[idx[j]];
+    return;
+  }
+  if (n <= kLanes) {
+    select_in_vector(Vec::load(key), lanes_index, idx, best);
+    return;
+  }
+  F lane_max = Vec::set1(-kInf);
+  for (int e0 = 0; e0 < n; e0 += kLanes) lane_max = Vec::max(lane_max, Vec::load(key + e0));
+  alignas(64) int32_t maxima[kLanes];
+  Vec::store_int(maxima, sort_descending(sortable(Vec::to_bits(lane_max))));
+  const F bound = Vec::from_bits(sortable(Vec::int_set1(maxima[k - 1])));
+  F survivors = Vec::set1(-kInf);
+  Vec::I survivor_index = lanes_index;
+  int m = 0;
+  for (int e0 = 0; e0 < n; e0 += kLanes) {
+    const int lanes = n - e0 < kLanes ? n - e0 : kLanes;
+    const F block = Vec::load(key + e0);
+    const uint32_t above = Vec::bits(Vec::ge(block, bound)) & ((1u << lanes) - 1);
+    if (m + __builtin_popcount(above) > kLanes) {  // rare: more than a vector of survivors
+      m = 0;
+      for (int f0 = 0; f0 < n; f0 += kLanes) {
+        const int f_lanes = n - f0 < kLanes ? n - f0 : kLanes;
+        const F f_block = Vec::load(key + f0);
+        m += Vec::compress(keys + m, index + m, f_block, f0, Vec::bits(Vec::ge(f_block, bound)) & ((1u << f_lanes) - 1));
+      }
+      Vec::store(keys + m, Vec::set1(-kInf));
+      rank_place(keys, index, m, k, idx, best, order);
+      return;
+    }
+    m = Vec::append(survivors, survivor_index, m, block, Vec::int_add(lanes_index, Vec::int_set1(e0)), above);
+  }
+  select_in_vector(survivors, survivor_index, idx, best);
+}
+
+// sum over the first n lanes of the vectors of `terms(e0, lanes) -> F`, accumulated in double.
+template <typename Terms>
+inline double sum_double(int n, Terms&& terms) {
+  double acc[kLanes] = {};
+  for (int e0 = 0; e0 < n; e0 += kLanes) {
+    const int lanes = n - e0 < kLanes ? n - e0 : kLanes;
+    Vec::add_to_double(acc, terms(e0, lanes), lanes);
+  }
+  double total = 0;
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return total;
+}
+
+// -sum x ln x over the entries 0 < x (subnormal x, whose terms are below 1e-36, count as 0).
+inline double entropy(const float* x, int n) {
+  return -sum_double(n, [&](int e0, int) {
+    const F v = Vec::load(x + e0);
+    const M positive = Vec::ge(v, Vec::set1(std::numeric_limits<float>::min()));
+    const F safe = Vec::max(v, Vec::set1(std::numeric_limits<float>::min()));
+    return Vec::select(positive, Vec::mul(v, vlog(safe)), Vec::zero());
+  });
+}
+
+// ||row||_2 of a row of n elements of any input dtype, squares summed in double.
+inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
+  double acc[kLanes] = {};
+  with_loader(dtype, [&](auto loader) {
+    using L = decltype(loader);
+    const typename L::T* x = static_cast<const typename L::T*>(row);
+    for (int64_t i = 0; i < n; i += kLanes) {
+      const int lanes = n - i < kLanes ? static_cast<int>(n - i) : kLanes;
+      Vec::add_squares_to_double(acc, lanes == kLanes ? L::load(x + i) : L::tail(x + i, lanes), lanes);
+    }
+  });
+  double total = 0;
+  for (int l = 0; l < kLanes; ++l) total += acc[l];
+  return std::sqrt(total);
+}
+
+// Validation of one row: copies src[0..E) into u with every non-finite entry, and the padding up to a
+// whole vector, at -inf. Returns whether an entry was non-finite; *max gets the row's maximum.
+inline bool sanitized_copy(const float* src, int E, float* u, float* max) {
+  F vmax = Vec::set1(-kInf);
+  bool invalid = false;
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+    const F x = lanes == kLanes ? Vec::load(src + e0) : Vec::load_tail(src + e0, lanes, 0.0f);
+    const M finite = Vec::lt(Vec::abs(x), Vec::set1(kInf));
+    const uint32_t real = Vec::bits(Vec::first(lanes));
+    invalid |= (Vec::bits(finite) & real) != real;
+    const F v = Vec::select(Vec::mask_and(finite, Vec::first(lanes)), x, Vec::set1(-kInf));
+    Vec::store(u + e0, v);
+    vmax = Vec::max(vmax, v);
+  }
+  *max = Vec::reduce_max(vmax);
+  return invalid;
+}
+
+// Rows per phase of rows_by_logit_order.
+constexpr int kPhaseRows = 4;
+
+// Up to these E and K, rows_by_logit_order works across tokens. Measured, K = 8, ns per token on one
+// Zen 4 core: AVX-512 E=64 59 vs 103 token by token, E=128 141 vs 135; AVX2 E=64 107 vs 311, E=256
+// 375 vs 774.
+constexpr int kAcrossMaxE = kLanes == 16 ? 64 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+
+// rows_by_logit_order for kLanes tokens at once, one per lane: rows are loaded kLanes experts at a
+// time and transposed into columns (one expert, kLanes tokens), and every column is inserted into a
+// per-lane sorted list of K, in expert order so that a tie keeps the lower expert. Pure throughput:
+// no per-token chain of dependent steps, no horizontal operation. Returns false, writing nothing,
+// when a token of the group has a non-finite logit.
+template <int K>
+inline bool rows_across_tokens(const RowBlock& b, int i0) {
+  const Config& c = *b.config;
+  moe_route_outputs* fused = b.params->fused_out;
+  const int E = c.E;
+  const float* base = b.u + i0 * b.u_stride;
+  // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows late:
+  // fetch the next group's rows now (they may lie past this block; a prefetch never faults).
+  for (int l = kLanes; l < 2 * kLanes; ++l)
+    for (int e = 0; e < E; e += 64 / static_cast<int>(sizeof(float))) __builtin_prefetch(base + l * b.u_stride + e);
+
+  // best[0..K) in key order; a new expert beats position j iff its logit is strictly larger (it has
+  // the highest index so far), and then every later position too: the list shifts down from j.
+  F best[K];
+  Vec::I index[K];
+  for (int j = 0; j < K; ++j) {
+    best[j] = Vec::set1(-kInf);
+    index[j] = Vec::int_set1(0);
+  }
+  F max = Vec::set1(-kInf);
+  M finite = Vec::first(kLanes);
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    const int width = E - e0 < kLanes ? E - e0 : kLanes;
+    alignas(64) float columns[kLanes][kLanes];  // through memory: the lists need the registers
+    {
+      F block[kLanes];
+      for (int l = 0; l < kLanes; ++l)
+        block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
+                                   : Vec::load_tail(base + l * b.u_stride + e0, width, 0.0f);
+      Vec::transpose(block);
+      for (int l = 0; l < kLanes; ++l) Vec::store(columns[l], block[l]);
+    }
+    for (int i = 0; i < width; ++i) {
+      const F x = Vec::load(columns[i]);
+      finite = Vec::mask_and(finite, Vec::lt(Vec::abs(x), Vec::set1(kInf)));
+      max = Vec::max(max, x);
+      const Vec::I xi = Vec::int_set1(e0 + i);
+      // From the last position up, so that best[j - 1] is still the old one when j takes it.
+      M beats = Vec::gt(x, best[K - 1]);
+#pragma GCC unroll 8
+      for (int j = K - 1; j > 0; --j) {
+        const M beats_above = Vec::gt(x, best[j - 1]);
+        best[j] = Vec::select(beats, Vec::select(beats_above, best[j - 1], x), best[j]);
+        index[j] = Vec::int_select(beats, Vec::int_select(beats_above, index[j - 1], xi), index[j]);
+        beats = beats_above;
+      }
+      best[0] = Vec::select(beats, x, best[0]);
+      index[0] = Vec::int_select(beats, xi, index[0]);
+    }
+  }
+  if (Vec::bits(finite) != Vec::bits(Vec::first(kLanes))) return false;
+
+  // Weights exp(u_j - max) / sum (sum >= 1: the largest logit is selected), scaled; back to one row
+  // of K slots per token through a second transpose.
+  F weight[kLanes], experts[kLanes];
+  F sum = Vec::zero();
+  for (int j = 0; j < K; ++j) {
+    weight[j] = vexp(Vec::sub(best[j], max));
+    sum = Vec::add(sum, weight[j]);
+  }
+  const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
+  for (int j = 0; j < kLanes; ++j) {
+    weight[j] = j < K ? Vec::mul(weight[j], factor) : Vec::zero();
+    experts[j] = j < K ? Vec::from_bits(index[j]) : Vec::zero();
+  }
+  Vec::transpose(weight);
+  Vec::transpose(experts);
+  const int64_t t0 = b.first + i0;
+  for (int l = 0; l < kLanes; ++l) {
+    b.out->invalid[t0 + l] = 0;
+    fused->experts_per_token[t0 + l] = K;
+    Vec::store_tail(fused->weights + (t0 + l) * K, weight[l], K);
+    Vec::store_int_tail(fused->experts + (t0 + l) * K, Vec::to_bits(experts[l]), K);
+  }
+  for (int e = 0; e < E; ++e) {
+    int n = 0;
+    for (int j = 0; j < K; ++j) n += __builtin_popcount(Vec::bits(Vec::int_eq(index[j], Vec::int_set1(e))));
+    b.sums.counts[e] += n;
+    b.sums.counts_valid[e] += n;
+  }
+  b.sums.k_histogram[K] += kLanes;
+  return true;
+}
+
+// rows_across_tokens with K known at compile time, so that its lists live in registers.
+template <int K = 1>
+inline bool rows_across_tokens(const RowBlock& b, int i0, int k) {
+  if constexpr (K < kAcrossMaxK) {
+    if (k != K) return rows_across_tokens<K + 1>(b, i0, k);
+  }
+  return rows_across_tokens<K>(b, i0);
+}
+
+// Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias, groups or
+// losses (the default routing, and the logits workloads): softmax is monotone, so the K best scores
+// are the scores of the K best logits (the two orders differ only between equal scores: near-ties,
+// docs/semantics.md §13), and the weights s_j / sum_j s_j = exp(u_j - max) / sum_j exp(u_j - max)
+// need neither the other experts' scores nor their sum. So this path selects on u and takes K
+// exponentials instead of E, and writes the token's assignment directly (k_t = K, every weight
+// normalized and scaled, exactly what assign_token gives for this configuration, rounded in f32).
+// It works in phases over kPhaseRows tokens, so that the selections of neighbouring tokens, each a
+// chain of dependent steps, overlap.
+inline void rows_by_logit_order(const RowBlock& b) {
+  const Config& c = *b.config;
+  const TokenStage& out = *b.out;
+  moe_route_outputs* fused = b.params->fused_out;
+  const int E = c.E, K = c.K;
+  const bool sanitize = c.options.validation == MOE_VALIDATION_SANITIZE;
+  const int64_t row_words = padded(E), slot_words = padded(K);
+  float* rows = static_cast<float*>(b.scratch);  // kPhaseRows sanitized copies
+  float* select_keys = rows + kPhaseRows * row_words;
+  int32_t* select_index = reinterpret_cast<int32_t*>(select_keys + row_words);
+  int32_t* select_order = select_index + row_words;
+  int32_t* cand = select_order + row_words;  // [kPhaseRows][slot_words]
+  float* best = reinterpret_cast<float*>(cand + kPhaseRows * slot_words);
+  const F scale = Vec::set1(static_cast<float>(c.options.scale));
+  const M slots = Vec::first(K);
+
+  int first_row = 0;
+  if (E <= kAcrossMaxE && K <= kAcrossMaxK)
+    for (; first_row + kLanes <= b.rows && rows_across_tokens(b, first_row, K);) first_row += kLanes;
+  for (int i0 = first_row; i0 < b.rows; i0 += kPhaseRows) {
+    const int n = b.rows - i0 < kPhaseRows ? b.rows - i0 : kPhaseRows;
+    float max[kPhaseRows];
+    bool skip[kPhaseRows], invalid[kPhaseRows];
+    for (int r = 0; r < n; ++r) {
+      const int64_t t = b.first + i0 + r;
+      invalid[r] = sanitized_copy(b.u + (i0 + r) * b.u_stride, E, rows + r * row_words, &max[r]);
+      out.invalid[t] = invalid[r] ? 1 : 0;
+      skip[r] = invalid[r] && !sanitize;
+    }
+    for (int r = 0; r < n; ++r)
+      if (!skip[r])
+        select_best(rows + r * row_words, E, K, cand + r * slot_words, best + r * slot_words, select_keys,
+                    select_index, select_order, *b.order);
+    for (int r = 0; r < n; ++r) {
+      if (skip[r]) continue;
+      const int64_t t = b.first + i0 + r;
+      const int32_t* experts = cand + r * slot_words;
+      const F vm = Vec::set1(max[r] == -kInf ? 0.0f : max[r]);
+      const F e = Vec::select(slots, vexp(Vec::sub(Vec::load(best + r * slot_words), vm)), Vec::zero());
+      const float sum = Vec::reduce_add(e);
+      // sum >= 1 (the largest logit is selected) unless every logit is -inf: then 1/K each.
+      const F w = sum > 0 ? Vec::mul(e, Vec::div(scale, Vec::set1(sum))) : Vec::div(scale, Vec::set1(static_cast<float>(K)));
+      Vec::store_tail(fused->weights + t * K, w, K);
+      Vec::store_int_tail(fused->experts + t * K, Vec::int_load(experts), K);
+      fused->experts_per_token[t] = K;
+      ++b.sums.k_histogram[K];
+      for (int j = 0; j < K; ++j) {
+        ++b.sums.counts[experts[j]];
+        if (!invalid[r]) ++b.sums.counts_valid[experts[j]];
+      }
+    }
+  }
+}
+
+inline void rows_block(const RowBlock& b) {
+  const Config& c = *b.config;
+  const StageParams& p = *b.params;
+  const TokenStage& out = *b.out;
+  const int E = c.E, K = c.K;
+  const int64_t row_words = padded(E), slot_words = padded(K);
+  const bool sanitize = c.options.validation == MOE_VALIDATION_SANITIZE;
+  const bool softmax = c.options.scoring == MOE_SCORING_SOFTMAX;
+  const bool keys_from_logits = c.options.order == MOE_ORDER_SELECT_THEN_SOFTMAX;
+  moe_route_outputs* fused = p.fused_out;
+
+  bool logit_order = fused && softmax && !keys_from_logits && c.normalize && K <= kLanes &&
+                     c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0 && !p.want_losses;
+  for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
+  if (logit_order) {
+    rows_by_logit_order(b);
+    return;
+  }
+
+  // Scratch: the token's sanitized logits, scores, keys and a spare row (each padded with -inf or 0
+  // past E so that whole vectors can be read), the selection's scratch, then the slot arrays.
+  float* u = static_cast<float*>(b.scratch);
+  float* s = u + row_words;
+  float* key = s + row_words;
+  float* spare = key + row_words;
+  float* select_keys = spare + row_words;
+  int32_t* select_index = reinterpret_cast<int32_t*>(select_keys + row_words);
+  int32_t* select_order = select_index + row_words;
+  int32_t* cand = select_order + row_words;
+  float* cand_score = reinterpret_cast<float*>(cand + slot_words);
+  float* cand_logit = cand_score + slot_words;
+  float* best = cand_logit + slot_words;
+  float* top = best + slot_words;
+  int32_t* top_order = reinterpret_cast<int32_t*>(top + slot_words);
+  const auto select = [&](const float* keys, int32_t* out) {
+    select_best(keys, E, K, out, best, select_keys, select_index, select_order, *b.order);
+  };
+
+  // A fused token's assignment (core/assign.h) and its counts.
+  const auto finish_fused = [&](const TokenRow& row, int64_t t, bool invalid) {
+    const int k = assign_token(c, row, *p.k_params, fused->experts + t * K, fused->weights + t * K);
+    fused->experts_per_token[t] = k;
+    ++b.sums.k_histogram[k];
+    for (int j = 0; j < k; ++j) {
+      ++b.sums.counts[row.candidate_expert[j]];
+      if (!invalid) ++b.sums.counts_valid[row.candidate_expert[j]];
+    }
+  };
+
+  for (int i = 0; i < b.rows; ++i) {
+    const int64_t t = b.first + i;
+    const float* src = b.u + i * b.u_stride;
+
+    // 1. Validation; the row is copied with non-finite entries (and the padding) at -inf.
+    float max;
+    const bool invalid = sanitized_copy(src, E, u, &max);
+    out.invalid[t] = invalid ? 1 : 0;
+    if (invalid && !sanitize) continue;
+
+    // 2. Scores and keys.
+    float exp_sum = 0;  // softmax: sum of exp(u - max)
+    if (softmax) {
+      F vsum = Vec::zero();
+      const F vm = Vec::set1(max == -kInf ? 0.0f : max);
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const F x = vexp(Vec::sub(Vec::load(u + e0), vm));
+        Vec::store(s + e0, x);
+        vsum = Vec::add(vsum, x);
+      }
+      exp_sum = Vec::reduce_add(vsum);
+    }
+    {
+      const F inv = Vec::set1(exp_sum > 0 ? 1.0f / exp_sum : 0.0f);
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+        const F x = Vec::load(u + e0);
+        const M dead = Vec::eq(x, Vec::set1(-kInf));
+        const F score = softmax ? Vec::mul(Vec::load(s + e0), inv)
+                                : Vec::select(dead, Vec::zero(),
+                                              Vec::div(Vec::set1(1.0f), Vec::add(Vec::set1(1.0f), vexp(Vec::sub(Vec::zero(), x)))));
+        Vec::store(s + e0, score);
+        const F bias = Vec::load_tail(p.selection_bias + e0, lanes, 0.0f);
+        Vec::store(key + e0, Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias)));
+      }
+    }
+    if (c.group_size > 0)
+      mask_groups(key, E, c.options.group_count, c.group_size, c.options.group_select, *b.group_score,
+                  *b.group_order);
+
+    // 3. Candidates: the K best experts in key order.
+    int32_t* cand_out = fused ? cand : out.candidate_expert + t * K;
+    float* score_out = fused ? cand_score : out.candidate_score + t * K;
+    float* logit_out = fused ? cand_logit : out.candidate_logit + t * K;
+    select(key, cand);
+    for (int j = 0; j < K; ++j) {
+      cand_out[j] = cand[j];
+      score_out[j] = s[cand[j]];
+      logit_out[j] = u[cand[j]];
+    }
+
+    // 4. What the strategies and losses need.
+    TokenRow row;
+    if (p.want_top_scores) {
+      // The K largest scores among the experts the group mask left (masked: key -inf, u finite).
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const F x = Vec::load(u + e0);
+        const M masked = Vec::mask_andnot(Vec::eq(x, Vec::set1(-kInf)), Vec::eq(Vec::load(key + e0), Vec::set1(-kInf)));
+        const M kept = Vec::mask_andnot(masked, Vec::first(E - e0));  // padding lanes: -inf too
+        Vec::store(spare + e0, Vec::select(kept, Vec::load(s + e0), Vec::set1(-kInf)));
+      }
+      select(spare, top_order);  // best[] = those scores
+      float* top_out = fused ? top : out.top_scores + t * K;
+      for (int j = 0; j < K; ++j) top_out[j] = best[j];
+      row.top_scores = top_out;
+    }
+    if (p.want_score_entropy) {
+      row.score_entropy = entropy(s, E);
+      if (!fused) out.score_entropy[t] = row.score_entropy;
+    }
+    if (p.want_norm) row.norm = out.norm[t];
+    if (p.want_losses && !invalid) {
+      // p = s (softmax) or s / sum(s) (sigmoid); logsumexp(u); H(p); and p summed per chunk.
+      double lse_sum = exp_sum;
+      const float* prob = s;
+      if (!softmax) {
+        F vsum = Vec::zero(), vexp_sum = Vec::zero();
+        for (int e0 = 0; e0 < E; e0 += kLanes) {
+          vsum = Vec::add(vsum, Vec::load(s + e0));
+          vexp_sum = Vec::add(vexp_sum, vexp(Vec::sub(Vec::load(u + e0), Vec::set1(max))));
+        }
+        lse_sum = Vec::reduce_add(vexp_sum);
+        const float score_sum = Vec::reduce_add(vsum);
+        const F inv = Vec::set1(score_sum > 0 ? 1.0f / score_sum : 0.0f);
+        for (int e0 = 0; e0 < E; e0 += kLanes) Vec::store(spare + e0, Vec::mul(Vec::load(s + e0), inv));
+        prob = spare;
+      }
+      out.logsumexp[t] = max + std::log(lse_sum);
+      out.loss_entropy[t] = entropy(prob, E);
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+        Vec::add_to_double(b.sums.p_sum + e0, Vec::load(prob + e0), lanes);
+      }
+    }
+    if (p.want_full) {
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+        Vec::store_tail(out.full_key + t * E + e0, Vec::load(key + e0), lanes);
+        Vec::store_tail(out.full_score + t * E + e0, Vec::load(s + e0), lanes);
+        Vec::store_tail(out.full_logit + t * E + e0, Vec::load(u + e0), lanes);
+      }
+    }
+
+    // 5. Fused: the token's assignment, and its counts.
+    if (fused) {
+      row.candidate_expert = cand;
+      row.candidate_score = cand_score;
+      row.candidate_logit = cand_logit;
+      finish_fused(row, t, invalid);
+    }
+  }
+}
+
+}  // namespace MOE_SIMD_ISA
+}  // namespace simd
+}  // namespace moe

@@ -1,0 +1,103 @@
+// exp and log over a Vec (see avx512/vec_avx512.h for the interface), and the widening loaders the
+// kernels read their input through. Included by each ISA's translation units after they define
+// MOE_SIMD_ISA and their Vec; everything lands in moe::simd::MOE_SIMD_ISA.
+#pragma once
+
+#include <cstdint>
+
+#include "moe_router.h"
+
+namespace moe {
+namespace simd {
+namespace MOE_SIMD_ISA {
+
+using F = Vec::F;
+using M = Vec::M;
+constexpr int kLanes = Vec::kLanes;
+
+// e^x to about 1 ulp (Cephes expf: x = n ln2 + r, a degree-6 polynomial for e^r). Underflow (x below
+// about -87.3, -inf included) gives 0, overflow is clamped to a finite 2^127-ish value.
+inline F vexp(F x) {
+  const M tiny = Vec::lt(x, Vec::set1(-87.33654f));
+  x = Vec::min(Vec::max(x, Vec::set1(-87.33654f)), Vec::set1(88.3762626647949f));
+  const F n = Vec::round(Vec::mul(x, Vec::set1(1.44269504088896341f)));
+  F r = Vec::fmadd(n, Vec::set1(-0.693359375f), x);
+  r = Vec::fmadd(n, Vec::set1(2.12194440e-4f), r);
+  F y = Vec::set1(1.9875691500e-4f);
+  y = Vec::fmadd(y, r, Vec::set1(1.3981999507e-3f));
+  y = Vec::fmadd(y, r, Vec::set1(8.3334519073e-3f));
+  y = Vec::fmadd(y, r, Vec::set1(4.1665795894e-2f));
+  y = Vec::fmadd(y, r, Vec::set1(1.6666665459e-1f));
+  y = Vec::fmadd(y, r, Vec::set1(5.0000001201e-1f));
+  y = Vec::add(Vec::fmadd(y, Vec::mul(r, r), r), Vec::set1(1.0f));
+  const Vec::I scale = Vec::shift_left<23>(Vec::int_add(Vec::to_int(n), Vec::int_set1(127)));
+  return Vec::select(tiny, Vec::zero(), Vec::mul(y, Vec::from_bits(scale)));
+}
+
+// ln x for normal x > 0 to about 1 ulp (Cephes logf).
+inline F vlog(F x) {
+  const Vec::I bits = Vec::to_bits(x);
+  F e = Vec::to_float(Vec::int_sub(Vec::shift_right<23>(bits), Vec::int_set1(126)));
+  F m = Vec::from_bits(Vec::int_or(Vec::int_and(bits, Vec::int_set1(0x007fffff)), Vec::int_set1(0x3f000000)));
+  const M low = Vec::lt(m, Vec::set1(0.707106781186547524f));  // m in [0.5, 1): use 2m - 1 below sqrt(1/2)
+  e = Vec::select(low, Vec::sub(e, Vec::set1(1.0f)), e);
+  m = Vec::sub(Vec::select(low, Vec::add(m, m), m), Vec::set1(1.0f));
+  const F z = Vec::mul(m, m);
+  F y = Vec::set1(7.0376836292e-2f);
+  y = Vec::fmadd(y, m, Vec::set1(-1.1514610310e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(1.1676998740e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(-1.2420140846e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(1.4249322787e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(-1.6668057665e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(2.0000714765e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(-2.4999993993e-1f));
+  y = Vec::fmadd(y, m, Vec::set1(3.3333331174e-1f));
+  y = Vec::mul(Vec::mul(y, m), z);
+  y = Vec::fmadd(e, Vec::set1(-2.12194440e-4f), y);
+  y = Vec::fmadd(z, Vec::set1(-0.5f), y);
+  return Vec::fmadd(e, Vec::set1(0.693359375f), Vec::add(m, y));
+}
+
+// Input loaders: full vectors and zero-filled tails of f32, f16 or bf16 rows.
+struct LoadF32 {
+  using T = float;
+  static F load(const T* p) { return Vec::load(p); }
+  static F tail(const T* p, int n) { return Vec::load_tail(p, n, 0.0f); }
+};
+struct LoadF16 {
+  using T = uint16_t;
+  static F load(const T* p) { return Vec::load_f16(p); }
+  static F tail(const T* p, int n) { return Vec::load_f16_tail(p, n); }
+};
+struct LoadBF16 {
+  using T = uint16_t;
+  static F load(const T* p) { return Vec::load_bf16(p); }
+  static F tail(const T* p, int n) { return Vec::load_bf16_tail(p, n); }
+};
+
+// dst[0..n) = src[0..n) widened to f32.
+template <class L>
+inline void widen_span(const typename L::T* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) Vec::store(dst + i, L::load(src + i));
+  if (i < n) Vec::store_tail(dst + i, L::tail(src + i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
+// Calls body(loader) with the loader of dtype.
+template <typename Body>
+inline void with_loader(moe_dtype dtype, Body&& body) {
+  switch (dtype) {
+    case MOE_DTYPE_F16:
+      body(LoadF16{});
+      break;
+    case MOE_DTYPE_BF16:
+      body(LoadBF16{});
+      break;
+    default:
+      body(LoadF32{});
+  }
+}
+
+}  // namespace MOE_SIMD_ISA
+}  // namespace simd
+}  // namespace moe

@@ -1,0 +1,27 @@
+// The gate kernels on NEON (generic/gate.h): dot tiles of 3 tokens x 8 experts, panel tiles of
+// 8 tokens x 8 experts (16 q-register accumulators) over D in slices of 128.
+#define MOE_SIMD_ISA neon
+#include "vec_neon.h"
+//
+#include "../simd_backend.h"
+//
+#include "../generic/gate.h"
+
+namespace moe {
+namespace simd {
+namespace neon {
+
+namespace {
+constexpr int kDotTokens = 3, kDotExperts = 8, kDotSlice = 1024, kPanelTokens = 8, kPanelVectors = 2, kKc = 128;
+}
+
+const GateShape kGateShape = {Vec::kLanes,  kDotExperts, kDotTokens, kPanelVectors * Vec::kLanes,
+                              kPanelTokens, kKc,         24};
+
+void gate(const GateBlock& block) {
+  gate_block<kDotTokens, kDotExperts, kDotSlice, kPanelTokens, kPanelVectors, kKc>(block);
+}
+
+}  // namespace neon
+}  // namespace simd
+}  // namespace moe
