@@ -6,6 +6,8 @@
 //     strategies and losses need. This is where all the O(T·D·E) and O(T·E) work is.
 //  2. the assignment stage (core/assign.cc, shared): experts per token, expert choice, capacity,
 //     weights, counts, dispatch and losses, all O(T·K) or O(T·E) bookkeeping on stage 1's results.
+// A backend whose memory is not the host's (CUDA) may run both stages itself and keep the results
+// until the router has checked them (run_route / write_route below).
 #pragma once
 
 #include <cstdint>
@@ -17,6 +19,9 @@
 
 namespace moe {
 
+struct KParams;
+class Workspace;
+
 // What one token stage is asked to compute.
 struct StageParams {
   const Config* config = nullptr;
@@ -24,6 +29,7 @@ struct StageParams {
   const float* bias = nullptr;           // [E] gate bias or nullptr
   const float* selection_bias = nullptr; // [E] current selection bias (zeros when none was given)
   const void* input = nullptr;           // [T, D] hidden states, or [T, E] logits
+  bool input_on_device = false;          // input is a CUDA device address (CUDA backend only)
   moe_dtype dtype = MOE_DTYPE_F32;
   int64_t tokens = 0;
   bool is_logits = false;
@@ -62,6 +68,22 @@ class Backend {
   // Runs the token stage for all p.tokens tokens. In reject mode an invalid token is only flagged;
   // the rest of its outputs may be left unwritten.
   virtual void token_stage(const StageParams& p, const TokenStage& out) = 0;
+
+  // Both stages in the backend (CUDA): runs the whole route of p (p.tokens > 0) and keeps the outputs
+  // until write_route. Fills ws.stage().invalid and ws.counts_before, as token_stage + assign would,
+  // and writes nothing the caller sees. `batch_norm`: strategy norm takes its statistics from this
+  // batch. Returns false when this call needs the host assignment stage (token_stage + assign then).
+  virtual bool run_route(const StageParams& p, const KParams& k, bool batch_norm, Workspace& ws) {
+    (void)p, (void)k, (void)batch_norm, (void)ws;
+    return false;
+  }
+  // Writes the outputs of the last successful run_route into out. Cannot fail.
+  virtual void write_route(moe_route_outputs* out) { (void)out; }
+  // Device timings of the last call, when the router's options ask for them (CUDA).
+  virtual bool timing(moe_router_timing* out) const {
+    (void)out;
+    return false;
+  }
 };
 
 // Backends compiled into this binary that can run on this machine.

@@ -1,6 +1,7 @@
 // Which backends this binary has and which one AUTO means on this machine.
 #include <memory>
 
+#include "../cuda/cuda.h"
 #include "../scalar/scalar.h"
 #include "backend.h"
 #include "failure.h"
@@ -12,8 +13,10 @@ bool backend_available(moe_backend kind) {
     case MOE_BACKEND_AUTO:
     case MOE_BACKEND_SCALAR:
       return true;
+    case MOE_BACKEND_CUDA:
+      return cuda_usable();
     default:
-      return false;  // SIMD and CUDA backends register here when they are built
+      return false;  // SIMD backends register here when they are built
   }
 }
 
@@ -46,6 +49,8 @@ std::unique_ptr<Backend> make_backend(moe_backend kind, int threads) {
   switch (kind) {
     case MOE_BACKEND_SCALAR:
       return make_scalar_backend();
+    case MOE_BACKEND_CUDA:
+      return make_cuda_backend();
     default:
       fail(MOE_E_BACKEND, "backend '%s' is not available on this machine or in this build",
            moe_backend_name(kind));
