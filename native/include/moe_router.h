@@ -167,6 +167,10 @@ MOE_API const char *moe_backend_name(moe_backend backend);
 /* Whether a backend can run on this machine in this build (AUTO: always 1). */
 MOE_API int moe_backend_available(moe_backend backend);
 
+/* Whether this binary was built with a backend, whether or not this machine can run it (a binary built
+ * with CUDA on a machine without a GPU: compiled 1, available 0). */
+MOE_API int moe_backend_compiled(moe_backend backend);
+
 /* Creates a router. weight is [E, D] f32 (nn.Linear layout); bias [E] and selection_bias [E] are
  * optional (NULL). All three are copied (and the weight packed) before the call returns. */
 MOE_API moe_status moe_router_create(const moe_router_options *options, const float *weight,

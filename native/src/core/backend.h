@@ -88,6 +88,8 @@ class Backend {
 
 // Backends compiled into this binary that can run on this machine.
 bool backend_available(moe_backend kind);
+// Backends compiled into this binary.
+bool backend_compiled(moe_backend kind);
 // The backend AUTO resolves to for a device choice.
 moe_backend resolve_backend(moe_backend asked, moe_device device);
 // Creates a backend; throws Failure(MOE_E_BACKEND) when it is not available.

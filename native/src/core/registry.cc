@@ -20,6 +20,18 @@ bool backend_available(moe_backend kind) {
   }
 }
 
+bool backend_compiled(moe_backend kind) {
+  switch (kind) {
+    case MOE_BACKEND_AUTO:
+    case MOE_BACKEND_SCALAR:
+      return true;
+    case MOE_BACKEND_CUDA:
+      return cuda_compiled();
+    default:
+      return false;  // SIMD backends register here when they are built
+  }
+}
+
 moe_backend resolve_backend(moe_backend asked, moe_device device) {
   if (device == MOE_DEVICE_CUDA && asked != MOE_BACKEND_AUTO && asked != MOE_BACKEND_CUDA)
     fail(MOE_E_CONFIG, "option backend '%s' cannot run on device 'cuda'", moe_backend_name(asked));

@@ -344,6 +344,8 @@ const char* moe_backend_name(moe_backend backend) {
 
 int moe_backend_available(moe_backend backend) { return moe::backend_available(backend) ? 1 : 0; }
 
+int moe_backend_compiled(moe_backend backend) { return moe::backend_compiled(backend) ? 1 : 0; }
+
 moe_status moe_router_create(const moe_router_options* options, const float* weight, const float* bias,
                              const float* selection_bias, moe_router** out, moe_error* err) {
   return guarded(err, [&] {

@@ -13,6 +13,7 @@ namespace {
 
 }  // namespace
 
+bool cuda_compiled() { return false; }
 bool cuda_usable() { return false; }
 
 bool cuda_supports(const Config&, std::string* why) {

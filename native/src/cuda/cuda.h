@@ -11,6 +11,9 @@
 
 namespace moe {
 
+// True when this binary was built with the CUDA backend.
+bool cuda_compiled();
+
 // True when this binary has CUDA and cudaGetDeviceCount found at least one device. Asked once, cached.
 bool cuda_usable();
 

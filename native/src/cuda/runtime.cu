@@ -91,6 +91,7 @@ void allow_shared(const void* kernel, size_t bytes) {
 
 }  // namespace cuda
 
+bool cuda_compiled() { return true; }
 bool cuda_usable() { return probe().usable; }
 
 bool cuda_supports(const Config& c, std::string* why) {
