@@ -262,16 +262,19 @@ __global__ void __launch_bounds__(kThreads, Class::kBlocksPerSM)
   float* logits = reinterpret_cast<float*>(smem);
   const int ld = g.padded_E + 4;
   const int tile_floats = g.rows_per_tile * g.padded_E;
+  // Rows of this tile inside the batch (a decode batch fills a small part of a tile).
+  const int live = static_cast<int>(min(static_cast<int64_t>(g.rows_per_tile), g.rows - row0));
+  const int live_floats = live * g.padded_E;
   if (g.splits > 1) {
     float* mine = g.partial + (static_cast<size_t>(split) * g.tiles + tile) * tile_floats;
-    for (int i = threadIdx.x; i < tile_floats; i += kThreads) mine[i] = logits[(i / g.padded_E) * ld + i % g.padded_E];
+    for (int i = threadIdx.x; i < live_floats; i += kThreads) mine[i] = logits[(i / g.padded_E) * ld + i % g.padded_E];
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&g.tile_tickets[tile], 1u) == static_cast<unsigned>(g.splits) - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int i = threadIdx.x; i < tile_floats; i += kThreads) {
+    for (int i = threadIdx.x; i < live_floats; i += kThreads) {
       float sum = 0.0f;
       for (int s = 0; s < g.splits; ++s) sum += __ldcg(g.partial + (static_cast<size_t>(s) * g.tiles + tile) * tile_floats + i);
       logits[(i / g.padded_E) * ld + i % g.padded_E] = sum;
@@ -285,10 +288,10 @@ __global__ void __launch_bounds__(kThreads, Class::kBlocksPerSM)
   clear_block(rows, L, c.E, Team::kPerBlock);
   const Team team;
   RowAccum<Class::kPer> acc;
-  for (int r0 = 0; r0 < g.rows_per_tile; r0 += Team::kPerBlock) {
+  for (int r0 = 0; r0 < live; r0 += Team::kPerBlock) {
     const int r = r0 + team.id();
     const int64_t row = row0 + r;
-    const bool active = r < g.rows_per_tile && row < g.rows;
+    const bool active = r < live;
     const GateRow<In> in{logits + (active ? r : 0) * ld, c.bias, x + (active ? row : 0) * g.D, g.D};
     route_row<Team, Class::kPer>(team, c, o, rows, L, in, g.t_begin + row, active, acc);
   }

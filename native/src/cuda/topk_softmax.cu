@@ -46,10 +46,11 @@ __global__ void __launch_bounds__(kThreads, Class::kBlocksPerSM)
   const Team team;
   RowAccum<Class::kPer> acc;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * rows_per_block;
-  for (int r0 = 0; r0 < rows_per_block; r0 += Team::kPerBlock) {
+  const int live = static_cast<int>(min(static_cast<int64_t>(rows_per_block), rows - first));
+  for (int r0 = 0; r0 < live; r0 += Team::kPerBlock) {
     const int r = r0 + team.id();
     const int64_t row = first + r;
-    const bool active = r < rows_per_block && row < rows;
+    const bool active = r < live;
     const LogitsRow<T> in{logits + (active ? row : 0) * c.E, c.E};
     route_row<Team, Class::kPer>(team, c, o, smem, L, in, t_begin + row, active, acc);
   }
