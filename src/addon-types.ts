@@ -27,6 +27,7 @@ export interface NativeOptions {
   backend: number;
   device: number;
   threads: number;
+  exactF32: number;
 }
 
 /** Scalars a route writes into its Float64Array(7), by index. */
@@ -40,8 +41,23 @@ export const enum Scalar {
   FlopReduction = 6,
 }
 
+/** Device memory holding a Tensor's copy on the GPU (moe_device_buffer). */
+export interface NativeDeviceBuffer {
+  readonly size: number;
+  /** Copies the array's bytes to the start of the buffer. */
+  upload(data: Float32Array | Uint16Array): void;
+  /** Gives the device memory back now instead of at garbage collection. */
+  free(): void;
+}
+
+/** The CUDA failure a call fell back to the CPU from. */
+export interface NativeFallback {
+  code: string;
+  message: string;
+}
+
 export type RouteArgs = [
-  input: Float32Array | Uint16Array,
+  input: Float32Array | Uint16Array | NativeDeviceBuffer,
   dtype: number,
   tokens: number,
   isLogits: boolean,
@@ -72,7 +88,10 @@ export interface NativeRouter {
   /** [tokens, calls, assignments, dropped, meanExpertsPerToken, flopReduction, loadBalanceScore] */
   stats(utilization: Float64Array, assignments: Float64Array, kHistogram: Float64Array): number[];
   resetStats(): void;
+  /** The backend that ran the most recent call. */
   backend(): string;
+  /** Set when the most recent call (or the creation) fell back from CUDA to the CPU. */
+  lastFallback(): NativeFallback | null;
   /** [topP, threshold] in force. */
   parameters(): [number, number];
   dispatchCapacity(tokens: number): number;
@@ -86,8 +105,12 @@ export interface NativeAddon {
     bias: Float32Array | null,
     selectionBias: Float32Array | null,
   ) => NativeRouter;
+  /** Throws E_BACKEND without a usable CUDA device. */
+  DeviceBuffer: new (bytes: number) => NativeDeviceBuffer;
   version(): string;
   backendAvailable(code: number): boolean;
   /** 32 hex digits of moe_hash128 over the view's bytes (cache keys). */
   hash128(view: ArrayBufferView): string;
+  /** Built into this binary, whether or not this machine can run it. */
+  backendCompiled(code: number): boolean;
 }

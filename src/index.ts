@@ -1,5 +1,5 @@
 export { DynamicRouter } from './router';
-export type { RouterStats, CalibrateOptions, CalibrateResult } from './router';
+export type { RouterStats, CalibrateOptions, CalibrateResult, FallbackInfo, RouterEvents } from './router';
 export { Routing } from './routing';
 export type { Dispatch } from './routing';
 export { Tensor, f32ToBf16, f32ToF16, bf16ToF32, f16ToF32 } from './tensor';

@@ -47,6 +47,12 @@ export interface RouterOptions {
   device?: DeviceName;
   threads?: number;
   backend?: BackendName;
+  /**
+   * CUDA, f32 hidden states: run the gate product in f32 FMA instead of on TF32 tensor cores (the
+   * default, whose results agree with the CPU as closely as f16/bf16 input does). CPU backends are
+   * always exact.
+   */
+  exactF32?: boolean;
 }
 
 function pick<T extends string>(name: string, value: T | undefined, allowed: readonly T[], fallback: T): number {
@@ -100,6 +106,9 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
   }
   const seed = noise ? integer('noise.seed', noise.seed, 0) : 0;
   if (seed < 0) throw new RouterError('E_CONFIG', `option noise.seed must be a non-negative integer (got ${seed})`);
+  if (o.exactF32 !== undefined && typeof o.exactF32 !== 'boolean') {
+    throw new RouterError('E_CONFIG', `option exactF32 must be a boolean (got ${JSON.stringify(o.exactF32)})`);
+  }
   if (o.normalize !== undefined && typeof o.normalize !== 'boolean') {
     throw new RouterError('E_CONFIG', `option normalize must be a boolean (got ${JSON.stringify(o.normalize)})`);
   }
@@ -130,5 +139,6 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
     backend: pick('backend', o.backend, BACKENDS, 'auto'),
     device: pick('device', o.device, DEVICES, 'auto'),
     threads: integer('threads', o.threads, 0),
+    exactF32: o.exactF32 ? 1 : 0,
   };
 }

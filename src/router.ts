@@ -1,7 +1,8 @@
 /** DynamicRouter: the public router over the native engine. */
-import { Scalar, type NativeRouter, type RouteArgs } from './addon-types';
+import { EventEmitter } from 'node:events';
+import { Scalar, type NativeDeviceBuffer, type NativeRouter, type RouteArgs } from './addon-types';
 import { modelCard, type ModelCardOptions } from './card';
-import { native, RouterError } from './errors';
+import { native, RouterError, type ErrorCode } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
 import { BufferPool } from './pool';
@@ -36,10 +37,24 @@ export interface CalibrateResult {
   meanExperts: number;
 }
 
+/** A call that ran on the CPU because its CUDA work failed (device and backend 'auto'). */
+export interface FallbackInfo {
+  /** The CPU backend that ran the call. */
+  backend: string;
+  /** The CUDA failure (code E_CUDA). */
+  error: RouterError;
+}
+
+export interface RouterEvents {
+  fallback: [info: FallbackInfo];
+}
+
 type Input = Float32Array | Tensor;
 
 interface PreparedInput {
   data: Float32Array | Uint16Array;
+  /** The GPU copy of a 'cuda' tensor. */
+  device: NativeDeviceBuffer | null;
   dtype: number;
   tokens: number;
 }
@@ -52,8 +67,15 @@ function prepareInput(input: Input, width: number, name: string, widthName: stri
     if (!ok) {
       throw new RouterError('E_SHAPE', `${name} must have shape [tokens, ${width}] (${widthName}) (got [${shape.join(', ')}])`);
     }
-    if (input.device !== 'cpu') throw new RouterError('E_BACKEND', `${name} is on '${input.device}', which this router cannot read`);
-    return { data: input.data, dtype: DTYPE_CODE[input.dtype], tokens: shape.length === 2 ? shape[0]! : 1 };
+    if (input.device === 'cuda' && !input.deviceBuffer) {
+      throw new RouterError('E_DISPOSED', `${name} is a 'cuda' Tensor whose device copy was released`);
+    }
+    return {
+      data: input.data,
+      device: input.deviceBuffer,
+      dtype: DTYPE_CODE[input.dtype],
+      tokens: shape.length === 2 ? shape[0]! : 1,
+    };
   }
   if (!(input instanceof Float32Array)) {
     const got = input === null ? 'null' : ((input as object)?.constructor?.name ?? typeof input);
@@ -62,7 +84,7 @@ function prepareInput(input: Input, width: number, name: string, widthName: stri
   if (input.length % width !== 0) {
     throw new RouterError('E_SHAPE', `${name} length must be a multiple of ${widthName} = ${width} (got ${input.length})`);
   }
-  return { data: input, dtype: DTYPE_CODE.f32, tokens: input.length / width };
+  return { data: input, device: null, dtype: DTYPE_CODE.f32, tokens: input.length / width };
 }
 
 function float32Vector(value: Float32Array | undefined, length: number, name: string): Float32Array | null {
@@ -72,7 +94,11 @@ function float32Vector(value: Float32Array | undefined, length: number, name: st
   return value;
 }
 
-export class DynamicRouter {
+/**
+ * Emits 'fallback' (FallbackInfo) after a call that ran on the CPU because its CUDA work failed; only
+ * routers with device and backend 'auto' fall back, the others throw E_CUDA.
+ */
+export class DynamicRouter extends EventEmitter<RouterEvents> {
   readonly inputDim: number;
   readonly numExperts: number;
   readonly topK: number;
@@ -85,9 +111,11 @@ export class DynamicRouter {
   private readonly wantsDispatch: boolean;
   private readonly wantsLosses: boolean;
   private readonly changesEveryCall: boolean;
+  private readonly onCuda: boolean;
   private version = 0;
 
   constructor(options: RouterOptions) {
+    super();
     const nativeOptions = toNativeOptions(options);
     const { inputDim, numExperts, topK } = nativeOptions;
     let weight: Float32Array;
@@ -117,11 +145,23 @@ export class DynamicRouter {
     this.wantsDispatch = nativeOptions.dispatch === 1;
     this.wantsLosses = nativeOptions.losses === 1;
     this.changesEveryCall = nativeOptions.biasUpdateRate > 0 || nativeOptions.noiseStd > 0;
+    this.onCuda = this.engine.backend() === 'cuda';
   }
 
-  /** The backend that runs: 'cuda' | 'avx512' | 'avx2' | 'neon' | 'scalar'. */
+  /**
+   * The backend that ran the most recent call (before any: the one chosen at creation):
+   * 'cuda' | 'avx512' | 'avx2' | 'neon' | 'scalar'. After a CUDA fallback, the CPU one.
+   */
   get backend(): string {
     return native(() => this.live().backend());
+  }
+
+  /** Set when the most recent call (or, before any call, the creation) fell back from CUDA to the CPU. */
+  get lastFallback(): FallbackInfo | null {
+    const engine = this.live();
+    const fallback = engine.lastFallback();
+    if (!fallback) return null;
+    return { backend: engine.backend(), error: new RouterError(fallback.code as ErrorCode, fallback.message) };
   }
 
   /** The noise step the next route uses (it increments after every route). */
@@ -187,6 +227,7 @@ export class DynamicRouter {
       engine.calibrate(input.data, input.dtype, input.tokens, isLogits, options.meanExperts),
     );
     this.version += 1;
+    this.reportFallback();
     return { parameter, meanExperts };
   }
 
@@ -261,7 +302,7 @@ export class DynamicRouter {
     const slots = T * this.topK;
     const pool = this.pool;
     return [
-      input.data,
+      input.device && this.onCuda ? input.device : input.data,
       input.dtype,
       T,
       isLogits,
@@ -283,9 +324,17 @@ export class DynamicRouter {
     }
   }
 
+  /** Emits 'fallback' when the call that just finished fell back to the CPU. */
+  private reportFallback(): void {
+    if (!this.engine) return; // disposed while an async call was in flight: nothing left to report
+    const info = this.lastFallback;
+    if (info) this.emit('fallback', info);
+  }
+
   private result(args: RouteArgs): Routing {
     const s = args[11];
     if (this.changesEveryCall) this.version += 1;
+    this.reportFallback();
     return new Routing({
       tokens: args[2],
       topK: this.topK,

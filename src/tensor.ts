@@ -1,5 +1,7 @@
 /** Typed tensors: f32 data, or f16/bf16 as raw 16-bit patterns, with a shape. */
-import { RouterError } from './errors';
+import type { NativeDeviceBuffer } from './addon-types';
+import { native, RouterError } from './errors';
+import { loadNative } from './native';
 
 export type DType = 'f32' | 'f16' | 'bf16';
 export type Device = 'cpu' | 'cuda';
@@ -59,16 +61,34 @@ export function f16ToF32(bits: number): number {
   return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
+/** moe_backend code of the CUDA backend. */
+const CUDA_BACKEND = 5;
+
 export class Tensor {
+  /** The values on the host (a 'cuda' tensor keeps them too). */
   readonly data: TensorData;
   readonly shape: readonly number[];
   readonly dtype: DType;
-  readonly device: Device = 'cpu';
+  readonly device: Device;
+  #buffer: NativeDeviceBuffer | null;
 
-  private constructor(data: TensorData, shape: readonly number[], dtype: DType) {
+  private constructor(
+    data: TensorData,
+    shape: readonly number[],
+    dtype: DType,
+    device: Device = 'cpu',
+    deviceBuffer: NativeDeviceBuffer | null = null,
+  ) {
     this.data = data;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
+    this.device = device;
+    this.#buffer = deviceBuffer;
+  }
+
+  /** The GPU copy of a 'cuda' tensor (null once released). @internal */
+  get deviceBuffer(): NativeDeviceBuffer | null {
+    return this.#buffer;
   }
 
   /**
@@ -113,9 +133,31 @@ export class Tensor {
     return Float32Array.from(this.data as Uint16Array, (bits) => widen(bits));
   }
 
-  /** A device copy for repeated routing. This build has no CUDA backend, so 'cuda' throws E_BACKEND. */
+  /**
+   * The tensor on `device`. 'cuda' copies the data to the GPU once, so that routing it again and again
+   * skips the copy; without a usable CUDA device it throws E_BACKEND. 'cpu' gives the host data.
+   */
   to(device: Device): Tensor {
-    if (device === 'cpu') return this;
-    throw new RouterError('E_BACKEND', `Tensor.to('${device}'): this build has no usable CUDA device; keep tensors on 'cpu'`);
+    if (device === this.device) return this;
+    if (device === 'cpu') return new Tensor(this.data, this.shape, this.dtype);
+    if (device !== 'cuda') {
+      throw new RouterError('E_BACKEND', `Tensor.to: device must be 'cpu' or 'cuda' (got '${String(device)}')`);
+    }
+    const addon = loadNative();
+    if (!addon.backendAvailable(CUDA_BACKEND)) {
+      const why = addon.backendCompiled(CUDA_BACKEND)
+        ? 'no usable CUDA device was found (no GPU or driver)'
+        : 'this build of dynamic-moe-router has no CUDA backend';
+      throw new RouterError('E_BACKEND', `Tensor.to('cuda'): ${why}; keep tensors on 'cpu'`);
+    }
+    const buffer = native(() => new addon.DeviceBuffer(this.data.byteLength));
+    native(() => buffer.upload(this.data));
+    return new Tensor(this.data, this.shape, this.dtype, 'cuda', buffer);
+  }
+
+  /** Gives a 'cuda' tensor's device memory back now instead of at garbage collection. */
+  release(): void {
+    this.#buffer?.free();
+    this.#buffer = null;
   }
 }

@@ -116,6 +116,11 @@ typedef struct moe_router_options {
   moe_backend backend;        /* default AUTO */
   moe_device device;          /* default AUTO */
   int32_t threads;            /* 0 = one per core; 1 = the calling thread only */
+  int32_t exact_f32;          /* CUDA, f32 hidden states: 0 (default) = the gate product on TF32
+                                 tensor cores (agreement with the oracle as for f16/bf16 input);
+                                 1 = f32 FMA (agreement as for f32 input). f16/bf16 input always uses
+                                 tensor cores, with W rounded to the input's type. CPU backends ignore it. */
+  int32_t profile;            /* CUDA: 1 = time each call's device work (moe_router_last_timing) */
 } moe_router_options;
 
 /* Where one route call writes its results. Every array is owned by the caller and must have at least the
@@ -164,6 +169,10 @@ MOE_API const char *moe_backend_name(moe_backend backend);
 /* Whether a backend can run on this machine in this build (AUTO: always 1). */
 MOE_API int moe_backend_available(moe_backend backend);
 
+/* Whether this binary was built with a backend, whether or not this machine can run it (a binary built
+ * with CUDA on a machine without a GPU: compiled 1, available 0). */
+MOE_API int moe_backend_compiled(moe_backend backend);
+
 /* Creates a router. weight is [E, D] f32 (nn.Linear layout); bias [E] and selection_bias [E] are
  * optional (NULL). All three are copied (and the weight packed) before the call returns. */
 MOE_API moe_status moe_router_create(const moe_router_options *options, const float *weight,
@@ -173,8 +182,23 @@ MOE_API moe_status moe_router_create(const moe_router_options *options, const fl
 /* Frees the router. NULL is ignored. */
 MOE_API void moe_router_destroy(moe_router *router);
 
-/* The backend this router runs on (never AUTO). */
+/* The backend that ran the router's most recent call (before any call: the one chosen at creation;
+ * never AUTO). A CUDA router whose call fell back to the CPU (moe_router_last_fallback) reports the CPU
+ * backend until a call runs on CUDA again. */
 MOE_API moe_backend moe_router_backend(const moe_router *router);
+
+/* 1 when the router's most recent call (or its creation, before any call) fell back from CUDA to the
+ * CPU because a CUDA call failed; *reason (when not NULL) then gets MOE_E_CUDA and the CUDA error.
+ * Only routers with device AUTO and backend AUTO fall back; the others fail with MOE_E_CUDA. */
+MOE_API int moe_router_last_fallback(const moe_router *router, moe_error *reason);
+
+/* Device timings of the most recent call of a CUDA router created with options.profile = 1. */
+typedef struct moe_router_timing {
+  double kernels_ms; /* from the first kernel's start to the last kernel's end */
+  double total_ms;   /* from the first copy of the input to the last copy of the results */
+} moe_router_timing;
+MOE_API moe_status moe_router_last_timing(const moe_router *router, moe_router_timing *out,
+                                          moe_error *err);
 
 /* The options in force (defaults resolved). */
 MOE_API void moe_router_get_options(const moe_router *router, moe_router_options *out);
@@ -189,6 +213,28 @@ MOE_API moe_status moe_router_route(moe_router *router, const void *hidden, moe_
 /* Routes `tokens` rows of gate logits [tokens, E] of type dtype (the gate is skipped). */
 MOE_API moe_status moe_router_route_logits(moe_router *router, const void *logits, moe_dtype dtype,
                                            int64_t tokens, moe_route_outputs *out, moe_error *err);
+
+/* Device memory that keeps inputs on the GPU between calls (the first visible CUDA device). Without a
+ * usable device every call fails with MOE_E_BACKEND. */
+typedef struct moe_device_buffer moe_device_buffer;
+MOE_API moe_status moe_device_buffer_create(int64_t bytes, moe_device_buffer **out, moe_error *err);
+/* Copies `bytes` from host memory to the buffer at byte `offset`, or back. */
+MOE_API moe_status moe_device_buffer_upload(moe_device_buffer *buffer, int64_t offset, const void *src,
+                                            int64_t bytes, moe_error *err);
+MOE_API moe_status moe_device_buffer_download(const moe_device_buffer *buffer, int64_t offset,
+                                              void *dst, int64_t bytes, moe_error *err);
+MOE_API int64_t moe_device_buffer_size(const moe_device_buffer *buffer);
+/* The buffer's device address, for other CUDA code of this process. */
+MOE_API void *moe_device_buffer_pointer(const moe_device_buffer *buffer);
+/* Frees the buffer. NULL is ignored. */
+MOE_API void moe_device_buffer_free(moe_device_buffer *buffer);
+
+/* Routes `tokens` rows of hidden states (is_logits 0) or logits (1) that live in a device buffer, from
+ * its start. The outputs are host arrays, as for moe_router_route. A router running on the CPU reads
+ * the rows back to the host first. */
+MOE_API moe_status moe_router_route_device(moe_router *router, const moe_device_buffer *input,
+                                           moe_dtype dtype, int64_t tokens, int is_logits,
+                                           moe_route_outputs *out, moe_error *err);
 
 /* Sets the strategy's parameter (top_p, threshold, or the norm centre) so that the mean k_t over the
  * sample is within 0.05 of mean_experts. The sample is hidden states, or logits when is_logits is 1.

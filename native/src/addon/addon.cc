@@ -35,11 +35,19 @@ Napi::Value Hash128(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, hex, 32);
 }
 
+// backendCompiled(code: number) -> boolean: built into this binary, runnable here or not.
+Napi::Value BackendCompiled(const Napi::CallbackInfo& info) {
+  const int code = info[0].As<Napi::Number>().Int32Value();
+  return Napi::Boolean::New(info.Env(), moe_backend_compiled(static_cast<moe_backend>(code)) != 0);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Router", moe_addon::RouterWrap::Define(env));
+  exports.Set("DeviceBuffer", moe_addon::DeviceWrap::Define(env));
   exports.Set("version", Napi::Function::New(env, Version));
   exports.Set("backendAvailable", Napi::Function::New(env, BackendAvailable));
   exports.Set("hash128", Napi::Function::New(env, Hash128));
+  exports.Set("backendCompiled", Napi::Function::New(env, BackendCompiled));
   return exports;
 }
 

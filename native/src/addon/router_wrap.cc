@@ -100,12 +100,14 @@ moe_router_options read_options(Napi::Object o) {
   opt.backend = static_cast<moe_backend>(i32("backend", opt.backend));
   opt.device = static_cast<moe_device>(i32("device", opt.device));
   opt.threads = i32("threads", 0);
+  opt.exact_f32 = i32("exactF32", 0);
   return opt;
 }
 
 // Everything one route call needs, gathered on the JavaScript thread.
 struct RouteCall {
   const void* input = nullptr;
+  DeviceHandle device_input;  // set instead of input for rows on the device
   moe_dtype dtype = MOE_DTYPE_F32;
   int64_t tokens = 0;
   bool is_logits = false;
@@ -135,8 +137,11 @@ bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* 
       call->dtype == MOE_DTYPE_F32 ? napi_float32_array : napi_uint16_array;
   View input, experts, weights, per_token, counts, invalid, offsets, slots, scalars;
   const size_t slot_capacity = static_cast<size_t>(moe_router_dispatch_capacity(router, call->tokens));
-  if (!typed_view(env, info[0], input_type, T * row, call->is_logits ? "logits" : "hidden", &input) ||
-      !typed_view(env, info[4], napi_int32_array, T * K, "experts", &experts) ||
+  call->device_input = DeviceWrap::Of(env, info[0]);
+  if (!call->device_input &&
+      !typed_view(env, info[0], input_type, T * row, call->is_logits ? "logits" : "hidden", &input))
+    return false;
+  if (!typed_view(env, info[4], napi_int32_array, T * K, "experts", &experts) ||
       !typed_view(env, info[5], napi_float32_array, T * K, "weights", &weights) ||
       !typed_view(env, info[6], napi_int32_array, T, "expertsPerToken", &per_token) ||
       !typed_view(env, info[7], napi_int32_array, E, "expertCounts", &counts) ||
@@ -160,6 +165,9 @@ bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* 
 }
 
 moe_status run_route(moe_router* router, RouteCall* call, moe_error* err) {
+  if (call->device_input)
+    return moe_router_route_device(router, call->device_input.get(), call->dtype, call->tokens,
+                                   call->is_logits ? 1 : 0, &call->outputs, err);
   return call->is_logits
              ? moe_router_route_logits(router, call->input, call->dtype, call->tokens, &call->outputs, err)
              : moe_router_route(router, call->input, call->dtype, call->tokens, &call->outputs, err);
@@ -215,6 +223,70 @@ class RouteWorker : public Napi::AsyncWorker {
 
 }  // namespace
 
+// The addon's per-environment state: the NativeDeviceBuffer class, to recognize its instances.
+struct AddonData {
+  Napi::FunctionReference device_buffer;
+};
+
+Napi::Function DeviceWrap::Define(Napi::Env env) {
+  Napi::Function constructor = DefineClass(env, "NativeDeviceBuffer",
+                                           {InstanceMethod<&DeviceWrap::Upload>("upload"),
+                                            InstanceAccessor<&DeviceWrap::Size>("size"),
+                                            InstanceMethod<&DeviceWrap::Free>("free")});
+  auto* data = new AddonData{Napi::Persistent(constructor)};
+  env.SetInstanceData<AddonData>(data);
+  return constructor;
+}
+
+DeviceWrap::DeviceWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceWrap>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    make_error(env, MOE_E_SHAPE, "NativeDeviceBuffer(bytes)").ThrowAsJavaScriptException();
+    return;
+  }
+  moe_device_buffer* buffer = nullptr;
+  moe_error err{};
+  if (moe_device_buffer_create(info[0].As<Napi::Number>().Int64Value(), &buffer, &err) != MOE_OK) {
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+    return;
+  }
+  buffer_ = DeviceHandle(buffer, moe_device_buffer_free);
+}
+
+DeviceHandle DeviceWrap::Of(Napi::Env env, Napi::Value value) {
+  AddonData* data = env.GetInstanceData<AddonData>();
+  if (!data || !value.IsObject() || !value.As<Napi::Object>().InstanceOf(data->device_buffer.Value()))
+    return nullptr;
+  return Unwrap(value.As<Napi::Object>())->buffer_;
+}
+
+Napi::Value DeviceWrap::Upload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!buffer_) {
+    make_error(env, MOE_E_DISPOSED, "device buffer was freed").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (info.Length() < 1 || !info[0].IsTypedArray()) {
+    make_error(env, MOE_E_DTYPE, "upload(data) needs a typed array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::TypedArray array = info[0].As<Napi::TypedArray>();
+  const void* src = static_cast<const char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+  moe_error err{};
+  if (moe_device_buffer_upload(buffer_.get(), 0, src, static_cast<int64_t>(array.ByteLength()), &err) != MOE_OK)
+    make_error(env, err.code, err.message).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+Napi::Value DeviceWrap::Size(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(moe_device_buffer_size(buffer_.get())));
+}
+
+Napi::Value DeviceWrap::Free(const Napi::CallbackInfo& info) {
+  buffer_.reset();
+  return info.Env().Undefined();
+}
+
 Napi::Error make_error(Napi::Env env, moe_status code, const char* message) {
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, status_code(code)));
@@ -233,6 +305,7 @@ Napi::Function RouterWrap::Define(Napi::Env env) {
                       InstanceMethod<&RouterWrap::Stats>("stats"),
                       InstanceMethod<&RouterWrap::ResetStats>("resetStats"),
                       InstanceMethod<&RouterWrap::Backend>("backend"),
+                      InstanceMethod<&RouterWrap::LastFallback>("lastFallback"),
                       InstanceMethod<&RouterWrap::Parameters>("parameters"),
                       InstanceMethod<&RouterWrap::DispatchCapacity>("dispatchCapacity"),
                       InstanceMethod<&RouterWrap::Dispose>("dispose")});
@@ -403,6 +476,18 @@ Napi::Value RouterWrap::Backend(const Napi::CallbackInfo& info) {
   moe_router* router = Live(info.Env());
   if (!router) return info.Env().Undefined();
   return Napi::String::New(info.Env(), moe_backend_name(moe_router_backend(router)));
+}
+
+Napi::Value RouterWrap::LastFallback(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
+  moe_error reason{};
+  if (!moe_router_last_fallback(router, &reason)) return env.Null();
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("code", Napi::String::New(env, status_code(reason.code)));
+  result.Set("message", Napi::String::New(env, reason.message));
+  return result;
 }
 
 // parameters() -> [topP, threshold]: the values in force (calibrate changes them).

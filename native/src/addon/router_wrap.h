@@ -11,9 +11,29 @@
 namespace moe_addon {
 
 using RouterHandle = std::shared_ptr<moe_router>;
+using DeviceHandle = std::shared_ptr<moe_device_buffer>;
 
 // A JavaScript Error carrying `code` (E_SHAPE, …); src/errors.ts turns it into a RouterError.
 Napi::Error make_error(Napi::Env env, moe_status code, const char* message);
+
+// DeviceWrap: the JavaScript object around one moe_device_buffer (Tensor.to('cuda')).
+class DeviceWrap : public Napi::ObjectWrap<DeviceWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // new NativeDeviceBuffer(bytes); throws E_BACKEND without a usable CUDA device.
+  explicit DeviceWrap(const Napi::CallbackInfo& info);
+  // The buffer of a JavaScript value when it is a live NativeDeviceBuffer, else null.
+  static DeviceHandle Of(Napi::Env env, Napi::Value value);
+
+ private:
+  // upload(data: Float32Array | Uint16Array): copies the array's bytes to the buffer's start.
+  Napi::Value Upload(const Napi::CallbackInfo& info);
+  Napi::Value Size(const Napi::CallbackInfo& info);
+  // free(): gives the device memory back now (a route still running keeps its own reference).
+  Napi::Value Free(const Napi::CallbackInfo& info);
+
+  DeviceHandle buffer_;
+};
 
 class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
  public:
@@ -21,8 +41,9 @@ class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
   explicit RouterWrap(const Napi::CallbackInfo& info);
 
  private:
-  // (input, dtype, tokens, isLogits, experts, weights, expertsPerToken, expertCounts, invalidTokens,
-  //  dispatchOffsets | null, dispatchSlots | null, scalars: Float64Array(7)) -> undefined
+  // (input: TypedArray | NativeDeviceBuffer, dtype, tokens, isLogits, experts, weights, expertsPerToken,
+  //  expertCounts, invalidTokens, dispatchOffsets | null, dispatchSlots | null, scalars: Float64Array(7))
+  //  -> undefined
   Napi::Value Route(const Napi::CallbackInfo& info);
   // Same arguments -> Promise<void>; runs on a libuv worker thread.
   Napi::Value RouteAsync(const Napi::CallbackInfo& info);
@@ -35,6 +56,8 @@ class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ResetStats(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
+  // lastFallback() -> null | { code, message }: the CUDA failure the most recent call fell back from.
+  Napi::Value LastFallback(const Napi::CallbackInfo& info);
   Napi::Value Parameters(const Napi::CallbackInfo& info);
   Napi::Value DispatchCapacity(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);

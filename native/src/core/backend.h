@@ -8,6 +8,8 @@
 //     weights, counts, dispatch and losses, all O(T·K) or O(T·E) bookkeeping on stage 1's results.
 //     A backend may run the per-token part of it (k_t, experts, weights, counts) inside stage 1, on
 //     the same shared code, so that the common call makes one pass over the tokens (fused_out below).
+// A backend whose memory is not the host's (CUDA) may run both stages itself and keep the results
+// until the router has checked them (run_route / write_route below).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 namespace moe {
 
 struct KParams;
+class Workspace;
 
 // What one token stage is asked to compute.
 struct StageParams {
@@ -28,6 +31,7 @@ struct StageParams {
   const float* bias = nullptr;           // [E] gate bias or nullptr
   const float* selection_bias = nullptr; // [E] current selection bias (zeros when none was given)
   const void* input = nullptr;           // [T, D] hidden states, or [T, E] logits
+  bool input_on_device = false;          // input is a CUDA device address (CUDA backend only)
   moe_dtype dtype = MOE_DTYPE_F32;
   int64_t tokens = 0;
   bool is_logits = false;
@@ -77,10 +81,29 @@ class Backend {
   virtual void token_stage(const StageParams& p, const TokenStage& out) = 0;
   // Whether token_stage can run the fused assignment (StageParams::fused_out).
   virtual bool fuses_assignment() const { return false; }
+
+
+  // Both stages in the backend (CUDA): runs the whole route of p (p.tokens > 0) and keeps the outputs
+  // until write_route. Fills ws.stage().invalid and ws.counts_before, as token_stage + assign would,
+  // and writes nothing the caller sees. `batch_norm`: strategy norm takes its statistics from this
+  // batch. Returns false when this call needs the host assignment stage (token_stage + assign then).
+  virtual bool run_route(const StageParams& p, const KParams& k, bool batch_norm, Workspace& ws) {
+    (void)p, (void)k, (void)batch_norm, (void)ws;
+    return false;
+  }
+  // Writes the outputs of the last successful run_route into out. Cannot fail.
+  virtual void write_route(moe_route_outputs* out) { (void)out; }
+  // Device timings of the last call, when the router's options ask for them (CUDA).
+  virtual bool timing(moe_router_timing* out) const {
+    (void)out;
+    return false;
+  }
 };
 
 // Backends compiled into this binary that can run on this machine.
 bool backend_available(moe_backend kind);
+// Backends compiled into this binary.
+bool backend_compiled(moe_backend kind);
 // The backend AUTO resolves to for a device choice.
 moe_backend resolve_backend(moe_backend asked, moe_device device);
 // Creates a backend; throws Failure(MOE_E_BACKEND) when it is not available.

@@ -52,6 +52,8 @@ Config resolve_config(const moe_router_options& given) {
   require(o.device >= MOE_DEVICE_AUTO && o.device <= MOE_DEVICE_CUDA, "device", "a known device",
           o.device);
   require(o.threads >= 0 && o.threads <= 1024, "threads", "an integer in [0, 1024]", o.threads);
+  require(o.exact_f32 == 0 || o.exact_f32 == 1, "exactF32", "0 or 1", o.exact_f32);
+  require(o.profile == 0 || o.profile == 1, "profile", "0 or 1", o.profile);
 
   if (o.group_count != 0 || o.group_select != 0) {
     require(o.group_count >= 1 && o.num_experts % o.group_count == 0, "groups.count",

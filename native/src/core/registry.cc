@@ -1,6 +1,7 @@
 // Which backends this binary has and which one AUTO means on this machine.
 #include <memory>
 
+#include "../cuda/cuda.h"
 #include "../scalar/scalar.h"
 #include "../simd/simd.h"
 #include "backend.h"
@@ -17,8 +18,30 @@ bool backend_available(moe_backend kind) {
     case MOE_BACKEND_AVX512:
     case MOE_BACKEND_NEON:
       return simd_supported(kind);
+    case MOE_BACKEND_CUDA:
+      return cuda_usable();
     default:
-      return false;  // the CUDA backend registers here when it is built
+      return false;
+  }
+}
+
+bool backend_compiled(moe_backend kind) {
+  switch (kind) {
+    case MOE_BACKEND_AUTO:
+    case MOE_BACKEND_SCALAR:
+      return true;
+#if defined(__x86_64__)
+    case MOE_BACKEND_AVX2:
+    case MOE_BACKEND_AVX512:
+      return true;
+#elif defined(__aarch64__)
+    case MOE_BACKEND_NEON:
+      return true;
+#endif
+    case MOE_BACKEND_CUDA:
+      return cuda_compiled();
+    default:
+      return false;
   }
 }
 
@@ -54,6 +77,8 @@ std::unique_ptr<Backend> make_backend(moe_backend kind, int threads) {
     case MOE_BACKEND_AVX512:
     case MOE_BACKEND_NEON:
       return make_simd_backend(kind, threads);
+    case MOE_BACKEND_CUDA:
+      return make_cuda_backend();
     default:
       fail(MOE_E_BACKEND, "backend '%s' is not available on this machine or in this build",
            moe_backend_name(kind));

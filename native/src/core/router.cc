@@ -6,19 +6,38 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <string>
 #include <vector>
 
+#include "../cuda/cuda.h"
 #include "assign.h"
 #include "backend.h"
 #include "config.h"
 #include "failure.h"
+#include "half.h"
 #include "moe_router.h"
+
+struct moe_device_buffer {
+  void* data = nullptr;
+  int64_t bytes = 0;
+};
 
 struct moe_router {
   moe::Config config;
-  moe_backend backend_kind = MOE_BACKEND_SCALAR;
+  moe_backend backend_kind = MOE_BACKEND_SCALAR;  // chosen at creation
+  moe_backend last_backend = MOE_BACKEND_SCALAR;  // ran the most recent call
   std::unique_ptr<moe::Backend> backend;
   std::vector<float> packed_weight, bias, selection_bias;
+
+  // A CUDA router with device and backend 'auto' reruns a call whose CUDA work failed on the CPU,
+  // through a CPU backend made at the first failure.
+  bool may_fall_back = false;
+  bool fell_back = false;  // the most recent call (or the creation) did
+  std::string fallback_reason;
+  moe_backend fallback_kind = MOE_BACKEND_SCALAR;
+  std::unique_ptr<moe::Backend> fallback;
+  std::vector<float> fallback_weight;
+  std::vector<unsigned char> host_input;  // a device input read back for a CPU backend
   bool has_bias = false;
   uint64_t step = 0;
   bool norm_calibrated = false;
@@ -35,7 +54,7 @@ struct moe_router {
   // compute_mutex serializes route and calibrate (they share the workspace) and is held for a whole
   // call. state_mutex guards the small mutable state above (step, parameters, selection bias,
   // statistics) and is only held for copies, so getters never wait for a long route.
-  std::mutex compute_mutex;
+  mutable std::mutex compute_mutex;
   mutable std::mutex state_mutex;
 };
 
@@ -71,6 +90,15 @@ moe_status guarded(moe_error* err, Body&& body) {
     std::snprintf(err->message, sizeof err->message, "%s", message);
   }
   return code;
+}
+
+void check_range(const moe_device_buffer* buffer, int64_t offset, const void* host, int64_t bytes) {
+  if (!buffer) fail(MOE_E_DISPOSED, "device buffer is NULL (freed or never created)");
+  if (bytes > 0 && !host) fail(MOE_E_SHAPE, "host pointer is NULL");
+  if (offset < 0 || bytes < 0 || offset > buffer->bytes || bytes > buffer->bytes - offset)
+    fail(MOE_E_SHAPE, "bytes [%lld, %lld) are outside the device buffer of %lld bytes",
+         static_cast<long long>(offset), static_cast<long long>(offset + bytes),
+         static_cast<long long>(buffer->bytes));
 }
 
 void check_router(const moe_router* router) {
@@ -175,35 +203,140 @@ void bias_update(moe_router* r, const int64_t* counts) {
   }
 }
 
+// The CPU backend a CUDA router falls back to, made (and its weight packed) on first use.
+moe::Backend& fallback_backend(moe_router* r) {
+  if (!r->fallback) {
+    r->fallback_kind = moe::resolve_backend(MOE_BACKEND_AUTO, MOE_DEVICE_CPU);
+    auto backend = moe::make_backend(r->fallback_kind, r->config.options.threads);
+    r->fallback_weight = backend->pack_weight(r->packed_weight.data(), r->config.E, r->config.D);
+    r->fallback = std::move(backend);
+  }
+  return *r->fallback;
+}
+
+// The input of p where a CPU backend can read it: a device input is copied back to the host.
+moe::StageParams on_host(moe_router* r, moe::StageParams p) {
+  if (!p.input_on_device) return p;
+  const int64_t row = p.is_logits ? r->config.E : r->config.D;
+  r->host_input.resize(static_cast<size_t>(p.tokens * row) * moe::dtype_size(p.dtype));
+  moe::cuda_copy_to_host(r->host_input.data(), p.input, static_cast<int64_t>(r->host_input.size()));
+  p.input = r->host_input.data();
+  p.input_on_device = false;
+  return p;
+}
+
+// Runs work(backend, its packed weight, p) on the router's backend. When the CUDA work of a router that
+// may fall back fails, reruns it on the CPU and records why.
+template <typename Work>
+void with_fallback(moe_router* r, const moe::StageParams& p, Work&& work) {
+  // What router.backend and lastFallback report; written under state_mutex so getters never wait.
+  const auto record = [r](moe_backend kind, bool fell_back, const char* reason) {
+    std::lock_guard<std::mutex> lock(r->state_mutex);
+    r->last_backend = kind;
+    r->fell_back = fell_back;
+    if (reason) r->fallback_reason = reason;
+  };
+  if (r->backend_kind != MOE_BACKEND_CUDA) {
+    work(*r->backend, r->packed_weight, on_host(r, p));
+    record(r->backend_kind, false, nullptr);
+    return;
+  }
+  std::string reason;
+  try {
+    work(*r->backend, r->packed_weight, p);
+    record(MOE_BACKEND_CUDA, false, nullptr);
+    return;
+  } catch (const moe::Failure& f) {
+    if (f.code() != MOE_E_CUDA || !r->may_fall_back) throw;
+    reason = f.what();
+  }
+  moe::Backend& cpu = fallback_backend(r);
+  work(cpu, r->fallback_weight, on_host(r, p));
+  record(r->fallback_kind, true, reason.c_str());
+}
+
+// Whether the norm strategy takes its statistics from the batch (not calibrated yet).
+bool norm_from_batch(const moe_router* r) {
+  std::lock_guard<std::mutex> lock(r->state_mutex);
+  return r->config.options.strategy == MOE_STRATEGY_NORM && !r->norm_calibrated;
+}
+
+// One route on one backend: both stages on the backend when it can (CUDA), else its token stage and
+// the shared assignment stage (which a SIMD backend may have fused into its token stage).
+void route_on(moe_router* r, moe::Backend& backend, const std::vector<float>& weight, moe::StageParams p,
+              moe_route_outputs* out) {
+  p.packed_weight = weight.data();
+  const moe::TokenStage& st = r->workspace.prepare(r->config, p);
+  if (p.tokens > 0 && backend.run_route(p, r->k_snapshot, norm_from_batch(r), r->workspace)) {
+    reject_invalid(r, st, p.tokens, p.is_logits);
+    backend.write_route(out);  // from here on nothing fails
+    for (int64_t t = 0; t < p.tokens; ++t) ++r->workspace.k_histogram[out->experts_per_token[t]];
+    return;
+  }
+  if (p.tokens > 0) backend.token_stage(p, st);
+  reject_invalid(r, st, p.tokens, p.is_logits);
+  // From here on nothing fails: the outputs are written.
+  moe::assign(r->config, p, k_params_for(r, st, p.tokens), r->workspace, out);
+}
+
+// A route call after its arguments were checked (inside guarded).
+void route_checked(moe_router* r, const void* input, bool on_device, moe_dtype dtype, int64_t tokens,
+                   bool is_logits, moe_route_outputs* out) {
+  check_outputs(r, tokens, out);
+  std::lock_guard<std::mutex> compute(r->compute_mutex);
+  moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
+  p.input_on_device = on_device;
+  with_fallback(r, p, [&](moe::Backend& backend, const std::vector<float>& weight, const moe::StageParams& q) {
+    route_on(r, backend, weight, q, out);
+  });
+
+  const moe::Config& c = r->config;
+  std::lock_guard<std::mutex> state(r->state_mutex);
+  ++r->calls;
+  r->tokens += tokens;
+  const std::vector<int64_t>& histogram = r->workspace.k_histogram;
+  for (int k = 0; k <= c.K; ++k) {
+    r->assignments += k * histogram[k];
+    r->k_histogram[k] += histogram[k];
+  }
+  r->dropped += out->dropped_assignments;
+  for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
+  if (c.options.bias_update_rate > 0) bias_update(r, r->workspace.counts_before.data());
+  ++r->step;
+}
+
 moe_status route(moe_router* r, const void* input, moe_dtype dtype, int64_t tokens, bool is_logits,
                  moe_route_outputs* out, moe_error* err) {
   return guarded(err, [&] {
     check_router(r);
     check_input(input, dtype, tokens, is_logits ? "logits" : "hidden");
-    check_outputs(r, tokens, out);
-    std::lock_guard<std::mutex> compute(r->compute_mutex);
-    const moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
-    const moe::TokenStage& st = r->workspace.prepare(r->config, p);
-    if (tokens > 0) r->backend->token_stage(p, st);
-    reject_invalid(r, st, tokens, is_logits);
-
-    // From here on nothing fails: the outputs are written.
-    moe::assign(r->config, p, k_params_for(r, st, tokens), r->workspace, out);
-
-    const moe::Config& c = r->config;
-    std::lock_guard<std::mutex> state(r->state_mutex);
-    ++r->calls;
-    r->tokens += tokens;
-    const std::vector<int64_t>& histogram = r->workspace.k_histogram;
-    for (int k = 0; k <= c.K; ++k) {
-      r->assignments += k * histogram[k];
-      r->k_histogram[k] += histogram[k];
-    }
-    r->dropped += out->dropped_assignments;
-    for (int e = 0; e < c.E; ++e) r->expert_total[e] += out->expert_counts[e];
-    if (c.options.bias_update_rate > 0) bias_update(r, r->workspace.counts_before.data());
-    ++r->step;
+    route_checked(r, input, false, dtype, tokens, is_logits, out);
   });
+}
+
+// The backend a new router runs on: the resolved one, except that a configuration the CUDA kernels do
+// not cover, or a CUDA device that cannot be set up, sends an 'auto' router to the CPU.
+void choose_backend(moe_router* r) {
+  const moe_router_options& o = r->config.options;
+  const bool automatic = o.backend == MOE_BACKEND_AUTO && o.device == MOE_DEVICE_AUTO;
+  moe_backend kind = moe::resolve_backend(o.backend, o.device);
+  std::string why;
+  if (kind == MOE_BACKEND_CUDA && !moe::cuda_supports(r->config, &why)) {
+    if (!automatic) fail(MOE_E_CONFIG, "device 'cuda': %s; use device 'auto' or 'cpu'", why.c_str());
+    kind = moe::resolve_backend(MOE_BACKEND_AUTO, MOE_DEVICE_CPU);
+  }
+  r->may_fall_back = automatic && kind == MOE_BACKEND_CUDA;
+  try {
+    r->backend = moe::make_backend(kind, o.threads);
+  } catch (const moe::Failure& f) {
+    if (f.code() != MOE_E_CUDA || !r->may_fall_back) throw;
+    r->fell_back = true;
+    r->fallback_reason = f.what();
+    r->may_fall_back = false;
+    kind = moe::resolve_backend(MOE_BACKEND_AUTO, MOE_DEVICE_CPU);
+    r->backend = moe::make_backend(kind, o.threads);
+  }
+  r->backend_kind = r->last_backend = kind;
 }
 
 // Mean k_t over a calibrated sample for one parameter value.
@@ -253,6 +386,8 @@ const char* moe_backend_name(moe_backend backend) {
 
 int moe_backend_available(moe_backend backend) { return moe::backend_available(backend) ? 1 : 0; }
 
+int moe_backend_compiled(moe_backend backend) { return moe::backend_compiled(backend) ? 1 : 0; }
+
 moe_status moe_router_create(const moe_router_options* options, const float* weight, const float* bias,
                              const float* selection_bias, moe_router** out, moe_error* err) {
   return guarded(err, [&] {
@@ -274,8 +409,7 @@ moe_status moe_router_create(const moe_router_options* options, const float* wei
           if (!std::isfinite(values[e]))
             fail(MOE_E_NONFINITE, "%s has a non-finite value at [%d]", name, e);
 
-    r->backend_kind = moe::resolve_backend(c.options.backend, c.options.device);
-    r->backend = moe::make_backend(r->backend_kind, c.options.threads);
+    choose_backend(r.get());
     r->packed_weight = r->backend->pack_weight(weight, c.E, c.D);
     r->has_bias = bias != nullptr;
     r->bias = bias ? std::vector<float>(bias, bias + c.E) : std::vector<float>(c.E, 0.0f);
@@ -291,7 +425,32 @@ moe_status moe_router_create(const moe_router_options* options, const float* wei
 
 void moe_router_destroy(moe_router* router) { delete router; }
 
-moe_backend moe_router_backend(const moe_router* router) { return router->backend_kind; }
+moe_backend moe_router_backend(const moe_router* router) {
+  std::lock_guard<std::mutex> lock(router->state_mutex);
+  return router->last_backend;
+}
+
+int moe_router_last_fallback(const moe_router* router, moe_error* reason) {
+  std::lock_guard<std::mutex> lock(router->state_mutex);
+  if (!router->fell_back) return 0;
+  if (reason) {
+    reason->code = MOE_E_CUDA;
+    std::snprintf(reason->message, sizeof reason->message, "%s", router->fallback_reason.c_str());
+  }
+  return 1;
+}
+
+moe_status moe_router_last_timing(const moe_router* router, moe_router_timing* out, moe_error* err) {
+  return guarded(err, [&] {
+    check_router(router);
+    if (!out) fail(MOE_E_SHAPE, "out is NULL");
+    // The backend's timings belong to the call that last held compute_mutex.
+    std::lock_guard<std::mutex> lock(router->compute_mutex);
+    if (!router->backend->timing(out))
+      fail(MOE_E_CONFIG, "no timings: they need a CUDA router created with options.profile = 1 that has "
+                         "routed at least once");
+  });
+}
 
 void moe_router_get_options(const moe_router* router, moe_router_options* out) {
   std::lock_guard<std::mutex> lock(router->state_mutex);
@@ -316,6 +475,63 @@ moe_status moe_router_route_logits(moe_router* router, const void* logits, moe_d
   return route(router, logits, dtype, tokens, true, out, err);
 }
 
+moe_status moe_device_buffer_create(int64_t bytes, moe_device_buffer** out, moe_error* err) {
+  return guarded(err, [&] {
+    if (!out) fail(MOE_E_SHAPE, "out is NULL");
+    *out = nullptr;
+    if (bytes < 0) fail(MOE_E_SHAPE, "bytes must be >= 0 (got %lld)", static_cast<long long>(bytes));
+    if (!moe::cuda_usable())
+      fail(MOE_E_BACKEND, "device buffers need a usable CUDA device, and this machine or binary has none "
+                          "(built without CUDA, or no GPU/driver found); keep tensors on 'cpu'");
+    auto buffer = std::make_unique<moe_device_buffer>();
+    buffer->data = moe::cuda_device_alloc(bytes);
+    buffer->bytes = bytes;
+    *out = buffer.release();
+  });
+}
+
+moe_status moe_device_buffer_upload(moe_device_buffer* buffer, int64_t offset, const void* src, int64_t bytes,
+                                    moe_error* err) {
+  return guarded(err, [&] {
+    check_range(buffer, offset, src, bytes);
+    if (bytes > 0) moe::cuda_copy_to_device(static_cast<char*>(buffer->data) + offset, src, bytes);
+  });
+}
+
+moe_status moe_device_buffer_download(const moe_device_buffer* buffer, int64_t offset, void* dst,
+                                      int64_t bytes, moe_error* err) {
+  return guarded(err, [&] {
+    check_range(buffer, offset, dst, bytes);
+    if (bytes > 0) moe::cuda_copy_to_host(dst, static_cast<const char*>(buffer->data) + offset, bytes);
+  });
+}
+
+int64_t moe_device_buffer_size(const moe_device_buffer* buffer) { return buffer ? buffer->bytes : 0; }
+
+void* moe_device_buffer_pointer(const moe_device_buffer* buffer) { return buffer ? buffer->data : nullptr; }
+
+void moe_device_buffer_free(moe_device_buffer* buffer) {
+  if (!buffer) return;
+  moe::cuda_device_free(buffer->data);
+  delete buffer;
+}
+
+moe_status moe_router_route_device(moe_router* router, const moe_device_buffer* input, moe_dtype dtype,
+                                   int64_t tokens, int is_logits, moe_route_outputs* out, moe_error* err) {
+  return guarded(err, [&] {
+    check_router(router);
+    const char* name = is_logits ? "logits" : "hidden";
+    if (!input) fail(MOE_E_SHAPE, "%s device buffer is NULL", name);
+    check_input(input->data, dtype, tokens, name);
+    const int64_t row = is_logits ? router->config.E : router->config.D;
+    const int64_t need = tokens * row * static_cast<int64_t>(moe::dtype_size(dtype));
+    if (need > input->bytes)
+      fail(MOE_E_SHAPE, "%s needs %lld bytes for %lld rows, but its device buffer holds %lld", name,
+           static_cast<long long>(need), static_cast<long long>(tokens), static_cast<long long>(input->bytes));
+    route_checked(router, input->data, true, dtype, tokens, is_logits != 0, out);
+  });
+}
+
 moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dtype, int64_t tokens,
                                 int is_logits, double target, double* parameter_out,
                                 double* mean_out, moe_error* err) {
@@ -338,8 +554,11 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     p.noise = false;
     p.want_losses = false;
     p.want_full = false;
-    const moe::TokenStage& st = r->workspace.prepare(c, p);
-    r->backend->token_stage(p, st);
+    with_fallback(r, p, [&](moe::Backend& backend, const std::vector<float>& weight, moe::StageParams q) {
+      q.packed_weight = weight.data();
+      backend.token_stage(q, r->workspace.prepare(c, q));
+    });
+    const moe::TokenStage& st = r->workspace.stage();
     reject_invalid(r, st, tokens, is_logits != 0);
 
     // Bisection on the parameter; mean k_t is monotone in each of them.
