@@ -8,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch="${MOE_ROUTER_CUDA_ARCHS:-90}"
-npx cmake-js compile --CDMOE_ROUTER_CUDA=ON --CDMOE_ROUTER_CUDA_ARCHS="$arch" --CDMOE_ROUTER_TOOLS=ON
+# The addon (nothing to do when npm install already built it), then the same build directory
+# reconfigured with the tools: cmake-js compile reuses an existing configuration, so it cannot add them.
+npx cmake-js compile --CDMOE_ROUTER_CUDA=ON --CDMOE_ROUTER_CUDA_ARCHS="$arch"
+cmake -S . -B build -DMOE_ROUTER_CUDA=ON -DMOE_ROUTER_CUDA_ARCHS="$arch" -DMOE_ROUTER_TOOLS=ON >/dev/null
+cmake --build build --target moe_router_check
 if readelf -d build/Release/moe_router.node | grep NEEDED | grep -qi cuda; then
   echo "build/Release/moe_router.node links a CUDA library dynamically" >&2
   exit 1
