@@ -9,7 +9,7 @@
 import { LRUCache } from 'lru-cache';
 import { RouterError } from './errors';
 import { loadNative } from './native';
-import type { Routable, RouteInput, RoutingResult } from './routable';
+import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 import type { Dispatch } from './routing';
 import { Tensor, type DType, type TensorData } from './tensor';
@@ -148,7 +148,7 @@ interface Plan {
   missing: number[];
 }
 
-export class RoutingCache implements Routable {
+export class RoutingCache extends RouterWrapper implements Routable {
   readonly router: Routable;
   readonly mode: CacheMode;
   readonly maxBytes: number;
@@ -160,6 +160,7 @@ export class RoutingCache implements Routable {
   private invalidations = 0;
 
   constructor(router: Routable, options: RoutingCacheOptions = {}) {
+    super(router);
     const mode = options.mode ?? 'request';
     if (mode !== 'request' && mode !== 'token') {
       throw new RouterError('E_CONFIG', `cache mode must be 'request' or 'token' (got ${JSON.stringify(mode)})`);
@@ -235,22 +236,6 @@ export class RoutingCache implements Routable {
 
   routeLogitsAsync(logits: RouteInput): Promise<RoutingResult> {
     return this.mode === 'token' ? this.routeRowsAsync(logits, true) : this.routeRequestAsync(logits, true);
-  }
-
-  get inputDim(): number {
-    return this.router.inputDim;
-  }
-
-  get numExperts(): number {
-    return this.router.numExperts;
-  }
-
-  get topK(): number {
-    return this.router.topK;
-  }
-
-  get options(): Routable['options'] {
-    return this.router.options;
   }
 
   get backend(): string {

@@ -8,9 +8,8 @@
  *            successes in a row close the breaker, an E_CUDA failure opens it again.
  * Only E_CUDA counts: other errors (bad input and the like) are the caller's and pass through.
  */
-import { EventEmitter } from 'node:events';
 import { RouterError } from './errors';
-import type { Routable, RouteInput, RoutingResult } from './routable';
+import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
@@ -65,7 +64,7 @@ export function mergeStats(a: RouterStats, b: RouterStats): RouterStats {
   };
 }
 
-export class FailoverRouter extends EventEmitter implements Routable {
+export class FailoverRouter extends RouterWrapper implements Routable {
   readonly primary: Routable;
   readonly fallback: Routable;
   private readonly failuresToOpen: number;
@@ -79,7 +78,7 @@ export class FailoverRouter extends EventEmitter implements Routable {
   private openedAt = 0;
 
   constructor(primary: Routable, fallback: Routable, options: BreakerOptions = {}) {
-    super();
+    super(primary);
     if (primary.inputDim !== fallback.inputDim || primary.numExperts !== fallback.numExperts || primary.topK !== fallback.topK) {
       throw new RouterError(
         'E_CONFIG',
@@ -104,22 +103,6 @@ export class FailoverRouter extends EventEmitter implements Routable {
   /** The backend serving new calls now: the fallback's while the breaker is open. */
   get backend(): string {
     return this.current === 'open' ? this.fallback.backend : this.primary.backend;
-  }
-
-  get inputDim(): number {
-    return this.primary.inputDim;
-  }
-
-  get numExperts(): number {
-    return this.primary.numExperts;
-  }
-
-  get topK(): number {
-    return this.primary.topK;
-  }
-
-  get options(): Routable['options'] {
-    return this.primary.options;
   }
 
   /** Changes when either router's does. */

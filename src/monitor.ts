@@ -6,13 +6,12 @@
  * router and read from `stats()` when Prometheus scrapes. Tokens answered by the cache are not routed,
  * so they count in the cache metrics and not in those router totals.
  */
-import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
 import { RoutingCache, type CacheStats, type RoutingCacheOptions } from './cache';
 import { RouterError, type ErrorCode } from './errors';
 import { FailoverRouter, type BreakerEvent, type BreakerState } from './failover';
-import type { Routable, RouteInput, RoutingResult } from './routable';
+import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 
 export type RouteEntry = 'route' | 'routeLogits' | 'routeAsync' | 'routeLogitsAsync';
@@ -135,7 +134,7 @@ function countedHistogram(name: string, help: string, registry: Registry, read: 
   registry.registerMetric(collector as unknown as Metric);
 }
 
-export class MonitoredRouter extends EventEmitter implements Routable {
+export class MonitoredRouter extends RouterWrapper implements Routable {
   /** The router this monitor owns (disposed with it). */
   readonly router: Routable;
   readonly registry: Registry;
@@ -163,7 +162,7 @@ export class MonitoredRouter extends EventEmitter implements Routable {
   private disposed = false;
 
   constructor(router: Routable, options: MonitorOptions = {}) {
-    super();
+    super(router);
     const window = options.window ?? 1024;
     checkPositive('window', window, true);
     checkPositive('evaluateEvery', options.evaluateEvery, true);
@@ -283,22 +282,6 @@ export class MonitoredRouter extends EventEmitter implements Routable {
         this.emit('breaker', event);
       });
     }
-  }
-
-  get inputDim(): number {
-    return this.router.inputDim;
-  }
-
-  get numExperts(): number {
-    return this.router.numExperts;
-  }
-
-  get topK(): number {
-    return this.router.topK;
-  }
-
-  get options(): Routable['options'] {
-    return this.router.options;
   }
 
   get backend(): string {

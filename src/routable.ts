@@ -2,6 +2,7 @@
  * The router surface that the cache, the monitor and the GPU→CPU breaker wrap and themselves offer,
  * so that they stack: MonitoredRouter → RoutingCache → FailoverRouter → DynamicRouter.
  */
+import { EventEmitter } from 'node:events';
 import type { CalibrateOptions, CalibrateResult, DynamicRouter, RouterStats } from './router';
 import type { Dispatch } from './routing';
 import type { Tensor } from './tensor';
@@ -46,4 +47,33 @@ export interface Routable {
   stats(): RouterStats;
   resetStats(): void;
   dispose(): void;
+}
+
+/**
+ * Base of the wrappers (cache, monitor, breaker): a router's shape (dimensions, options) never changes,
+ * so it is read from the router whose shape the wrapper has.
+ */
+export abstract class RouterWrapper extends EventEmitter {
+  protected readonly shaped: Routable;
+
+  protected constructor(shaped: Routable) {
+    super();
+    this.shaped = shaped;
+  }
+
+  get inputDim(): number {
+    return this.shaped.inputDim;
+  }
+
+  get numExperts(): number {
+    return this.shaped.numExperts;
+  }
+
+  get topK(): number {
+    return this.shaped.topK;
+  }
+
+  get options(): Routable['options'] {
+    return this.shaped.options;
+  }
 }
