@@ -30,7 +30,7 @@ export interface NativeOptions {
   exactF32: number;
 }
 
-/** Scalars a route writes into its Float64Array(7), by index. */
+/** Scalars a route writes as doubles at the start of its outputs buffer, by index. */
 export const enum Scalar {
   DispatchLength = 0,
   InvalidCount = 1,
@@ -39,6 +39,23 @@ export const enum Scalar {
   ZLoss = 4,
   Entropy = 5,
   FlopReduction = 6,
+}
+
+/**
+ * outputLayout(tokens): where a route puts each output in its one ArrayBuffer. Byte offsets by index
+ * (-1: no such region, the dispatch ones when dispatch is off), then the buffer's size is at Bytes.
+ */
+export const enum Layout {
+  Bytes = 0,
+  Scalars = 1,
+  Experts = 2,
+  Weights = 3,
+  ExpertsPerToken = 4,
+  ExpertCounts = 5,
+  InvalidTokens = 6,
+  DispatchOffsets = 7,
+  DispatchSlots = 8,
+  SlotCapacity = 9,
 }
 
 /** Device memory holding a Tensor's copy on the GPU (moe_device_buffer). */
@@ -61,14 +78,8 @@ export type RouteArgs = [
   dtype: number,
   tokens: number,
   isLogits: boolean,
-  experts: Int32Array,
-  weights: Float32Array,
-  expertsPerToken: Int32Array,
-  expertCounts: Int32Array,
-  invalidTokens: Int32Array,
-  dispatchOffsets: Int32Array | null,
-  dispatchSlots: Int32Array | null,
-  scalars: Float64Array,
+  /** At least outputLayout(tokens)[Layout.Bytes] bytes; receives every output. */
+  outputs: ArrayBuffer,
 ];
 
 export interface NativeRouter {
@@ -94,7 +105,8 @@ export interface NativeRouter {
   lastFallback(): NativeFallback | null;
   /** [topP, threshold] in force. */
   parameters(): [number, number];
-  dispatchCapacity(tokens: number): number;
+  /** Byte offsets of each output in a route's ArrayBuffer, indexed by Layout. */
+  outputLayout(tokens: number): number[];
   dispose(): void;
 }
 

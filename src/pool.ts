@@ -1,12 +1,11 @@
-/** Reusable output buffers: a route takes them from the pool, Routing.release() gives them back. */
-type PooledArray = Int32Array | Float32Array | Float64Array;
-type Ctor<T extends PooledArray> = new (length: number) => T;
-
-export class BufferPool {
-  // constructor -> length -> free buffers; no string keys on the hot path.
-  private readonly free = new Map<Function, Map<number, PooledArray[]>>();
+/**
+ * Reusable output buffers: a route takes them from the pool, Routing.release() gives them back.
+ * Items are kept by a size key (a router's outputs for T tokens) and created by the caller on a miss.
+ */
+export class BufferPool<T extends object = object> {
+  private readonly free = new Map<number, T[]>();
   private readonly limitPerSize: number;
-  /** Buffers created (misses) and handed out again (hits). */
+  /** Items created (misses) and handed out again (hits). */
   allocated = 0;
   reused = 0;
 
@@ -14,28 +13,24 @@ export class BufferPool {
     this.limitPerSize = limitPerSize;
   }
 
-  acquire<T extends PooledArray>(ctor: Ctor<T>, length: number): T {
-    const found = this.free.get(ctor)?.get(length)?.pop();
+  /** A free item of this size, else make(size). */
+  acquire(size: number, make: (size: number) => T): T {
+    const found = this.free.get(size)?.pop();
     if (found) {
       this.reused += 1;
-      return found as T;
+      return found;
     }
     this.allocated += 1;
-    return new ctor(length);
+    return make(size);
   }
 
-  release(array: PooledArray): void {
-    let bySize = this.free.get(array.constructor);
-    if (!bySize) {
-      bySize = new Map();
-      this.free.set(array.constructor, bySize);
-    }
-    let list = bySize.get(array.length);
+  release(size: number, item: T): void {
+    let list = this.free.get(size);
     if (!list) {
       list = [];
-      bySize.set(array.length, list);
+      this.free.set(size, list);
     }
-    if (list.length < this.limitPerSize && !list.includes(array)) list.push(array);
+    if (list.length < this.limitPerSize && !list.includes(item)) list.push(item);
   }
 
   clear(): void {

@@ -1,12 +1,12 @@
 /** DynamicRouter: the public router over the native engine. */
 import { EventEmitter } from 'node:events';
-import { Scalar, type NativeDeviceBuffer, type NativeRouter, type RouteArgs } from './addon-types';
+import type { NativeDeviceBuffer, NativeRouter } from './addon-types';
 import { modelCard, type ModelCardOptions } from './card';
 import { native, RouterError, type ErrorCode } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
 import { BufferPool } from './pool';
-import { Routing } from './routing';
+import { RouteBuffers, Routing } from './routing';
 import { DTYPE_CODE, Tensor } from './tensor';
 
 export interface RouterStats {
@@ -106,8 +106,10 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
   readonly options: Readonly<Omit<RouterOptions, 'weight' | 'bias' | 'selectionBias'>>;
 
   private engine: NativeRouter | undefined;
-  private readonly pool = new BufferPool();
-  private readonly scalars = new Float64Array(7);
+  private readonly pool = new BufferPool<RouteBuffers>();
+  /** Makes a pool miss's buffers for T tokens (bound once: no closure per call). */
+  private readonly makeBuffers = (tokens: number): RouteBuffers =>
+    new RouteBuffers(this.live().outputLayout(tokens), tokens, this.topK, this.numExperts);
   private readonly wantsDispatch: boolean;
   private readonly wantsLosses: boolean;
   private readonly changesEveryCall: boolean;
@@ -294,91 +296,48 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
       : prepareInput(value, this.inputDim, name, 'inputDim');
   }
 
-  /** Takes output buffers from the pool and builds the engine's argument list. */
-  private args(value: Input, isLogits: boolean, scalars: Float64Array): RouteArgs {
-    const engine = this.live();
-    const input = this.input(value, isLogits, isLogits ? 'logits' : 'hidden');
-    const T = input.tokens;
-    const slots = T * this.topK;
-    const pool = this.pool;
-    return [
-      input.device && this.onCuda ? input.device : input.data,
-      input.dtype,
-      T,
-      isLogits,
-      pool.acquire(Int32Array, slots),
-      pool.acquire(Float32Array, slots),
-      pool.acquire(Int32Array, T),
-      pool.acquire(Int32Array, this.numExperts),
-      pool.acquire(Int32Array, T),
-      this.wantsDispatch ? pool.acquire(Int32Array, this.numExperts + 1) : null,
-      this.wantsDispatch ? pool.acquire(Int32Array, engine.dispatchCapacity(T)) : null,
-      scalars,
-    ];
-  }
-
-  private giveBack(args: RouteArgs): void {
-    for (const i of [4, 5, 6, 7, 8, 9, 10] as const) {
-      const array = args[i];
-      if (array) this.pool.release(array);
-    }
-  }
-
-  /** Emits 'fallback' when the call that just finished fell back to the CPU. */
+  /** Emits 'fallback' when the call that just finished fell back to the CPU (only CUDA routers can). */
   private reportFallback(): void {
-    if (!this.engine) return; // disposed while an async call was in flight: nothing left to report
+    if (!this.onCuda || !this.engine) return; // disposed while an async call was in flight: nothing to report
     const info = this.lastFallback;
     if (info) this.emit('fallback', info);
   }
 
-  private result(args: RouteArgs): Routing {
-    const s = args[11];
+  private result(buffers: RouteBuffers, tokens: number): Routing {
     if (this.changesEveryCall) this.version += 1;
     this.reportFallback();
-    return new Routing({
-      tokens: args[2],
-      topK: this.topK,
-      experts: args[4],
-      weights: args[5],
-      expertsPerToken: args[6],
-      expertCounts: args[7],
-      invalidBuffer: args[8],
-      invalidCount: s[Scalar.InvalidCount]!,
-      dispatchOffsets: args[9],
-      dispatchSlots: args[10],
-      dispatchLength: s[Scalar.DispatchLength]!,
-      losses: this.wantsLosses
-        ? { auxLoss: s[Scalar.AuxLoss]!, zLoss: s[Scalar.ZLoss]!, entropy: s[Scalar.Entropy]! }
-        : null,
-      flopReduction: s[Scalar.FlopReduction]!,
-      droppedAssignments: s[Scalar.Dropped]!,
-      pool: this.pool,
-    });
+    return new Routing(buffers, tokens, this.topK, this.wantsLosses, this.pool);
   }
 
   private run(value: Input, isLogits: boolean): Routing {
-    const args = this.args(value, isLogits, this.scalars);
+    const engine = this.live();
+    const input = this.input(value, isLogits, isLogits ? 'logits' : 'hidden');
+    const T = input.tokens;
+    const buffers = this.pool.acquire(T, this.makeBuffers);
     try {
-      this.engine!.route(...args);
+      engine.route(input.device && this.onCuda ? input.device : input.data, input.dtype, T, isLogits, buffers.buffer);
     } catch (error) {
-      this.giveBack(args);
+      this.pool.release(T, buffers);
       throw native(() => {
         throw error;
       });
     }
-    return this.result(args);
+    return this.result(buffers, T);
   }
 
   private async runAsync(value: Input, isLogits: boolean): Promise<Routing> {
-    const args = this.args(value, isLogits, new Float64Array(7));
+    const engine = this.live();
+    const input = this.input(value, isLogits, isLogits ? 'logits' : 'hidden');
+    const T = input.tokens;
+    const buffers = this.pool.acquire(T, this.makeBuffers);
     try {
-      await this.engine!.routeAsync(...args);
+      await engine.routeAsync(input.device && this.onCuda ? input.device : input.data, input.dtype, T, isLogits, buffers.buffer);
     } catch (error) {
-      this.giveBack(args);
+      this.pool.release(T, buffers);
       throw native(() => {
         throw error;
       });
     }
-    return this.result(args);
+    return this.result(buffers, T);
   }
 }

@@ -1,4 +1,5 @@
-/** The result of one route: views over buffers from the router's pool. */
+/** The result of one route: views over one buffer from the router's pool. */
+import { Layout, Scalar } from './addon-types';
 import type { BufferPool } from './pool';
 
 const EMPTY = new Int32Array(0);
@@ -8,6 +9,37 @@ export interface Dispatch {
   offsets: Int32Array;
   /** Flat slot indices t*topK + j grouped by expert, ascending token; padding = tokens*topK. */
   slots: Int32Array;
+}
+
+/**
+ * @internal One route's outputs: the ArrayBuffer the engine writes every output into (the scalars as
+ * doubles first), laid out by outputLayout(tokens), and the views over it, made once per buffer.
+ */
+export class RouteBuffers {
+  readonly buffer: ArrayBuffer;
+  readonly scalars: Float64Array;
+  readonly experts: Int32Array;
+  readonly weights: Float32Array;
+  readonly expertsPerToken: Int32Array;
+  readonly expertCounts: Int32Array;
+  readonly invalidTokens: Int32Array;
+  readonly dispatchOffsets: Int32Array | null;
+  readonly dispatchSlots: Int32Array | null;
+
+  constructor(layout: readonly number[], tokens: number, topK: number, numExperts: number) {
+    const buffer = new ArrayBuffer(layout[Layout.Bytes]!);
+    const ints = (at: Layout, length: number) => new Int32Array(buffer, layout[at]!, length);
+    this.buffer = buffer;
+    this.scalars = new Float64Array(buffer, layout[Layout.Scalars]!, Scalar.FlopReduction + 1);
+    this.experts = ints(Layout.Experts, tokens * topK);
+    this.weights = new Float32Array(buffer, layout[Layout.Weights]!, tokens * topK);
+    this.expertsPerToken = ints(Layout.ExpertsPerToken, tokens);
+    this.expertCounts = ints(Layout.ExpertCounts, numExperts);
+    this.invalidTokens = ints(Layout.InvalidTokens, tokens);
+    const hasDispatch = layout[Layout.DispatchOffsets]! >= 0;
+    this.dispatchOffsets = hasDispatch ? ints(Layout.DispatchOffsets, numExperts + 1) : null;
+    this.dispatchSlots = hasDispatch ? ints(Layout.DispatchSlots, layout[Layout.SlotCapacity]!) : null;
+  }
 }
 
 export class Routing {
@@ -32,51 +64,35 @@ export class Routing {
   /** Tokens with a non-finite logit that validation 'sanitize' routed anyway (ascending). */
   readonly invalidTokens: Int32Array;
 
-  private pool: BufferPool | undefined;
-  private readonly owned: (Int32Array | Float32Array)[];
+  private pool: BufferPool<RouteBuffers> | undefined;
+  private readonly buffers: RouteBuffers;
 
-  /** @internal Built by DynamicRouter. */
-  constructor(fields: {
-    tokens: number;
-    topK: number;
-    experts: Int32Array;
-    weights: Float32Array;
-    expertsPerToken: Int32Array;
-    expertCounts: Int32Array;
-    invalidBuffer: Int32Array;
-    invalidCount: number;
-    dispatchOffsets: Int32Array | null;
-    dispatchSlots: Int32Array | null;
-    dispatchLength: number;
-    losses: { auxLoss: number; zLoss: number; entropy: number } | null;
-    flopReduction: number;
-    droppedAssignments: number;
-    pool: BufferPool;
-  }) {
-    this.tokens = fields.tokens;
-    this.topK = fields.topK;
-    this.experts = fields.experts;
-    this.weights = fields.weights;
-    this.expertsPerToken = fields.expertsPerToken;
-    this.expertCounts = fields.expertCounts;
-    this.invalidTokens = fields.invalidCount > 0 ? fields.invalidBuffer.subarray(0, fields.invalidCount) : EMPTY;
-    if (fields.dispatchOffsets && fields.dispatchSlots) {
+  /** @internal Built by DynamicRouter from the buffers a route just filled. */
+  constructor(buffers: RouteBuffers, tokens: number, topK: number, withLosses: boolean, pool: BufferPool<RouteBuffers>) {
+    const s = buffers.scalars;
+    this.tokens = tokens;
+    this.topK = topK;
+    this.experts = buffers.experts;
+    this.weights = buffers.weights;
+    this.expertsPerToken = buffers.expertsPerToken;
+    this.expertCounts = buffers.expertCounts;
+    const invalidCount = s[Scalar.InvalidCount]!;
+    this.invalidTokens = invalidCount > 0 ? buffers.invalidTokens.subarray(0, invalidCount) : EMPTY;
+    if (buffers.dispatchOffsets && buffers.dispatchSlots) {
       this.dispatch = {
-        offsets: fields.dispatchOffsets,
-        slots: fields.dispatchSlots.subarray(0, fields.dispatchLength),
+        offsets: buffers.dispatchOffsets,
+        slots: buffers.dispatchSlots.subarray(0, s[Scalar.DispatchLength]!),
       };
     }
-    if (fields.losses) {
-      this.auxLoss = fields.losses.auxLoss;
-      this.zLoss = fields.losses.zLoss;
-      this.entropy = fields.losses.entropy;
+    if (withLosses) {
+      this.auxLoss = s[Scalar.AuxLoss]!;
+      this.zLoss = s[Scalar.ZLoss]!;
+      this.entropy = s[Scalar.Entropy]!;
     }
-    this.flopReduction = fields.flopReduction;
-    this.droppedAssignments = fields.droppedAssignments;
-    this.pool = fields.pool;
-    this.owned = [fields.experts, fields.weights, fields.expertsPerToken, fields.expertCounts, fields.invalidBuffer];
-    if (fields.dispatchOffsets) this.owned.push(fields.dispatchOffsets);
-    if (fields.dispatchSlots) this.owned.push(fields.dispatchSlots);
+    this.flopReduction = s[Scalar.FlopReduction]!;
+    this.droppedAssignments = s[Scalar.Dropped]!;
+    this.buffers = buffers;
+    this.pool = pool;
   }
 
   /** Hands the buffers back to the pool; the arrays of this result must not be used afterwards. */
@@ -84,6 +100,6 @@ export class Routing {
     const pool = this.pool;
     if (!pool) return;
     this.pool = undefined;
-    for (const array of this.owned) pool.release(array);
+    pool.release(this.tokens, this.buffers);
   }
 }

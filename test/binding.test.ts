@@ -110,7 +110,28 @@ describe('pooled outputs', () => {
     const before = pool.allocated;
     for (let i = 0; i < 50; i++) router.route(rows).release();
     expect(pool.allocated).toBe(before);
-    expect(pool.reused).toBeGreaterThanOrEqual(50 * 5);
+    expect(pool.reused).toBeGreaterThanOrEqual(50);
+  });
+
+  it('keeps every output of a call in one buffer, each region where outputLayout says, none overlapping', () => {
+    const router = makeRouter();
+    const r = router.route(randomRows(5, D, 17));
+    const views = [r.experts, r.weights, r.expertsPerToken, r.expertCounts, r.dispatch!.offsets];
+    const spans = views.map((v) => [v.byteOffset, v.byteOffset + v.byteLength] as const).sort((a, b) => a[0] - b[0]);
+    for (const v of views) expect(v.buffer).toBe(r.experts.buffer);
+    for (let i = 1; i < spans.length; i++) expect(spans[i]![0]).toBeGreaterThanOrEqual(spans[i - 1]![1]);
+    expect(r.experts.byteOffset % 64).toBe(0);
+    r.release();
+  });
+
+  it('refuses an outputs buffer that is missing, too small or not an ArrayBuffer, without crashing', () => {
+    const engine = (makeRouter() as unknown as { engine: { outputLayout(t: number): number[]; route(...a: unknown[]): void } }).engine;
+    const rows = randomRows(4, D, 18);
+    const bytes = engine.outputLayout(4)[0]!;
+    expect(() => engine.route(rows, 0, 4, false, new ArrayBuffer(bytes - 4))).toThrow(/at least/);
+    expect(() => engine.route(rows, 0, 4, false, new Float64Array(bytes / 8))).toThrow(/ArrayBuffer/);
+    expect(() => engine.route(rows, 0, 4, false)).toThrow(/5 arguments/);
+    expect(() => engine.route(rows, 0, 4, false, new ArrayBuffer(bytes))).not.toThrow();
   });
 
   it('never hands out a buffer that a live result still holds', () => {

@@ -32,7 +32,9 @@ struct View {
 };
 
 // Reads argument `value` as a typed array of `type` with at least `min_length` elements.
-// On a mismatch throws a JavaScript error and returns false.
+// On a mismatch throws a JavaScript error and returns false. One napi_get_typedarray_info call
+// answers all of it (type, length and the data pointer, byte offset applied): a route parses nine
+// arrays, and the several calls per array of Napi::TypedArray's accessors were most of its binding cost.
 bool typed_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, size_t min_length,
                 const char* name, View* out) {
   static const char* const kTypeNames[] = {"Int8Array",    "Uint8Array",   "Uint8ClampedArray",
@@ -40,20 +42,24 @@ bool typed_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, siz
                                            "Uint32Array",  "Float32Array", "Float64Array",
                                            "BigInt64Array", "BigUint64Array"};
   char message[256];
-  if (!value.IsTypedArray() || value.As<Napi::TypedArray>().TypedArrayType() != type) {
+  napi_typedarray_type actual;
+  size_t length = 0;
+  void* data = nullptr;
+  // A value that is not a typed array makes the call fail with napi_invalid_arg (nothing thrown).
+  if (napi_get_typedarray_info(env, value, &actual, &length, &data, nullptr, nullptr) != napi_ok ||
+      actual != type) {
     std::snprintf(message, sizeof message, "%s must be a %s", name, kTypeNames[type]);
     make_error(env, MOE_E_DTYPE, message).ThrowAsJavaScriptException();
     return false;
   }
-  Napi::TypedArray array = value.As<Napi::TypedArray>();
-  if (array.ElementLength() < min_length) {
+  if (length < min_length) {
     std::snprintf(message, sizeof message, "%s must have at least %zu elements (got %zu)", name,
-                  min_length, array.ElementLength());
+                  min_length, length);
     make_error(env, MOE_E_SHAPE, message).ThrowAsJavaScriptException();
     return false;
   }
-  out->data = static_cast<char*>(array.ArrayBuffer().Data()) + array.ByteOffset();
-  out->length = array.ElementLength();
+  out->data = data;
+  out->length = length;
   return true;
 }
 
@@ -104,6 +110,42 @@ moe_router_options read_options(Napi::Object o) {
   return opt;
 }
 
+// Where each output of a route lies in the one ArrayBuffer that receives them all (outputLayout()
+// hands it to JavaScript, which makes its views once per pooled buffer). One buffer instead of eight
+// typed arrays: the binding's cost is per argument, and a small route is mostly binding. Every region
+// starts on a 64-byte boundary; the dispatch regions exist only for routers with dispatch on.
+struct OutputLayout {
+  enum Region { kScalars, kExperts, kWeights, kPerToken, kCounts, kInvalid, kOffsets, kSlots, kRegions };
+  size_t offset[kRegions] = {};
+  size_t slot_capacity = 0;
+  size_t bytes = 0;
+  bool dispatch = false;
+};
+
+constexpr size_t kScalarCount = 7;  // what write_scalars writes, as doubles, at offset 0
+
+OutputLayout output_layout(moe_router* router, const moe_router_options& options, size_t tokens) {
+  OutputLayout l;
+  l.dispatch = options.dispatch != 0;
+  l.slot_capacity = l.dispatch ? static_cast<size_t>(moe_router_dispatch_capacity(router, static_cast<int64_t>(tokens))) : 0;
+  const size_t K = options.top_k, E = options.num_experts, word = sizeof(int32_t);
+  const size_t size[OutputLayout::kRegions] = {kScalarCount * sizeof(double),
+                                               tokens * K * word,
+                                               tokens * K * sizeof(float),
+                                               tokens * word,
+                                               E * word,
+                                               tokens * word,
+                                               l.dispatch ? (E + 1) * word : 0,
+                                               l.slot_capacity * word};
+  size_t at = 0;
+  for (int r = 0; r < OutputLayout::kRegions; ++r) {
+    l.offset[r] = at;
+    at += (size[r] + 63) / 64 * 64;
+  }
+  l.bytes = at;
+  return l;
+}
+
 // Everything one route call needs, gathered on the JavaScript thread.
 struct RouteCall {
   const void* input = nullptr;
@@ -112,14 +154,14 @@ struct RouteCall {
   int64_t tokens = 0;
   bool is_logits = false;
   moe_route_outputs outputs{};
-  double* scalars = nullptr;  // Float64Array(7) receiving the scalar results
+  double* scalars = nullptr;  // kScalarCount doubles receiving the scalar results
 };
 
 // Parses the route arguments of Route/RouteAsync; false after throwing.
 bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* call) {
   Napi::Env env = info.Env();
-  if (info.Length() < 12) {
-    make_error(env, MOE_E_SHAPE, "route expects 12 arguments").ThrowAsJavaScriptException();
+  if (info.Length() < 5) {
+    make_error(env, MOE_E_SHAPE, "route expects 5 arguments").ThrowAsJavaScriptException();
     return false;
   }
   moe_router_options options;
@@ -131,36 +173,44 @@ bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* 
     make_error(env, MOE_E_SHAPE, "tokens must be >= 0").ThrowAsJavaScriptException();
     return false;
   }
-  const size_t T = static_cast<size_t>(call->tokens), K = options.top_k, E = options.num_experts;
-  const size_t row = call->is_logits ? E : static_cast<size_t>(options.input_dim);
+  const size_t T = static_cast<size_t>(call->tokens);
+  const size_t row = call->is_logits ? options.num_experts : static_cast<size_t>(options.input_dim);
   const napi_typedarray_type input_type =
       call->dtype == MOE_DTYPE_F32 ? napi_float32_array : napi_uint16_array;
-  View input, experts, weights, per_token, counts, invalid, offsets, slots, scalars;
-  const size_t slot_capacity = static_cast<size_t>(moe_router_dispatch_capacity(router, call->tokens));
-  call->device_input = DeviceWrap::Of(env, info[0]);
+  // Host rows are the common case: the device-buffer test (an instanceof) only for other values.
+  View input;
+  if (!info[0].IsTypedArray()) call->device_input = DeviceWrap::Of(env, info[0]);
   if (!call->device_input &&
       !typed_view(env, info[0], input_type, T * row, call->is_logits ? "logits" : "hidden", &input))
     return false;
-  if (!typed_view(env, info[4], napi_int32_array, T * K, "experts", &experts) ||
-      !typed_view(env, info[5], napi_float32_array, T * K, "weights", &weights) ||
-      !typed_view(env, info[6], napi_int32_array, T, "expertsPerToken", &per_token) ||
-      !typed_view(env, info[7], napi_int32_array, E, "expertCounts", &counts) ||
-      !typed_view(env, info[8], napi_int32_array, T, "invalidTokens", &invalid) ||
-      !optional_view(env, info[9], napi_int32_array, E + 1, "dispatchOffsets", &offsets) ||
-      !optional_view(env, info[10], napi_int32_array, slot_capacity, "dispatchSlots", &slots) ||
-      !typed_view(env, info[11], napi_float64_array, 7, "scalars", &scalars))
+  const OutputLayout layout = output_layout(router, options, T);
+  void* data = nullptr;
+  size_t bytes = 0;
+  // Fails with napi_invalid_arg, nothing thrown, for a value that is not an ArrayBuffer.
+  if (napi_get_arraybuffer_info(env, info[4], &data, &bytes) != napi_ok) {
+    make_error(env, MOE_E_DTYPE, "outputs must be an ArrayBuffer").ThrowAsJavaScriptException();
     return false;
+  }
+  if (bytes < layout.bytes || reinterpret_cast<uintptr_t>(data) % alignof(double) != 0) {
+    char message[160];
+    std::snprintf(message, sizeof message, "outputs must be an aligned ArrayBuffer of at least %zu bytes (got %zu)",
+                  layout.bytes, bytes);
+    make_error(env, MOE_E_SHAPE, message).ThrowAsJavaScriptException();
+    return false;
+  }
+  char* base = static_cast<char*>(data);
+  const auto region = [&](OutputLayout::Region r) { return reinterpret_cast<int32_t*>(base + layout.offset[r]); };
   call->input = input.data;
   moe_route_outputs& out = call->outputs;
-  out.experts = static_cast<int32_t*>(experts.data);
-  out.weights = static_cast<float*>(weights.data);
-  out.experts_per_token = static_cast<int32_t*>(per_token.data);
-  out.expert_counts = static_cast<int32_t*>(counts.data);
-  out.invalid_tokens = static_cast<int32_t*>(invalid.data);
-  out.dispatch_offsets = static_cast<int32_t*>(offsets.data);
-  out.dispatch_slots = static_cast<int32_t*>(slots.data);
-  out.dispatch_capacity = static_cast<int64_t>(slots.length);
-  call->scalars = static_cast<double*>(scalars.data);
+  out.experts = region(OutputLayout::kExperts);
+  out.weights = reinterpret_cast<float*>(region(OutputLayout::kWeights));
+  out.experts_per_token = region(OutputLayout::kPerToken);
+  out.expert_counts = region(OutputLayout::kCounts);
+  out.invalid_tokens = region(OutputLayout::kInvalid);
+  out.dispatch_offsets = layout.dispatch ? region(OutputLayout::kOffsets) : nullptr;
+  out.dispatch_slots = layout.dispatch ? region(OutputLayout::kSlots) : nullptr;
+  out.dispatch_capacity = static_cast<int64_t>(layout.slot_capacity);
+  call->scalars = reinterpret_cast<double*>(base + layout.offset[OutputLayout::kScalars]);
   return true;
 }
 
@@ -193,7 +243,7 @@ class RouteWorker : public Napi::AsyncWorker {
         router_(std::move(router)),
         call_(call),
         deferred_(Napi::Promise::Deferred::New(env)) {
-    for (size_t i = 0; i < 12; ++i)
+    for (size_t i = 0; i < 5; ++i)
       if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
 
@@ -307,7 +357,7 @@ Napi::Function RouterWrap::Define(Napi::Env env) {
                       InstanceMethod<&RouterWrap::Backend>("backend"),
                       InstanceMethod<&RouterWrap::LastFallback>("lastFallback"),
                       InstanceMethod<&RouterWrap::Parameters>("parameters"),
-                      InstanceMethod<&RouterWrap::DispatchCapacity>("dispatchCapacity"),
+                      InstanceMethod<&RouterWrap::OutputLayoutOf>("outputLayout"),
                       InstanceMethod<&RouterWrap::Dispose>("dispose")});
 }
 
@@ -502,11 +552,28 @@ Napi::Value RouterWrap::Parameters(const Napi::CallbackInfo& info) {
   return result;
 }
 
-Napi::Value RouterWrap::DispatchCapacity(const Napi::CallbackInfo& info) {
-  moe_router* router = Live(info.Env());
-  if (!router) return info.Env().Undefined();
+// outputLayout(tokens) -> [bytes, scalars, experts, weights, expertsPerToken, expertCounts,
+//   invalidTokens, dispatchOffsets, dispatchSlots, slotCapacity]: byte offsets (-1: no such region).
+Napi::Value RouterWrap::OutputLayoutOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  moe_router* router = Live(env);
+  if (!router) return env.Undefined();
   const int64_t tokens = info[0].As<Napi::Number>().Int64Value();
-  return Napi::Number::New(info.Env(), static_cast<double>(moe_router_dispatch_capacity(router, tokens)));
+  if (tokens < 0) {
+    make_error(env, MOE_E_SHAPE, "tokens must be >= 0").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  moe_router_options options;
+  moe_router_get_options(router, &options);
+  const OutputLayout layout = output_layout(router, options, static_cast<size_t>(tokens));
+  Napi::Array result = Napi::Array::New(env, OutputLayout::kRegions + 2);
+  result.Set(0u, static_cast<double>(layout.bytes));
+  for (uint32_t r = 0; r < OutputLayout::kRegions; ++r) {
+    const bool absent = !layout.dispatch && (r == OutputLayout::kOffsets || r == OutputLayout::kSlots);
+    result.Set(r + 1, absent ? -1.0 : static_cast<double>(layout.offset[r]));
+  }
+  result.Set(static_cast<uint32_t>(OutputLayout::kRegions + 1), static_cast<double>(layout.slot_capacity));
+  return result;
 }
 
 Napi::Value RouterWrap::Dispose(const Napi::CallbackInfo& info) {

@@ -41,9 +41,8 @@ class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
   explicit RouterWrap(const Napi::CallbackInfo& info);
 
  private:
-  // (input: TypedArray | NativeDeviceBuffer, dtype, tokens, isLogits, experts, weights, expertsPerToken,
-  //  expertCounts, invalidTokens, dispatchOffsets | null, dispatchSlots | null, scalars: Float64Array(7))
-  //  -> undefined
+  // (input: TypedArray | NativeDeviceBuffer, dtype, tokens, isLogits, outputs: ArrayBuffer) -> undefined;
+  // every output, and the scalars as doubles, lands in `outputs` as outputLayout(tokens) places them.
   Napi::Value Route(const Napi::CallbackInfo& info);
   // Same arguments -> Promise<void>; runs on a libuv worker thread.
   Napi::Value RouteAsync(const Napi::CallbackInfo& info);
@@ -59,7 +58,8 @@ class RouterWrap : public Napi::ObjectWrap<RouterWrap> {
   // lastFallback() -> null | { code, message }: the CUDA failure the most recent call fell back from.
   Napi::Value LastFallback(const Napi::CallbackInfo& info);
   Napi::Value Parameters(const Napi::CallbackInfo& info);
-  Napi::Value DispatchCapacity(const Napi::CallbackInfo& info);
+  // outputLayout(tokens) -> byte offsets of each output in a route's ArrayBuffer, and its size.
+  Napi::Value OutputLayoutOf(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   // The live handle, or throws E_DISPOSED (returns nullptr after throwing).

@@ -87,7 +87,11 @@ moe_status guarded(moe_error* err, Body&& body) {
   }
   if (err) {
     err->code = code;
-    std::snprintf(err->message, sizeof err->message, "%s", message);
+    // Not snprintf on success: a formatted copy of "" was a measurable part of a small route.
+    if (code == MOE_OK)
+      err->message[0] = '\0';
+    else
+      std::snprintf(err->message, sizeof err->message, "%s", message);
   }
   return code;
 }
