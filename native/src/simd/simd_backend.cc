@@ -118,7 +118,7 @@ class SimdBackend final : public Backend {
       grown(s.u, u_words);
       grown(s.row, row_words);
       if (!p.is_logits)
-        grown(s.widened, kBlockTokens * std::max(k_.shape.kc, k_.shape.dot_experts * k_.shape.lanes));
+        grown(s.widened, kBlockTokens * k_.shape.kc);
       if (p.fused_out) {
         s.counts.assign(E, 0);
         s.counts_valid.assign(E, 0);

@@ -40,8 +40,7 @@ struct GateBlock {
   int panel_begin = 0, panel_end = 0;  // panel kernel: the panels to compute (a range of experts)
   float* u = nullptr;
   int64_t u_stride = 0;
-  // Scratch: the panel kernel's f16/bf16 input slices [rows][kc], or the dot kernel's partial
-  // accumulators [rows][dot_experts][lanes].
+  // Scratch: the panel kernel's f16/bf16 input slices [rows][kc].
   float* widened = nullptr;
 };
 

@@ -12,14 +12,14 @@ namespace simd {
 namespace avx2 {
 
 namespace {
-constexpr int kDotTokens = 3, kDotExperts = 4, kDotSlice = 1024, kPanelTokens = 6, kPanelVectors = 2, kKc = 128;
+constexpr int kDotTokens = 3, kDotExperts = 4, kPanelTokens = 6, kPanelVectors = 2, kKc = 128;
 }
 
 const GateShape kGateShape = {Vec::kLanes,  kDotExperts, kDotTokens, kPanelVectors * Vec::kLanes,
                               kPanelTokens, kKc,         24};
 
 void gate(const GateBlock& block) {
-  gate_block<kDotTokens, kDotExperts, kDotSlice, kPanelTokens, kPanelVectors, kKc>(block);
+  gate_block<kDotTokens, kDotExperts, kPanelTokens, kPanelVectors, kKc>(block);
 }
 
 }  // namespace avx2

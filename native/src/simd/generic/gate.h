@@ -14,31 +14,28 @@ namespace MOE_SIMD_ISA {
 // Small E: MR tokens x NE experts, each u an f32 vector along D (several tokens share each W load,
 // the input is widened on load), reduced at the end. W comes packed per group of NE experts as
 // [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
-// would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB. D is walked in slices of
-// DS so that a slice of W stays in L1 for every tile of the block; the accumulators of the tiles
-// wait in `partial` between slices (a round trip through memory is exact).
-// How far ahead along a row the dot kernel prefetches its input.
-constexpr int kPrefetchBytes = 1024;
+// would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB.
+// A tile walks its MR rows whole, so that each row is one long stream from DRAM. (D was once walked
+// in slices that kept a slice of W in L1 across the block's tiles; that cut each row into pieces too
+// short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
+// The rows are fetched kPrefetchBytes ahead into L2: the hardware prefetcher alone left the FMAs
+// waiting (one core, mixtral f32: 8.4 ms sliced, 6.3 whole rows, 5.5-6.0 with this prefetch).
+constexpr int kPrefetchBytes = 3072;
 
 template <int MR, int NE, class L>
-inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0, int d1, int D,
-                     float* partial, float* u, int64_t ldu) {
+inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D, float* u, int64_t ldu) {
   F acc[MR][NE];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
-    for (int n = 0; n < NE; ++n)
-      acc[m][n] = d0 == 0 ? Vec::zero() : Vec::load(partial + (m * NE + n) * kLanes);
-  int d = d0;
-  w += static_cast<int64_t>(d0) * NE;
-  for (; d + kLanes <= d1; d += kLanes, w += NE * kLanes) {
+    for (int n = 0; n < NE; ++n) acc[m][n] = Vec::zero();
+  int d = 0;
+  for (; d + kLanes <= D; d += kLanes, w += NE * kLanes) {
     F xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       xv[m] = L::load(x + m * ldx + d);
-      // The block's rows are separate streams, more than the prefetcher tracks well: fetch ahead
-      // (measured: helps 16-bit rows, f32 rows do as well without).
-      if constexpr (sizeof(typename L::T) == 2) __builtin_prefetch(x + m * ldx + d + kPrefetchBytes / 2);
+      __builtin_prefetch(reinterpret_cast<const char*>(x + m * ldx + d) + kPrefetchBytes, 0, 2);
     }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
@@ -48,10 +45,10 @@ inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
   }
-  if (d < d1) {  // the tail of D
+  if (d < D) {  // the tail of D
     F xv[MR];
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, d1 - d);
+    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, D - d);
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
       const F wv = Vec::load(w + n * kLanes);
@@ -62,16 +59,10 @@ inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int d0
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
-    for (int n = 0; n < NE; ++n) {
-      if (d1 == D) {
-        u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
-      } else {
-        Vec::store(partial + (m * NE + n) * kLanes, acc[m][n]);
-      }
-    }
+    for (int n = 0; n < NE; ++n) u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
 }
 
-template <int MR, int NE, int DS, class L>
+template <int MR, int NE, class L>
 inline void dot_block(const GateBlock& g) {
   using T = typename L::T;
   const T* x = static_cast<const T*>(g.input);
@@ -80,16 +71,11 @@ inline void dot_block(const GateBlock& g) {
   const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
   for (int q = 0; q < groups; ++q) {
     const float* w = g.weight + q * group_words;
-    for (int d0 = 0; d0 < D; d0 += DS) {
-      const int d1 = D - d0 < DS ? D : d0 + DS;
-      int r = 0;
-      for (; r + MR <= g.rows; r += MR)
-        dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
-                            g.u + r * g.u_stride + q * NE, g.u_stride);
-      for (; r < g.rows; ++r)
-        dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, w, d0, d1, D, g.widened + r * NE * kLanes,
-                           g.u + r * g.u_stride + q * NE, g.u_stride);
-    }
+    int r = 0;
+    for (; r + MR <= g.rows; r += MR)
+      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
+    for (; r < g.rows; ++r)
+      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
   }
 }
 
@@ -175,12 +161,12 @@ inline void add_bias(const GateBlock& g, int begin, int end) {
 }
 
 // The gate of one block with this ISA's tile shapes.
-template <int DOT_MR, int DOT_NE, int DOT_DS, int PANEL_MR, int PANEL_NV, int KC>
+template <int DOT_MR, int DOT_NE, int PANEL_MR, int PANEL_NV, int KC>
 inline void gate_block(const GateBlock& g) {
   with_loader(g.dtype, [&](auto loader) {
     using L = decltype(loader);
     if (g.dot) {
-      dot_block<DOT_MR, DOT_NE, DOT_DS, L>(g);
+      dot_block<DOT_MR, DOT_NE, L>(g);
     } else {
       panel_block<PANEL_MR, PANEL_NV, KC, L>(g);
     }

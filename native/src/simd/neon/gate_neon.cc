@@ -12,14 +12,14 @@ namespace simd {
 namespace neon {
 
 namespace {
-constexpr int kDotTokens = 3, kDotExperts = 8, kDotSlice = 1024, kPanelTokens = 8, kPanelVectors = 2, kKc = 128;
+constexpr int kDotTokens = 3, kDotExperts = 8, kPanelTokens = 8, kPanelVectors = 2, kKc = 128;
 }
 
 const GateShape kGateShape = {Vec::kLanes,  kDotExperts, kDotTokens, kPanelVectors * Vec::kLanes,
                               kPanelTokens, kKc,         24};
 
 void gate(const GateBlock& block) {
-  gate_block<kDotTokens, kDotExperts, kDotSlice, kPanelTokens, kPanelVectors, kKc>(block);
+  gate_block<kDotTokens, kDotExperts, kPanelTokens, kPanelVectors, kKc>(block);
 }
 
 }  // namespace neon
