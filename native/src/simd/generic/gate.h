@@ -18,9 +18,10 @@ namespace MOE_SIMD_ISA {
 // A tile walks its MR rows whole, so that each row is one long stream from DRAM. (D was once walked
 // in slices that kept a slice of W in L1 across the block's tiles; that cut each row into pieces too
 // short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
-// The rows are fetched kPrefetchBytes ahead into L2: the hardware prefetcher alone left the FMAs
-// waiting (one core, mixtral f32: 8.4 ms sliced, 6.3 whole rows, 5.5-6.0 with this prefetch).
-constexpr int kPrefetchBytes = 3072;
+// The rows are fetched kPrefetchBytes ahead into L2 and kNearPrefetchBytes ahead into L1: the hardware
+// prefetcher alone left the FMAs waiting (one core, mixtral f32: 8.4 ms sliced, 6.3 whole rows,
+// 5.5-5.9 with the L2 prefetch, 5.1-5.6 with both; A/B interleaved five times).
+constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
 template <int MR, int NE, class L>
 inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D, float* u, int64_t ldu) {
@@ -35,7 +36,9 @@ inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D,
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       xv[m] = L::load(x + m * ldx + d);
-      __builtin_prefetch(reinterpret_cast<const char*>(x + m * ldx + d) + kPrefetchBytes, 0, 2);
+      const char* at = reinterpret_cast<const char*>(x + m * ldx + d);
+      __builtin_prefetch(at + kPrefetchBytes, 0, 2);
+      __builtin_prefetch(at + kNearPrefetchBytes, 0, 3);
     }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
