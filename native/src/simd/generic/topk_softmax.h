@@ -270,10 +270,6 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E;
   const float* base = b.u + i0 * b.u_stride;
-  // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows late:
-  // fetch the next group's rows now (they may lie past this block; a prefetch never faults).
-  for (int l = kLanes; l < 2 * kLanes; ++l)
-    for (int e = 0; e < E; e += 64 / static_cast<int>(sizeof(float))) __builtin_prefetch(base + l * b.u_stride + e);
 
   // Pass 1: the columns, each lane's maximum, and whether every logit is finite (x * 0 + acc stays
   // 0 unless some x is infinite or NaN). Four accumulators each, so that no chain of E dependent
@@ -288,6 +284,12 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
     F block[kLanes];
+    // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
+    // late: fetch the same vectors of the next group's rows (they may lie past this block; a
+    // prefetch never faults). Spread over the pass rather than all at the start of the group (256
+    // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
+    // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms.
+    for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
     for (int l = 0; l < kLanes; ++l)
       block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
                                  : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
