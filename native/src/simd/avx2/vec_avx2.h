@@ -134,10 +134,7 @@ struct Vec {
     }
     for (int i = 0; i < kLanes; ++i) r[i] = t[i];
   }
-  static I int_select(M m, I if_true, I if_false) {
-    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(if_false), _mm256_castsi256_ps(if_true), m));
-  }
-  static M int_eq(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+  static M int_gt(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)); }
   static I to_bits(F a) { return _mm256_castps_si256(a); }
   static F from_bits(I a) { return _mm256_castsi256_ps(a); }
   static I to_int(F a) { return _mm256_cvtps_epi32(a); }

@@ -141,8 +141,7 @@ struct Vec {
       r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
     }
   }
-  static I int_select(M m, I if_true, I if_false) { return _mm512_mask_blend_epi32(m, if_false, if_true); }
-  static M int_eq(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static M int_gt(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }
   static I to_bits(F a) { return _mm512_castps_si512(a); }
   static F from_bits(I a) { return _mm512_castsi512_ps(a); }
   static I to_int(F a) { return _mm512_cvtps_epi32(a); }  // a already integral

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "../../core/row_select.h"
@@ -16,6 +17,7 @@ namespace simd {
 namespace MOE_SIMD_ISA {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+alignas(64) constexpr int32_t kLaneIndex[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 // An order-preserving int32 image of a float (no NaN): a larger float gives a larger int. The
 // same operation maps it back.
@@ -108,7 +110,6 @@ inline void rank_place(const float* key, const int32_t* index, int m, int k, int
 // vector of survivors: counting ranks, or the shared partial sort.
 inline void select_best(const float* key, int n, int k, int32_t* idx, float* best, float* keys,
                         int32_t* index, int32_t* order, std::vector<int32_t>& sort_order) {
-  alignas(64) static constexpr int32_t kLaneIndex[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   const Vec::I lanes_index = Vec::int_load(kLaneIndex);
   if (k > kLanes) {
     select_top(key, n, k, sort_order, idx);
@@ -208,95 +209,167 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max) {
 // Rows per phase of rows_by_logit_order.
 constexpr int kPhaseRows = 4;
 
-// Up to these E and K, rows_by_logit_order works across tokens. Measured, K = 8, ns per token on one
-// Zen 4 core: AVX-512 E=64 59 vs 103 token by token, E=128 141 vs 135; AVX2 E=64 107 vs 311, E=256
-// 375 vs 774.
-constexpr int kAcrossMaxE = kLanes == 16 ? 64 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+// Up to these E and K, rows_by_logit_order works across tokens: E so that an expert index fits in
+// the 8 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost).
+constexpr int kAcrossMaxE = 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 
-// rows_by_logit_order for kLanes tokens at once, one per lane: rows are loaded kLanes experts at a
-// time and transposed into columns (one expert, kLanes tokens), and every column is inserted into a
-// per-lane sorted list of K, in expert order so that a tie keeps the lower expert. Pure throughput:
-// no per-token chain of dependent steps, no horizontal operation. Returns false, writing nothing,
-// when a token of the group has a non-finite logit.
+// Sorting networks over vectors of int keys, lane by lane (ascending).
+inline void compare_swap(Vec::I& a, Vec::I& b) {
+  const Vec::I low = Vec::int_min(a, b);
+  b = Vec::int_max(a, b);
+  a = low;
+}
+
+// k[0..L) sorted: the optimal networks (19 comparators for 8, 5 for 4).
+template <int L>
+inline void sort_keys(Vec::I* k) {
+  static constexpr int kPairs8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                         {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                         {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+  static constexpr int kPairs4[5][2] = {{0, 1}, {2, 3}, {0, 2}, {1, 3}, {1, 2}};
+  if constexpr (L == 8) {
+#pragma GCC unroll 19
+    for (const auto& p : kPairs8) compare_swap(k[p[0]], k[p[1]]);
+  }
+  if constexpr (L == 4) {
+#pragma GCC unroll 5
+    for (const auto& p : kPairs4) compare_swap(k[p[0]], k[p[1]]);
+  }
+  if constexpr (L == 2) compare_swap(k[0], k[1]);
+}
+
+// best[0..L) <- the L smallest of the sorted lists best and k, sorted: min(best[i], k[L-1-i]) are
+// those L keys as a bitonic sequence, which the bitonic merger then sorts (8 + 12 comparators for
+// L = 8, where inserting 8 keys one by one costs 64).
+template <int L>
+inline void merge_keys(Vec::I* best, const Vec::I* k) {
+#pragma GCC unroll 8
+  for (int i = 0; i < L; ++i) best[i] = Vec::int_min(best[i], k[L - 1 - i]);
+#pragma GCC unroll 3
+  for (int d = L / 2; d > 0; d /= 2)
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i)
+      if ((i & d) == 0) compare_swap(best[i], best[i + d]);
+}
+
+// rows_by_logit_order for kLanes tokens at once, one per lane. Rows are loaded kLanes experts at a
+// time and transposed into columns (one expert, kLanes tokens); a first pass over the columns takes
+// each lane's maximum, the second turns each logit u into a packed int key
+//   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
+// smaller for a better expert, distinct within a lane, and an exact tie goes to the lower expert as
+// in the oracle. Keys within b bits of each other compare by expert instead: near-ties, within
+// SPEC §10 for b <= 8 (docs/semantics.md §13). Keys are sorted L = (K rounded up to a power of two)
+// at a time by a network, merged into each lane's list of the L smallest, and the weights come from
+// the exact logits of the K selected experts. Pure throughput: no per-token chain of dependent
+// steps, no horizontal operation. Returns false, writing nothing, when a token of the group has a
+// non-finite logit.
 template <int K>
-inline bool rows_across_tokens(const RowBlock& b, int i0) {
+inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
+  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const Config& c = *b.config;
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E;
   const float* base = b.u + i0 * b.u_stride;
-  // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows late:
-  // fetch the next group's rows now (they may lie past this block; a prefetch never faults).
-  for (int l = kLanes; l < 2 * kLanes; ++l)
-    for (int e = 0; e < E; e += 64 / static_cast<int>(sizeof(float))) __builtin_prefetch(base + l * b.u_stride + e);
 
-  // best[0..K) in key order; a new expert beats position j iff its logit is strictly larger (it has
-  // the highest index so far), and then every later position too: the list shifts down from j.
-  F best[K];
-  Vec::I index[K];
-  for (int j = 0; j < K; ++j) {
-    best[j] = Vec::set1(-kInf);
-    index[j] = Vec::int_set1(0);
+  // Pass 1: the columns, each lane's maximum, and whether every logit is finite (x * 0 + acc stays
+  // 0 unless some x is infinite or NaN). Four accumulators each, so that no chain of E dependent
+  // steps bounds the pass. Past E (up to a whole L), columns of the lowest float: they change
+  // neither, and their keys come out above every real key.
+  alignas(64) float columns[kAcrossMaxE][kLanes];
+  F max[4], nonfinite[4];
+  for (int a = 0; a < 4; ++a) {
+    max[a] = Vec::set1(-kInf);
+    nonfinite[a] = Vec::zero();
   }
-  F max = Vec::set1(-kInf);
-  M finite = Vec::first(kLanes);
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
-    alignas(64) float columns[kLanes][kLanes];  // through memory: the lists need the registers
-    {
-      F block[kLanes];
-      for (int l = 0; l < kLanes; ++l)
-        block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
-                                   : Vec::load_tail(base + l * b.u_stride + e0, width, 0.0f);
-      Vec::transpose(block);
-      for (int l = 0; l < kLanes; ++l) Vec::store(columns[l], block[l]);
-    }
-    for (int i = 0; i < width; ++i) {
-      const F x = Vec::load(columns[i]);
-      finite = Vec::mask_and(finite, Vec::lt(Vec::abs(x), Vec::set1(kInf)));
-      max = Vec::max(max, x);
-      const Vec::I xi = Vec::int_set1(e0 + i);
-      // From the last position up, so that best[j - 1] is still the old one when j takes it.
-      M beats = Vec::gt(x, best[K - 1]);
-#pragma GCC unroll 8
-      for (int j = K - 1; j > 0; --j) {
-        const M beats_above = Vec::gt(x, best[j - 1]);
-        best[j] = Vec::select(beats, Vec::select(beats_above, best[j - 1], x), best[j]);
-        index[j] = Vec::int_select(beats, Vec::int_select(beats_above, index[j - 1], xi), index[j]);
-        beats = beats_above;
-      }
-      best[0] = Vec::select(beats, x, best[0]);
-      index[0] = Vec::int_select(beats, xi, index[0]);
+    F block[kLanes];
+    // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
+    // late: fetch the same vectors of the next group's rows (they may lie past this block; a
+    // prefetch never faults). Spread over the pass rather than all at the start of the group (256
+    // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
+    // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms.
+    for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
+    for (int l = 0; l < kLanes; ++l)
+      block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
+                                 : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
+    Vec::transpose(block);
+    const int used = (width + L - 1) / L * L;  // pass 2 reads whole L
+#pragma GCC unroll 16
+    for (int i = 0; i < kLanes; ++i) {
+      if (i >= used) break;
+      Vec::store(columns[e0 + i], block[i]);
+      max[i % 4] = Vec::max(max[i % 4], block[i]);
+      nonfinite[i % 4] = Vec::fmadd(block[i], Vec::zero(), nonfinite[i % 4]);
     }
   }
-  if (Vec::bits(finite) != Vec::bits(Vec::first(kLanes))) return false;
+  const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
+  if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
+  const F row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
 
-  // Weights exp(u_j - max) / sum (sum >= 1: the largest logit is selected), scaled; back to one row
-  // of K slots per token through a second transpose.
-  F weight[kLanes], experts[kLanes];
+  // Pass 2: the keys (written over their columns, for the counts), L at a time. The padding columns
+  // up to a whole L (which stays below 2^b: K <= E) sort after every real key.
+  const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
+  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
+  Vec::I best[L];
+  for (int e0 = 0; e0 < E; e0 += L) {
+    Vec::I key[L];
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i) {
+      const F w = Vec::sub(row_max, Vec::load(columns[e0 + i]));
+      key[i] = Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), Vec::int_set1(e0 + i));
+      Vec::store(columns[e0 + i], Vec::from_bits(key[i]));
+    }
+    sort_keys<L>(key);
+    if (e0 == 0) {
+#pragma GCC unroll 8
+      for (int i = 0; i < L; ++i) best[i] = key[i];
+    } else {
+      merge_keys<L>(best, key);
+    }
+  }
+
+  // Counts: expert e is selected in the lanes where its key is at most the K-th smallest.
+  for (int e = 0; e < E; ++e)
+    counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(columns[e])), best[K - 1])));
+
+  // Weights exp(u_j - max) / sum from the exact logits, read by scalar loads (measured faster than
+  // a vgatherdps per slot on Zen 4); sum >= 1: the largest logit is selected. Back to one row of K
+  // slots per token through a transpose, the weights in rows [0, K) and, when they fit beside them
+  // (2K <= kLanes), the experts in rows [kLanes/2, ..) of the same one.
+  alignas(64) int32_t chosen[K][kLanes];
+  alignas(64) float picked[K][kLanes];
+  for (int j = 0; j < K; ++j) Vec::store_int(chosen[j], Vec::int_and(best[j], expert_bits));
+  for (int l = 0; l < kLanes; ++l)
+    for (int j = 0; j < K; ++j) picked[j][l] = base[l * b.u_stride + chosen[j][l]];
+  constexpr bool kPaired = 2 * K <= kLanes;
+  constexpr int kExpertRow = kPaired ? kLanes / 2 : 0;
+  F weight[kLanes], experts[kPaired ? 1 : kLanes];
+  F* expert_rows = kPaired ? weight : experts;
+  for (int j = 0; j < kLanes; ++j) {
+    weight[j] = Vec::zero();
+    if constexpr (!kPaired) experts[j] = Vec::zero();
+  }
   F sum = Vec::zero();
   for (int j = 0; j < K; ++j) {
-    weight[j] = vexp(Vec::sub(best[j], max));
+    weight[j] = vexp(Vec::sub(Vec::load(picked[j]), row_max));
     sum = Vec::add(sum, weight[j]);
   }
   const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
-  for (int j = 0; j < kLanes; ++j) {
-    weight[j] = j < K ? Vec::mul(weight[j], factor) : Vec::zero();
-    experts[j] = j < K ? Vec::from_bits(index[j]) : Vec::zero();
+  for (int j = 0; j < K; ++j) {
+    weight[j] = Vec::mul(weight[j], factor);
+    expert_rows[kExpertRow + j] = Vec::from_bits(Vec::int_load(chosen[j]));
   }
   Vec::transpose(weight);
-  Vec::transpose(experts);
+  if constexpr (!kPaired) Vec::transpose(experts);
+  const Vec::I half_turn = Vec::int_and(Vec::int_add(Vec::int_load(kLaneIndex), Vec::int_set1(kExpertRow)), Vec::int_set1(kLanes - 1));
   const int64_t t0 = b.first + i0;
+  std::memset(b.out->invalid + t0, 0, kLanes);
+  Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
   for (int l = 0; l < kLanes; ++l) {
-    b.out->invalid[t0 + l] = 0;
-    fused->experts_per_token[t0 + l] = K;
     Vec::store_tail(fused->weights + (t0 + l) * K, weight[l], K);
-    Vec::store_int_tail(fused->experts + (t0 + l) * K, Vec::to_bits(experts[l]), K);
-  }
-  for (int e = 0; e < E; ++e) {
-    int n = 0;
-    for (int j = 0; j < K; ++j) n += __builtin_popcount(Vec::bits(Vec::int_eq(index[j], Vec::int_set1(e))));
-    b.sums.counts[e] += n;
-    b.sums.counts_valid[e] += n;
+    const Vec::I row = kPaired ? Vec::permute(Vec::to_bits(weight[l]), half_turn) : Vec::to_bits(experts[kPaired ? 0 : l]);
+    Vec::store_int_tail(fused->experts + (t0 + l) * K, row, K);
   }
   b.sums.k_histogram[K] += kLanes;
   return true;
@@ -304,11 +377,11 @@ inline bool rows_across_tokens(const RowBlock& b, int i0) {
 
 // rows_across_tokens with K known at compile time, so that its lists live in registers.
 template <int K = 1>
-inline bool rows_across_tokens(const RowBlock& b, int i0, int k) {
+inline bool rows_across_tokens(const RowBlock& b, int i0, int k, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
-    if (k != K) return rows_across_tokens<K + 1>(b, i0, k);
+    if (k != K) return rows_across_tokens<K + 1>(b, i0, k, counts);
   }
-  return rows_across_tokens<K>(b, i0);
+  return rows_across_tokens<K>(b, i0, counts);
 }
 
 // Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias, groups or
@@ -337,8 +410,14 @@ inline void rows_by_logit_order(const RowBlock& b) {
   const M slots = Vec::first(K);
 
   int first_row = 0;
-  if (E <= kAcrossMaxE && K <= kAcrossMaxK)
-    for (; first_row + kLanes <= b.rows && rows_across_tokens(b, first_row, K);) first_row += kLanes;
+  if (E <= kAcrossMaxE && K <= kAcrossMaxK) {
+    int32_t counts[kAcrossMaxE] = {};  // the groups' counts (valid tokens only), added once
+    for (; first_row + kLanes <= b.rows && rows_across_tokens(b, first_row, K, counts);) first_row += kLanes;
+    for (int e = 0; e < E; ++e) {
+      b.sums.counts[e] += counts[e];
+      b.sums.counts_valid[e] += counts[e];
+    }
+  }
   for (int i0 = first_row; i0 < b.rows; i0 += kPhaseRows) {
     const int n = b.rows - i0 < kPhaseRows ? b.rows - i0 : kPhaseRows;
     float max[kPhaseRows];

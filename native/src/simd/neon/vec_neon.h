@@ -107,8 +107,7 @@ struct Vec {
     r[2] = vcombine_f32(vget_high_f32(a.val[0]), vget_high_f32(b.val[0]));
     r[3] = vcombine_f32(vget_high_f32(a.val[1]), vget_high_f32(b.val[1]));
   }
-  static I int_select(M m, I if_true, I if_false) { return vbslq_s32(m, if_true, if_false); }
-  static M int_eq(I a, I b) { return vceqq_s32(a, b); }
+  static M int_gt(I a, I b) { return vcgtq_s32(a, b); }
   static I to_bits(F a) { return vreinterpretq_s32_f32(a); }
   static F from_bits(I a) { return vreinterpretq_f32_s32(a); }
   static I to_int(F a) { return vcvtnq_s32_f32(a); }
