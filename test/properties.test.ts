@@ -6,6 +6,8 @@ import fc from 'fast-check';
 import { makeCase, STRATEGIES, type Case } from './reference/cases';
 import { backendList, referenceRun, runCase } from './reference/harness';
 import { RefError, type RefRouting } from './reference/reference';
+import { DynamicRouter, type BackendName } from '../src/index';
+import { normalGenerator } from '../src/random';
 
 const CASES_PER_STRATEGY = 320;
 
@@ -101,5 +103,68 @@ describe('native engine agrees with the reference', () => {
       if (strategy !== 'top-k') expect(tally.dynamicK).toBeGreaterThanOrEqual(50);
       if (['top-p', 'threshold', 'norm'].includes(strategy)) expect(tally.calibrated).toBeGreaterThanOrEqual(30);
     });
+  });
+});
+
+// The default routing (top-k, softmax, normalized weights) selects on the logits by packed integer
+// keys on the SIMD backends (docs/semantics.md §13): their truncation must stay within SPEC §10 at
+// any scale of the logits, where the random cases above stay at a scale of about 1. Checked against
+// scores computed here in double: a slot may differ from the oracle's only where the two scores are
+// within 1e-5 of the largest score; with the same experts, the weights agree within 1e-5.
+describe('default routing on logits of any scale agrees with the oracle', () => {
+  const simd = backendNames.filter((b) => b !== 'scalar');
+  it.skipIf(simd.length === 0)(`E from 2 to 1000, logits from 1e-3 to 1e3, ties and near-ties × [${simd.join(', ')}]`, () => {
+    const normal = normalGenerator(20261122);
+    const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
+    let compared = 0;
+    for (const E of [2, 8, 12, 16, 17, 60, 64, 65, 100, 256, 300, 1000]) {
+      for (const scale of [1e-3, 1, 40, 1e3]) {
+        const K = Math.min(E, 1 + Math.floor(uniform() * 8));
+        const T = 16 * 2 + 15; // whole groups of 16 tokens (across tokens) and a remainder (token by token)
+        const logits = new Float32Array(T * E);
+        for (let t = 0; t < T; t++) {
+          const row = logits.subarray(t * E, (t + 1) * E);
+          for (let e = 0; e < E; e++) row[e] = normal() * scale;
+          const mode = t % 4;
+          if (mode === 1) for (let e = 0; e < E; e++) row[e] = Math.round(row[e]! / scale) * scale; // exact ties
+          if (mode >= 2) {
+            const top = Math.max(...row);
+            // near-ties a few ulps apart, below what a truncated raw-logit key can tell apart
+            for (let e = 0; e < E; e++) if (uniform() < 0.5) row[e] = top - Math.abs(top) * Math.floor(uniform() * 4) * 2 ** -21;
+          }
+        }
+        const route = (backend: string) => {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName });
+          const r = router.routeLogits(logits);
+          return { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
+        };
+        const oracle = route('scalar');
+        for (const backend of simd) {
+          const got = route(backend);
+          for (let t = 0; t < T; t++) {
+            const row = logits.subarray(t * E, (t + 1) * E);
+            const max = Math.max(...row);
+            let Z = 0;
+            for (const u of row) Z += Math.exp(u - max);
+            const score = (e: number) => Math.exp(row[e]! - max) / Z;
+            const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
+            for (let j = 0; j < K; j++) {
+              const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
+              const where = `${backend} E=${E} K=${K} scale=${scale} token ${t} slot ${j}`;
+              if (a !== b) expect(Math.abs(score(a) - score(b)) * Z, `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5);
+              if (sameExperts) {
+                const w = got.weights[t * K + j]!, want = oracle.weights[t * K + j]!;
+                expect(Math.abs(w - want), `${where}: weight ${w} vs ${want}`).toBeLessThanOrEqual(1e-5 * Math.abs(want) + 1e-7);
+              }
+            }
+          }
+          const counts = new Array<number>(E).fill(0);
+          for (const e of got.experts) counts[e]! += 1;
+          expect(got.counts).toEqual(counts);
+          compared += 1;
+        }
+      }
+    }
+    expect(compared).toBe(48 * simd.length);
   });
 });
