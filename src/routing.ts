@@ -16,6 +16,7 @@ export interface Dispatch {
  * doubles first), laid out by outputLayout(tokens), and the views over it, made once per buffer.
  */
 export class RouteBuffers {
+  readonly tokens: number;
   readonly buffer: ArrayBuffer;
   readonly scalars: Float64Array;
   readonly experts: Int32Array;
@@ -29,6 +30,7 @@ export class RouteBuffers {
   constructor(layout: readonly number[], tokens: number, topK: number, numExperts: number) {
     const buffer = new ArrayBuffer(layout[Layout.Bytes]!);
     const ints = (at: Layout, length: number) => new Int32Array(buffer, layout[at]!, length);
+    this.tokens = tokens;
     this.buffer = buffer;
     this.scalars = new Float64Array(buffer, layout[Layout.Scalars]!, Scalar.FlopReduction + 1);
     this.experts = ints(Layout.Experts, tokens * topK);
@@ -68,9 +70,9 @@ export class Routing {
   private readonly buffers: RouteBuffers;
 
   /** @internal Built by DynamicRouter from the buffers a route just filled. */
-  constructor(buffers: RouteBuffers, tokens: number, topK: number, withLosses: boolean, pool: BufferPool<RouteBuffers>) {
+  constructor(buffers: RouteBuffers, topK: number, withLosses: boolean, pool: BufferPool<RouteBuffers>) {
     const s = buffers.scalars;
-    this.tokens = tokens;
+    this.tokens = buffers.tokens;
     this.topK = topK;
     this.experts = buffers.experts;
     this.weights = buffers.weights;
