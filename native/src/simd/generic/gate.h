@@ -24,7 +24,8 @@ namespace MOE_SIMD_ISA {
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
 template <int MR, int NE, class L>
-inline void dot_tile(const typename L::T* x, int64_t ldx, const float* w, int D, float* u, int64_t ldu) {
+inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, int64_t ldu) {
+  const int64_t ldx = D;  // the tile's rows are consecutive rows of the input
   F acc[MR][NE];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
@@ -76,9 +77,9 @@ inline void dot_block(const GateBlock& g) {
     const float* w = g.weight + q * group_words;
     int r = 0;
     for (; r + MR <= g.rows; r += MR)
-      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
+      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
     for (; r < g.rows; ++r)
-      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
+      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
   }
 }
 
