@@ -117,8 +117,10 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
     const normal = normalGenerator(20261122);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     let compared = 0;
-    for (const E of [2, 8, 12, 16, 17, 60, 64, 65, 100, 256, 300, 1000]) {
-      for (const scale of [1e-3, 1, 40, 1e3]) {
+    const experts = [2, 4, 8, 12, 16, 17, 60, 64, 65, 100, 256, 300, 1000];
+    const scales = [1e-3, 1, 40, 1e3];
+    for (const E of experts) {
+      for (const scale of scales) {
         const K = Math.min(E, 1 + Math.floor(uniform() * 8));
         const T = 16 * 2 + 15; // whole groups of 16 tokens (across tokens) and a remainder (token by token)
         const logits = new Float32Array(T * E);
@@ -165,6 +167,6 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
         }
       }
     }
-    expect(compared).toBe(48 * simd.length);
+    expect(compared).toBe(experts.length * scales.length * simd.length);
   });
 });

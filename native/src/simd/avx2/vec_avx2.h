@@ -134,7 +134,23 @@ struct Vec {
     }
     for (int i = 0; i < kLanes; ++i) r[i] = t[i];
   }
+  // even <- lanes 0, 2, 4, .. of the concatenation a:b (a first), odd <- lanes 1, 3, 5, ..
+  static void unzip(F a, F b, F& even, F& odd) {
+    // In each 128-bit half: a's pair, then b's; then the 64-bit quarters into order.
+    const auto order = [](__m256 x) {
+      return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(x), _MM_SHUFFLE(3, 1, 2, 0)));
+    };
+    even = order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    odd = order(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // The inverse of unzip: lo <- a0 b0 a1 b1 .. from the low halves, hi <- the same from the high ones.
+  static void zip(F a, F b, F& lo, F& hi) {
+    const __m256 l = _mm256_unpacklo_ps(a, b), h = _mm256_unpackhi_ps(a, b);  // pairs 0 1 | 4 5, 2 3 | 6 7
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
   static M int_gt(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)); }
+  static M int_eq(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
   static I to_bits(F a) { return _mm256_castps_si256(a); }
   static F from_bits(I a) { return _mm256_castsi256_ps(a); }
   static I to_int(F a) { return _mm256_cvtps_epi32(a); }

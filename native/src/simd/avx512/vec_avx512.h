@@ -114,7 +114,6 @@ struct Vec {
     return count + n;
   }
 
-  // Bits of floats, for exp and log.
   // r[i] lane j <- r[j] lane i.
   static void transpose(F r[kLanes]) {
     F t[kLanes];
@@ -141,7 +140,19 @@ struct Vec {
       r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xdd);
     }
   }
+  // even <- lanes 0, 2, 4, .. of the concatenation a:b (a first), odd <- lanes 1, 3, 5, ..
+  static void unzip(F a, F b, F& even, F& odd) {
+    even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+    odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+  }
+  // The inverse of unzip: lo <- a0 b0 a1 b1 .. from the low halves, hi <- the same from the high ones.
+  static void zip(F a, F b, F& lo, F& hi) {
+    lo = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), b);
+    hi = _mm512_permutex2var_ps(a, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), b);
+  }
   static M int_gt(I a, I b) { return _mm512_cmpgt_epi32_mask(a, b); }
+  static M int_eq(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  // Bits of floats, for exp and log.
   static I to_bits(F a) { return _mm512_castps_si512(a); }
   static F from_bits(I a) { return _mm512_castsi512_ps(a); }
   static I to_int(F a) { return _mm512_cvtps_epi32(a); }  // a already integral

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../../core/row_select.h"
 #include "vec_math.h"
@@ -252,8 +253,111 @@ inline void merge_keys(Vec::I* best, const Vec::I* k) {
       if ((i & d) == 0) compare_swap(best[i], best[i + d]);
 }
 
+// v[0..N) holds N * kLanes floats in order, rows of N (N a power of two): afterwards v[c] holds
+// column c, lane r being row r. N log2 N unzips.
+template <int N>
+inline void to_columns(F* v) {
+  if constexpr (N > 1) {
+    F even[N / 2], odd[N / 2];
+#pragma GCC unroll 8
+    for (int i = 0; i < N / 2; ++i) Vec::unzip(v[2 * i], v[2 * i + 1], even[i], odd[i]);
+    to_columns<N / 2>(even);  // the even columns, as rows of N / 2
+    to_columns<N / 2>(odd);
+#pragma GCC unroll 8
+    for (int c = 0; c < N / 2; ++c) {
+      v[2 * c] = even[c];
+      v[2 * c + 1] = odd[c];
+    }
+  }
+}
+
+// The inverse of to_columns: columns v[0..N) back to N * kLanes floats in order, rows of N.
+template <int N>
+inline void to_rows(F* v) {
+  if constexpr (N > 1) {
+    F even[N / 2], odd[N / 2];
+#pragma GCC unroll 8
+    for (int c = 0; c < N / 2; ++c) {
+      even[c] = v[2 * c];
+      odd[c] = v[2 * c + 1];
+    }
+    to_rows<N / 2>(even);
+    to_rows<N / 2>(odd);
+#pragma GCC unroll 8
+    for (int i = 0; i < N / 2; ++i) Vec::zip(even[i], odd[i], v[2 * i], v[2 * i + 1]);
+  }
+}
+
+// The columns of kLanes rows of E < kLanes experts (E a power of two) stored back to back, into
+// column[0..E): the rows are E whole vectors, which to_columns turns into columns, where loading
+// kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose (and
+// the next groups are prefetched as contiguous lines). False, doing nothing, for any other E or
+// row stride.
+inline bool narrow_columns(const float* base, int E, int64_t stride, F* column) {
+  if (stride != E) return false;
+  const auto load = [&](auto n) {
+    constexpr int N = decltype(n)::value;
+#pragma GCC unroll 8
+    for (int i = 0; i < N; ++i) {
+      __builtin_prefetch(base + (N + i) * kLanes);
+      __builtin_prefetch(base + (3 * N + i) * kLanes, 0, 2);
+      column[i] = Vec::load(base + i * kLanes);
+    }
+    to_columns<N>(column);
+    return true;
+  };
+  if constexpr (kLanes > 8)
+    if (E == 8) return load(std::integral_constant<int, 8>{});
+  if constexpr (kLanes > 4)
+    if (E == 4) return load(std::integral_constant<int, 4>{});
+  if (E == 2) return load(std::integral_constant<int, 2>{});
+  return false;
+}
+
+// The slots of kLanes tokens, slot j of every token in weight[j] and expert[j] (one lane per token),
+// stored as kLanes rows of K: for K a power of two by to_rows into K whole vectors; otherwise back to
+// rows through a transpose, the weights in rows [0, K) and, when they fit beside them (2K <= kLanes),
+// the experts in rows [kLanes/2, ..) of the same one, and kLanes partial stores of each.
+template <int K>
+inline void store_slots(const F* weight, const Vec::I* expert, float* weights_out, int32_t* experts_out) {
+  if constexpr ((K & (K - 1)) == 0) {
+    F w[K], x[K];
+    for (int j = 0; j < K; ++j) {
+      w[j] = weight[j];
+      x[j] = Vec::from_bits(expert[j]);
+    }
+    to_rows<K>(w);
+    to_rows<K>(x);
+    for (int j = 0; j < K; ++j) {
+      Vec::store(weights_out + j * kLanes, w[j]);
+      Vec::store_int(experts_out + j * kLanes, Vec::to_bits(x[j]));
+    }
+  } else {
+    constexpr bool kPaired = 2 * K <= kLanes;
+    constexpr int kExpertRow = kPaired ? kLanes / 2 : 0;
+    F rows[kLanes], experts[kPaired ? 1 : kLanes];
+    F* expert_rows = kPaired ? rows : experts;
+    for (int j = 0; j < kLanes; ++j) {
+      rows[j] = Vec::zero();
+      if constexpr (!kPaired) experts[j] = Vec::zero();
+    }
+    for (int j = 0; j < K; ++j) {
+      rows[j] = weight[j];
+      expert_rows[kExpertRow + j] = Vec::from_bits(expert[j]);
+    }
+    Vec::transpose(rows);
+    if constexpr (!kPaired) Vec::transpose(experts);
+    const Vec::I half_turn = Vec::int_and(Vec::int_add(Vec::int_load(kLaneIndex), Vec::int_set1(kExpertRow)), Vec::int_set1(kLanes - 1));
+    for (int l = 0; l < kLanes; ++l) {
+      Vec::store_tail(weights_out + l * K, rows[l], K);
+      const Vec::I row = kPaired ? Vec::permute(Vec::to_bits(rows[l]), half_turn) : Vec::to_bits(experts[kPaired ? 0 : l]);
+      Vec::store_int_tail(experts_out + l * K, row, K);
+    }
+  }
+}
+
 // rows_by_logit_order for kLanes tokens at once, one per lane. Rows are loaded kLanes experts at a
-// time and transposed into columns (one expert, kLanes tokens); a first pass over the columns takes
+// time and transposed into columns (one expert, kLanes tokens), or by narrow_columns; a first pass over the columns takes
 // each lane's maximum, the second turns each logit u into a packed int key
 //   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
 // smaller for a better expert, distinct within a lane, and an exact tie goes to the lower expert as
@@ -263,6 +367,9 @@ inline void merge_keys(Vec::I* best, const Vec::I* k) {
 // the exact logits of the K selected experts. Pure throughput: no per-token chain of dependent
 // steps, no horizontal operation. Returns false, writing nothing, when a token of the group has a
 // non-finite logit.
+// (GCC 12 reports block[used..) after narrow_columns as maybe uninitialized: they are never read.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K>
 inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
@@ -283,20 +390,22 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   }
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
-    F block[kLanes];
-    // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
-    // late: fetch the same vectors of the next group's rows (they may lie past this block; a
-    // prefetch never faults). Spread over the pass rather than all at the start of the group (256
-    // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
-    // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. And the group three ahead into L2, so that
-    // DRAM latency is paid further ahead than one group's work: logits-256x8, one thread, A/B
-    // interleaved three times, 3.1-3.2 -> 2.5-2.8 ms; logits-64x8 3.2-3.4 -> 3.0-3.3.
-    for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
-    for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 3 * kLanes) * b.u_stride + e0, 0, 2);
-    for (int l = 0; l < kLanes; ++l)
-      block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
-                                 : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
-    Vec::transpose(block);
+    F block[kLanes];  // narrow_columns fills block[0, E), E = used: GCC cannot tell (see the pragma)
+    if (!narrow_columns(base, E, b.u_stride, block)) {
+      // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
+      // late: fetch the same vectors of the next group's rows (they may lie past this block; a
+      // prefetch never faults). Spread over the pass rather than all at the start of the group (256
+      // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
+      // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. And the group three ahead into L2, so that
+      // DRAM latency is paid further ahead than one group's work: logits-256x8, one thread, A/B
+      // interleaved three times, 3.1-3.2 -> 2.5-2.8 ms; logits-64x8 3.2-3.4 -> 3.0-3.3.
+      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
+      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 3 * kLanes) * b.u_stride + e0, 0, 2);
+      for (int l = 0; l < kLanes; ++l)
+        block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
+                                   : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
+      Vec::transpose(block);
+    }
     const int used = (width + L - 1) / L * L;  // pass 2 reads whole L
 #pragma GCC unroll 16
     for (int i = 0; i < kLanes; ++i) {
@@ -310,18 +419,23 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
   const F row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
 
-  // Pass 2: the keys (written over their columns, for the counts), L at a time. The padding columns
-  // up to a whole L (which stays below 2^b: K <= E) sort after every real key.
+  // Pass 2: the keys, L at a time, kept for the counts: over their columns, or for E <= 8 (whose
+  // weights read the columns back) beside them. The padding columns up to a whole L (which stays
+  // below 2^b: K <= E) sort after every real key.
+  alignas(64) float narrow_keys[8][kLanes];
+  float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
   Vec::I best[L];
+#pragma GCC unroll 8
+  for (int i = 0; i < L; ++i) best[i] = Vec::int_set1(std::numeric_limits<int32_t>::max());  // replaced at e0 = 0
   for (int e0 = 0; e0 < E; e0 += L) {
     Vec::I key[L];
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) {
       const F w = Vec::sub(row_max, Vec::load(columns[e0 + i]));
       key[i] = Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), Vec::int_set1(e0 + i));
-      Vec::store(columns[e0 + i], Vec::from_bits(key[i]));
+      Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
     }
     sort_keys<L>(key);
     if (e0 == 0) {
@@ -334,49 +448,46 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
 
   // Counts: expert e is selected in the lanes where its key is at most the K-th smallest.
   for (int e = 0; e < E; ++e)
-    counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(columns[e])), best[K - 1])));
+    counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
 
-  // Weights exp(u_j - max) / sum from the exact logits, read by scalar loads (measured faster than
-  // a vgatherdps per slot on Zen 4); sum >= 1: the largest logit is selected. Back to one row of K
-  // slots per token through a transpose, the weights in rows [0, K) and, when they fit beside them
-  // (2K <= kLanes), the experts in rows [kLanes/2, ..) of the same one.
-  alignas(64) int32_t chosen[K][kLanes];
-  alignas(64) float picked[K][kLanes];
-  for (int j = 0; j < K; ++j) Vec::store_int(chosen[j], Vec::int_and(best[j], expert_bits));
-  for (int l = 0; l < kLanes; ++l)
-    for (int j = 0; j < K; ++j) picked[j][l] = base[l * b.u_stride + chosen[j][l]];
-  constexpr bool kPaired = 2 * K <= kLanes;
-  constexpr int kExpertRow = kPaired ? kLanes / 2 : 0;
-  F weight[kLanes], experts[kPaired ? 1 : kLanes];
-  F* expert_rows = kPaired ? weight : experts;
-  for (int j = 0; j < kLanes; ++j) {
-    weight[j] = Vec::zero();
-    if constexpr (!kPaired) experts[j] = Vec::zero();
+  // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
+  // are 0 like those of the largest logit's, so (max - u)^2 < 2^(b-149) and exp(u - max) rounds to
+  // 1 (the oracle's expf too). For E <= 8 the logit of expert chosen[j] is picked from the columns
+  // by E - 1 selects, for larger E read by scalar loads (measured faster than a vgatherdps per slot
+  // on Zen 4).
+  Vec::I chosen[K];
+  F weight[K];
+  for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
+  if (E <= 8) {
+    for (int j = 1; j < K; ++j) {
+      weight[j] = Vec::load(columns[0]);
+      for (int e = 1; e < E; ++e)
+        weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), Vec::load(columns[e]), weight[j]);
+    }
+  } else if (K > 1) {
+    alignas(64) int32_t index[K][kLanes];
+    alignas(64) float picked[K][kLanes];
+    for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
+    for (int l = 0; l < kLanes; ++l)
+      for (int j = 1; j < K; ++j) picked[j][l] = base[l * b.u_stride + index[j][l]];
+    for (int j = 1; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
-  F sum = Vec::zero();
-  for (int j = 0; j < K; ++j) {
-    weight[j] = vexp(Vec::sub(Vec::load(picked[j]), row_max));
+  weight[0] = Vec::set1(1.0f);
+  F sum = weight[0];
+  for (int j = 1; j < K; ++j) {
+    weight[j] = vexp(Vec::sub(weight[j], row_max));
     sum = Vec::add(sum, weight[j]);
   }
   const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
-  for (int j = 0; j < K; ++j) {
-    weight[j] = Vec::mul(weight[j], factor);
-    expert_rows[kExpertRow + j] = Vec::from_bits(Vec::int_load(chosen[j]));
-  }
-  Vec::transpose(weight);
-  if constexpr (!kPaired) Vec::transpose(experts);
-  const Vec::I half_turn = Vec::int_and(Vec::int_add(Vec::int_load(kLaneIndex), Vec::int_set1(kExpertRow)), Vec::int_set1(kLanes - 1));
+  for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
   const int64_t t0 = b.first + i0;
   std::memset(b.out->invalid + t0, 0, kLanes);
   Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
-  for (int l = 0; l < kLanes; ++l) {
-    Vec::store_tail(fused->weights + (t0 + l) * K, weight[l], K);
-    const Vec::I row = kPaired ? Vec::permute(Vec::to_bits(weight[l]), half_turn) : Vec::to_bits(experts[kPaired ? 0 : l]);
-    Vec::store_int_tail(fused->experts + (t0 + l) * K, row, K);
-  }
+  store_slots<K>(weight, chosen, fused->weights + t0 * K, fused->experts + t0 * K);
   b.sums.k_histogram[K] += kLanes;
   return true;
 }
+#pragma GCC diagnostic pop
 
 // rows_across_tokens with K known at compile time, so that its lists live in registers.
 template <int K = 1>

@@ -107,7 +107,18 @@ struct Vec {
     r[2] = vcombine_f32(vget_high_f32(a.val[0]), vget_high_f32(b.val[0]));
     r[3] = vcombine_f32(vget_high_f32(a.val[1]), vget_high_f32(b.val[1]));
   }
+  // even <- lanes 0, 2 of the concatenation a:b (a first), odd <- lanes 1, 3.
+  static void unzip(F a, F b, F& even, F& odd) {
+    even = vuzp1q_f32(a, b);
+    odd = vuzp2q_f32(a, b);
+  }
+  // The inverse of unzip: lo <- a0 b0 a1 b1, hi <- a2 b2 a3 b3.
+  static void zip(F a, F b, F& lo, F& hi) {
+    lo = vzip1q_f32(a, b);
+    hi = vzip2q_f32(a, b);
+  }
   static M int_gt(I a, I b) { return vcgtq_s32(a, b); }
+  static M int_eq(I a, I b) { return vceqq_s32(a, b); }
   static I to_bits(F a) { return vreinterpretq_s32_f32(a); }
   static F from_bits(I a) { return vreinterpretq_f32_s32(a); }
   static I to_int(F a) { return vcvtnq_s32_f32(a); }
