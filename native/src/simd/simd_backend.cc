@@ -1,7 +1,8 @@
 // The SIMD backends' driver, compiled for the baseline CPU: it packs the gate weight, cuts a batch
 // into fixed-size chunks of token blocks, runs them on the thread pool through one ISA's kernels
-// (simd_backend.h) and combines the per-chunk sums in chunk order. Chunk boundaries depend on T and E
-// only, never on the thread count, so every result is bit-identical for any `threads`.
+// (simd_backend.h) and combines the per-chunk sums in chunk order. Chunk boundaries depend on the
+// batch's shape (T, E, D) only, never on the thread count, so every result is bit-identical for any
+// `threads`.
 #include "simd_backend.h"
 
 #include <algorithm>
@@ -28,6 +29,10 @@ constexpr int64_t kMaxChunkSums = int64_t{1} << 18;
 // kLogitsWork); below it, waking the workers costs more than they save.
 constexpr int64_t kParallelWork = int64_t{1} << 18;
 constexpr int64_t kLogitsWork = 16;
+// A chunk holds at least this much work, whatever T: each chunk costs two atomic operations on lines
+// the threads share (~0.1-0.2 us each on this VM), which chunks of ~1 us (logits-8x2 had 228 of 288
+// tokens) made a fifth of the time.
+constexpr int64_t kMinChunkWork = int64_t{1} << 17;
 
 const Kernels* kernels_for(moe_backend kind) {
 #if defined(__x86_64__)
@@ -101,9 +106,11 @@ class SimdBackend final : public Backend {
     // Fixed-size chunks of whole blocks.
     const int64_t blocks = (T + kBlockTokens - 1) / kBlockTokens;
     const int64_t max_chunks = std::clamp<int64_t>(kMaxChunkSums / E, 1, kMaxChunks);
-    const int64_t chunk_tokens = (blocks + max_chunks - 1) / max_chunks * kBlockTokens;
+    const int64_t token_work = E * (p.is_logits ? kLogitsWork : c.D);
+    const int64_t min_blocks = (kMinChunkWork + token_work * kBlockTokens - 1) / (token_work * kBlockTokens);
+    const int64_t chunk_tokens = std::max((blocks + max_chunks - 1) / max_chunks, min_blocks) * kBlockTokens;
     const int64_t chunks = (T + chunk_tokens - 1) / chunk_tokens;
-    const int64_t work = T * E * (p.is_logits ? kLogitsWork : c.D);
+    const int64_t work = T * token_work;
     const int64_t panels = gate_stride(E) / k_.shape.panel_experts;
     // A batch of one block whose gate spans several panels (decoding: few tokens, large E x D) is
     // split by panels instead: first every thread computes whole panels of u, then the caller runs
@@ -203,17 +210,22 @@ class SimdBackend final : public Backend {
     const Config& c = *p.config;
     const int E = c.E;
     const size_t row_bytes = static_cast<size_t>(p.is_logits ? E : c.D) * dtype_size(p.dtype);
+    if (p.is_logits && p.dtype == MOE_DTYPE_F32 && !p.noise) {
+      // The logits are u as they are: the whole chunk in one block (nothing to keep in cache between
+      // a gate and the rest, and the per-block setup is paid once).
+      finish_block(p, out, first, static_cast<int>(end - first),
+                   reinterpret_cast<const float*>(static_cast<const char*>(p.input) + first * row_bytes), E, s, p_sum);
+      return;
+    }
     for (int64_t t0 = first; t0 < end; t0 += kBlockTokens) {
       const int rows = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0));
       const char* in = static_cast<const char*>(p.input) + t0 * row_bytes;
       if (!p.is_logits) {
         k_.gate(gate_block(p, t0, rows, s.u.data(), s));
         finish_block(p, out, t0, rows, s.u.data(), gate_stride(E), s, p_sum);
-      } else if (p.dtype == MOE_DTYPE_F32 && !p.noise) {
-        finish_block(p, out, t0, rows, reinterpret_cast<const float*>(in), E, s, p_sum);
-      } else {
-        for (int r = 0; r < rows; ++r) k_.widen(in + r * row_bytes, p.dtype, E, s.u.data() + r * padded(E));
-        finish_block(p, out, t0, rows, s.u.data(), padded(E), s, p_sum);
+      } else {  // logits to widen, or to add noise to: copied, rows back to back
+        k_.widen(in, p.dtype, static_cast<int64_t>(rows) * E, s.u.data());
+        finish_block(p, out, t0, rows, s.u.data(), E, s, p_sum);
       }
     }
   }
