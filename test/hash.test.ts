@@ -5,7 +5,53 @@ import { uniformGenerator } from '../src/random';
 
 const { hash128 } = loadNative();
 
+// moe_hash128 written again in BigInt arithmetic from its definition (native/src/core/hash.cc): 16
+// lanes of rotl(lane + word * P2, 31) * P1 over the little-endian 64-bit words of 128-byte stripes,
+// the words after the last stripe round-robin into lanes 0.., a zero-padded tail word ^ P4 into lane
+// 15, then the length and every lane folded into two mixed words. Whichever clone of the stripe loop
+// the CPU picks (x86-64-v4, v3, baseline) must give exactly this.
+const M64 = (1n << 64n) - 1n;
+const P1 = 0x9e3779b185ebca87n, P2 = 0xc2b2ae3d27d4eb4fn, P3 = 0x165667b19e3779f9n, P4 = 0x85ebca77c2b2ae63n;
+const rotl = (x: bigint, r: number) => ((x << BigInt(r)) | (x >> BigInt(64 - r))) & M64;
+const round = (lane: bigint, word: bigint) => (rotl((lane + word * P2) & M64, 31) * P1) & M64;
+const mix = (x: bigint) => {
+  x ^= x >> 33n;
+  x = (x * 0xff51afd7ed558ccdn) & M64;
+  x ^= x >> 33n;
+  x = (x * 0xc4ceb9fe1a85ec53n) & M64;
+  return x ^ (x >> 33n);
+};
+function referenceHash(bytes: Uint8Array): string {
+  const word = (at: number, n = 8) => {
+    let w = 0n;
+    for (let i = n - 1; i >= 0; i--) w = (w << 8n) | BigInt(bytes[at + i]!);
+    return w;
+  };
+  const lane = Array.from({ length: 16 }, (_, l) => (P1 * BigInt(l + 1) + P2) & M64);
+  let i = 0;
+  for (; i + 128 <= bytes.length; i += 128) for (let l = 0; l < 16; l++) lane[l] = round(lane[l]!, word(i + 8 * l));
+  for (let l = 0; i + 8 <= bytes.length; i += 8, l++) lane[l] = round(lane[l]!, word(i));
+  if (i < bytes.length) lane[15] = round(lane[15]!, word(i, bytes.length - i) ^ P4);
+  const length = BigInt(bytes.length);
+  let a = (length * P3) & M64, b = (length * P4) & M64;
+  for (let l = 0; l < 16; l++) {
+    a = rotl(a, 23) ^ mix((lane[l]! + BigInt(l)) & M64);
+    b = (b * P1 + rotl(lane[l]!, 1 + 4 * l)) & M64;
+  }
+  const out0 = mix(a);
+  const out1 = mix((b + out0) & M64);
+  return out0.toString(16).padStart(16, '0') + out1.toString(16).padStart(16, '0');
+}
+
 describe('hash128', () => {
+  it('is the function its definition gives, at every length around the stripe and word sizes', () => {
+    const uniform = uniformGenerator(11);
+    for (const bytes of [0, 1, 7, 8, 9, 120, 127, 128, 129, 135, 136, 255, 256, 257, 1000, 4096 + 77]) {
+      const data = Uint8Array.from({ length: bytes }, () => Math.floor(uniform() * 256));
+      expect(hash128(data), `${bytes} bytes`).toBe(referenceHash(data));
+    }
+  });
+
   it('is deterministic and 128 bits of hex', () => {
     const data = Float32Array.from({ length: 1000 }, (_, i) => Math.sin(i));
     expect(hash128(data)).toMatch(/^[0-9a-f]{32}$/);
