@@ -6,6 +6,7 @@
  *   tok-miss   cache.route(x), token mode            (every row new)
  *   tok-hit    cache.route(x), token mode            (every row cached)
  *   monitored  MonitoredRouter.route(x), no cache    (timing and counting per call)
+ * and then the content hash alone (GB/s over 8 KB, 1 MB, 64 MB).
  * Each task runs in several rounds and reports the median of the rounds' medians, so that a noisy,
  * shared machine moves every task alike.
  *
@@ -13,6 +14,7 @@
  */
 import { Bench } from 'tinybench';
 import { MonitoredRouter, RoutingCache, DynamicRouter } from '../src/index';
+import { loadNative } from '../src/native';
 import { normalGenerator, randomGate } from '../src/random';
 
 interface Shape {
@@ -104,6 +106,22 @@ async function main(): Promise<void> {
     });
   }
   console.table(rows);
+  console.table(await hashSpeed());
+}
+
+/** The key's hash alone (native moe_hash128 through the binding), from cache (8 KB, 1 MB) and from DRAM (64 MB). */
+async function hashSpeed(): Promise<Record<string, string>[]> {
+  const { hash128 } = loadNative();
+  const rows = [];
+  for (const bytes of [8 << 10, 1 << 20, 64 << 20]) {
+    const data = new Uint8Array(bytes).map((_, i) => (i * 2654435761) >>> 24);
+    const bench = new Bench({ time: 300 });
+    bench.add('hash', () => hash128(data));
+    await bench.run();
+    const seconds = bench.tasks[0]!.result!.latency.p50! / 1000;
+    rows.push({ bytes: String(bytes), 'µs': (seconds * 1e6).toFixed(2), 'GB/s': (bytes / seconds / 1e9).toFixed(1) });
+  }
+  return rows;
 }
 
 main().catch((error: unknown) => {

@@ -4,7 +4,8 @@
  * The key is a 128-bit hash (moe_hash128, native) over every byte of the input (never a sample), with
  * the entry (hidden or logits), the dtype, the shape and the router's configVersion, so a changed input
  * or a changed router can never be answered from the cache. Entries hold copies, never the router's pooled buffers, and every
- * hit hands out a fresh copy, so nothing a caller does to a result (release, writes) reaches the cache.
+ * hit hands out a copy of its own, so nothing a caller does to a result (release, writes) reaches the cache. A request-mode hit's
+ * copy comes from the cache's buffer pool and goes back on release(), as a router's result does.
  */
 import { LRUCache } from 'lru-cache';
 import { RouterError } from './errors';
@@ -12,6 +13,7 @@ import { loadNative } from './native';
 import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 import type { Dispatch } from './routing';
+import { BufferPool } from './pool';
 import { Tensor, type DType, type TensorData } from './tensor';
 
 /** 'request': one entry per whole input. 'token': one entry per token row, so batches that share rows hit. */
@@ -60,20 +62,29 @@ export class CachedRouting implements RoutingResult {
 
   /** The one buffer all its arrays are views of. */
   private readonly buffer: ArrayBuffer;
+  /** Where release() gives the buffer back; absent for the entries the cache keeps. */
+  private pool?: BufferPool<ArrayBuffer>;
 
   /**
    * Copies every array of `source` into one buffer of its own (one allocation, not one per array);
-   * the copy does not depend on `source` afterwards.
+   * the copy does not depend on `source` afterwards. A CachedRouting (a hit handing out its entry)
+   * is copied whole, into a buffer from `pool` when one is given (release() then gives it back: a
+   * fresh ArrayBuffer of a few KiB costs V8 about as much as a small route).
    */
-  constructor(source: RoutingResult) {
+  constructor(source: RoutingResult, pool?: BufferPool<ArrayBuffer>) {
     const d = source.dispatch;
     const parts = [source.experts, source.weights, source.expertsPerToken, source.expertCounts, source.invalidTokens];
     if (d) parts.push(d.offsets, d.slots);
-    this.buffer = new ArrayBuffer(parts.reduce((n, part) => n + part.byteLength, 0));
+    const whole = source instanceof CachedRouting;
+    const bytes = parts.reduce((n, part) => n + part.byteLength, 0);
+    this.buffer = pool ? pool.acquire(bytes, (n) => new ArrayBuffer(n)) : new ArrayBuffer(bytes);
+    this.pool = pool;
+    if (whole) new Uint8Array(this.buffer).set(new Uint8Array(source.buffer));
     let at = 0;
     const copy = <T extends Int32Array | Float32Array>(part: T): T => {
-      const view = (part instanceof Float32Array ? new Float32Array(this.buffer, at, part.length) : new Int32Array(this.buffer, at, part.length)) as T;
-      view.set(part);
+      const offset = whole ? part.byteOffset : at;
+      const view = (part instanceof Float32Array ? new Float32Array(this.buffer, offset, part.length) : new Int32Array(this.buffer, offset, part.length)) as T;
+      if (!whole) view.set(part);
       at += part.byteLength;
       return view;
     };
@@ -94,8 +105,13 @@ export class CachedRouting implements RoutingResult {
     this.droppedAssignments = source.droppedAssignments;
   }
 
-  /** Nothing to give back: the arrays belong to this object. */
-  release(): void {}
+  /** A pooled copy's buffer goes back to its cache (its arrays must not be used afterwards); otherwise nothing. */
+  release(): void {
+    const pool = this.pool;
+    if (!pool) return;
+    this.pool = undefined;
+    pool.release(this.buffer.byteLength, this.buffer);
+  }
 
   /** The bytes its arrays take. */
   get byteLength(): number {
@@ -153,6 +169,8 @@ export class RoutingCache extends RouterWrapper implements Routable {
   readonly mode: CacheMode;
   readonly maxBytes: number;
   private readonly lru: LRUCache<string, Entry>;
+  /** The buffers of the copies request-mode hits hand out. */
+  private readonly copies = new BufferPool<ArrayBuffer>();
   private version: number;
   private hits = 0;
   private misses = 0;
@@ -306,7 +324,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const found = this.lru.get(key);
     if (found instanceof CachedRouting) {
       this.hits += 1;
-      return { key, version, hit: new CachedRouting(found) };
+      return { key, version, hit: new CachedRouting(found, this.copies) };
     }
     this.misses += 1;
     return { key, version };

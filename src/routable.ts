@@ -9,7 +9,7 @@ import type { Tensor } from './tensor';
 
 export type RouteInput = Float32Array | Tensor;
 
-/** What a route answers: a pooled `Routing`, or a cached copy (whose release() does nothing). */
+/** What a route answers: a pooled `Routing`, or a cached copy (a request-mode hit's buffer is pooled by its cache too). */
 export interface RoutingResult {
   readonly tokens: number;
   readonly topK: number;

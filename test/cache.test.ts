@@ -115,6 +115,17 @@ describe('RoutingCache, request mode', () => {
     hit.experts.fill(-7);
     hit.weights.fill(9);
     expect(routed(cache, x)).toEqual(expected);
+    // A released hit's buffer is handed out again by the next hit, refilled from the entry.
+    hit.release();
+    const again = cache.route(x);
+    expect(again.experts.buffer).toBe(hit.experts.buffer);
+    expect(plain(again)).toEqual(expected);
+    again.release();
+    again.release(); // twice is harmless: the buffer is pooled once
+    const [a, b] = [cache.route(x), cache.route(x)];
+    expect(a.experts.buffer).not.toBe(b.experts.buffer);
+    expect(plain(a)).toEqual(expected);
+    expect(plain(b)).toEqual(expected);
   });
 
   it('stays within maxBytes and counts evictions', () => {
