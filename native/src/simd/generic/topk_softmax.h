@@ -419,9 +419,10 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
   const F row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
 
-  // Pass 2: the keys, L at a time, kept for the counts: over their columns, or for E <= 8 (whose
-  // weights read the columns back) beside them. The padding columns up to a whole L (which stays
-  // below 2^b: K <= E) sort after every real key.
+  // Pass 2: the keys, L at a time. The padding columns up to a whole L (which stays below 2^b:
+  // K <= E) sort after every real key. When the counts are taken from the keys (below), the keys are
+  // kept: over their columns, or for E <= 8 (whose weights read the columns back) beside them.
+  const bool count_keys = E <= 6 * K;
   alignas(64) float narrow_keys[8][kLanes];
   float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
@@ -435,7 +436,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
     for (int i = 0; i < L; ++i) {
       const F w = Vec::sub(row_max, Vec::load(columns[e0 + i]));
       key[i] = Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), Vec::int_set1(e0 + i));
-      Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
+      if (count_keys) Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
     }
     sort_keys<L>(key);
     if (e0 == 0) {
@@ -446,18 +447,30 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
     }
   }
 
-  // Counts: expert e is selected in the lanes where its key is at most the K-th smallest.
-  for (int e = 0; e < E; ++e)
-    counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
+  Vec::I chosen[K];
+  alignas(64) int32_t index[K][kLanes];
+  for (int j = 0; j < K; ++j) {
+    chosen[j] = Vec::int_and(best[j], expert_bits);
+    Vec::store_int(index[j], chosen[j]);
+  }
+
+  // Counts: for small E / K, expert e is selected in the lanes where its key is at most the K-th
+  // smallest (about 6 operations an expert); otherwise one increment per selected slot (about 2 a
+  // slot, kLanes * K of them): logits-256x8 spent a fifth of its operations on the first way.
+  if (count_keys) {
+    for (int e = 0; e < E; ++e)
+      counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
+  } else {
+    for (int j = 0; j < K; ++j)
+      for (int l = 0; l < kLanes; ++l) ++counts[index[j][l]];
+  }
 
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
   // are 0 like those of the largest logit's, so (max - u)^2 < 2^(b-149) and exp(u - max) rounds to
   // 1 (the oracle's expf too). For E <= 8 the logit of expert chosen[j] is picked from the columns
   // by E - 1 selects, for larger E read by scalar loads (measured faster than a vgatherdps per slot
   // on Zen 4).
-  Vec::I chosen[K];
   F weight[K];
-  for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
   if (E <= 8) {
     for (int j = 1; j < K; ++j) {
       weight[j] = Vec::load(columns[0]);
@@ -465,9 +478,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
         weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), Vec::load(columns[e]), weight[j]);
     }
   } else if (K > 1) {
-    alignas(64) int32_t index[K][kLanes];
     alignas(64) float picked[K][kLanes];
-    for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
     for (int l = 0; l < kLanes; ++l)
       for (int j = 1; j < K; ++j) picked[j][l] = base[l * b.u_stride + index[j][l]];
     for (int j = 1; j < K; ++j) weight[j] = Vec::load(picked[j]);
