@@ -357,8 +357,9 @@ inline void store_slots(const F* weight, const Vec::I* expert, float* weights_ou
 }
 
 // rows_by_logit_order for kLanes tokens at once, one per lane. Rows are loaded kLanes experts at a
-// time and transposed into columns (one expert, kLanes tokens), or by narrow_columns; a first pass over the columns takes
-// each lane's maximum, the second turns each logit u into a packed int key
+// time and transposed into columns (one expert, kLanes tokens), or turned into columns by
+// narrow_columns; a first pass over the columns takes each lane's maximum, the second turns each
+// logit u into a packed int key
 //   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
 // smaller for a better expert, distinct within a lane, and an exact tie goes to the lower expert as
 // in the oracle. Keys within b bits of each other compare by expert instead: near-ties, within
