@@ -204,7 +204,8 @@ class SimdBackend final : public Backend {
     return g;
   }
 
-  // Tokens [first, end) of one chunk, block by block: their logits, then the rest of the stage.
+  // Tokens [first, end) of one chunk, block by block (f32 logits: as one block): their logits, then
+  // the rest of the stage.
   void run_chunk(const StageParams& p, const TokenStage& out, int64_t first, int64_t end,
                  ThreadScratch& s, double* p_sum) const {
     const Config& c = *p.config;
