@@ -389,19 +389,19 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
     max[a] = Vec::set1(-kInf);
     nonfinite[a] = Vec::zero();
   }
+  bool narrow = false;  // whether narrow_columns read the rows (it fetches its own rows ahead)
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
     F block[kLanes];  // narrow_columns fills block[0, E), E = used: GCC cannot tell (see the pragma)
-    if (!narrow_columns(base, E, b.u_stride, block)) {
+    narrow = narrow_columns(base, E, b.u_stride, block);
+    if (!narrow) {
       // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
       // late: fetch the same vectors of the next group's rows (they may lie past this block; a
       // prefetch never faults). Spread over the pass rather than all at the start of the group (256
       // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
-      // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. And the group three ahead into L2, so that
-      // DRAM latency is paid further ahead than one group's work: logits-256x8, one thread, A/B
-      // interleaved three times, 3.1-3.2 -> 2.5-2.8 ms; logits-64x8 3.2-3.4 -> 3.0-3.3.
+      // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. (The group after it is fetched into L2 during
+      // pass 2, below.)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
-      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 3 * kLanes) * b.u_stride + e0, 0, 2);
       for (int l = 0; l < kLanes; ++l)
         block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
                                    : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
@@ -432,6 +432,13 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) best[i] = Vec::int_set1(std::numeric_limits<int32_t>::max());  // replaced at e0 = 0
   for (int e0 = 0; e0 < E; e0 += L) {
+    // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
+    // memory requests at all while it was as long as pass 1, and pass 1 issued these together with
+    // the next group's (when they were three groups ahead). Spread over both passes, DRAM is read
+    // during the whole group: logits-256x8, A/B interleaved, one thread 2.6-2.8 -> 2.1-2.3 ms
+    // (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
+    if (!narrow && e0 % kLanes == 0)
+      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * b.u_stride + e0, 0, 2);
     Vec::I key[L];
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) {
