@@ -1,13 +1,14 @@
 /**
  * MonitoredRouter: Prometheus metrics, health and alerts around a router it owns.
  *
- * Per call it only times the call and counts it (a histogram observe and a counter increment). Tokens,
- * expert assignments, experts per token, load balance and FLOP reduction are aggregated natively by the
- * router and read from `stats()` when Prometheus scrapes. Tokens answered by the cache are not routed,
+ * Per call it only times the call and adds it to plain counts (its duration bucket and its entry point):
+ * the prom-client metrics read those counts when Prometheus scrapes, as they read the tokens, expert
+ * assignments, experts per token, load balance and FLOP reduction that the router aggregates natively
+ * (`stats()`). Tokens answered by the cache are not routed,
  * so they count in the cache metrics and not in those router totals.
  */
 import { performance } from 'node:perf_hooks';
-import { Counter, Gauge, Histogram, Registry, type Metric } from 'prom-client';
+import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import { RoutingCache, type CacheStats, type RoutingCacheOptions } from './cache';
 import { RouterError, type ErrorCode } from './errors';
 import { FailoverRouter, type BreakerEvent, type BreakerState } from './failover';
@@ -105,11 +106,23 @@ function checkPositive(name: string, value: number | undefined, integer: boolean
   if (!ok) throw new RouterError('E_CONFIG', `monitor ${name} must be a positive ${integer ? 'integer' : 'number'} (got ${JSON.stringify(value)})`);
 }
 
+/** The duration histogram's bucket bounds: finite positive seconds, strictly increasing. */
+function durationBounds(buckets: readonly number[] | undefined): readonly number[] {
+  if (buckets === undefined) return DEFAULT_DURATION_BUCKETS;
+  const ok = Array.isArray(buckets) && buckets.length > 0 &&
+    buckets.every((b, i) => typeof b === 'number' && Number.isFinite(b) && b > 0 && (i === 0 || b > buckets[i - 1]!));
+  if (!ok) throw new RouterError('E_CONFIG', `monitor durationBuckets must be increasing positive numbers of seconds (got ${JSON.stringify(buckets)})`);
+  return [...buckets];
+}
+
 /**
- * A histogram whose buckets are already counted elsewhere (natively): it reports them as they are,
- * without re-observing every value.
+ * A histogram whose buckets are already counted elsewhere (natively, or by the monitor per call): it
+ * reports them as they are, without re-observing every value. counts[i] holds the observations of
+ * bucket i, whose upper bound is bounds[i] (i itself without bounds); counts past the bounds (those
+ * above the last one) go to +Inf only.
  */
-function countedHistogram(name: string, help: string, registry: Registry, read: () => { counts: ArrayLike<number>; sum: number } | null): void {
+function countedHistogram(name: string, help: string, registry: Registry, bounds: readonly number[] | null,
+  read: () => { counts: ArrayLike<number>; sum: number } | null): void {
   const collector = {
     name,
     help,
@@ -119,10 +132,11 @@ function countedHistogram(name: string, help: string, registry: Registry, read: 
       const snapshot = read();
       const values: { metricName: string; labels: Record<string, string>; value: number }[] = [];
       if (snapshot) {
+        const finite = bounds ? bounds.length : snapshot.counts.length;
         let cumulative = 0;
-        for (let k = 0; k < snapshot.counts.length; k++) {
-          cumulative += snapshot.counts[k]!;
-          values.push({ metricName: `${name}_bucket`, labels: { le: String(k) }, value: cumulative });
+        for (let i = 0; i < snapshot.counts.length; i++) {
+          cumulative += snapshot.counts[i]!;
+          if (i < finite) values.push({ metricName: `${name}_bucket`, labels: { le: String(bounds ? bounds[i] : i) }, value: cumulative });
         }
         values.push({ metricName: `${name}_bucket`, labels: { le: '+Inf' }, value: cumulative });
         values.push({ metricName: `${name}_sum`, labels: {}, value: snapshot.sum });
@@ -144,10 +158,12 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
   private readonly clock: () => number;
   private readonly thresholds: Required<Pick<AlertThresholds, 'hysteresis' | 'minRequests'>> & AlertThresholds;
   private readonly evaluateEvery: number;
-  private readonly requests: Counter<'entry' | 'backend'>;
-  /** Its label children, looked up once per entry and backend instead of hashing labels every call. */
-  private readonly requestCounters = new Map<string, Counter.Internal>();
-  private readonly duration: Histogram;
+  /** Calls by entry point and backend, keyed by `${entry} ${backend}` (exported at scrape time). */
+  private readonly requestCounts = new Map<string, { entry: RouteEntry; backend: string; calls: number }>();
+  /** Call durations: bucket upper bounds in seconds, calls per bucket (one more: above them), sum. */
+  private readonly durationBounds: readonly number[];
+  private readonly durationCounts: Float64Array;
+  private durationSum = 0;
   private readonly errors: Counter<'code'>;
   private readonly latencies: Float64Array;
   private readonly faults: Uint8Array;
@@ -181,6 +197,8 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     this.clock = options.clock ?? (() => performance.now());
     this.thresholds = { errorRate: 0.5, ...alerts, hysteresis, minRequests: alerts.minRequests ?? 20 };
     this.evaluateEvery = options.evaluateEvery ?? 100;
+    this.durationBounds = durationBounds(options.durationBuckets);
+    this.durationCounts = new Float64Array(this.durationBounds.length + 1);
     this.latencies = new Float64Array(window);
     this.faults = new Uint8Array(window);
     this.backendName = router.backend;
@@ -196,8 +214,21 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     const stats = () => this.scrapeStats();
     const cacheStats = () => this.cache?.cacheStats();
 
-    this.requests = new Counter({ name: METRIC.requests, help: 'Route calls, by entry point and serving backend.', labelNames: ['entry', 'backend'], registers });
-    this.duration = new Histogram({ name: METRIC.duration, help: 'Route call latency in seconds.', buckets: options.durationBuckets ?? DEFAULT_DURATION_BUCKETS, registers });
+    const requestCounts = this.requestCounts;
+    new Counter({
+      name: METRIC.requests,
+      help: 'Route calls, by entry point and serving backend.',
+      labelNames: ['entry', 'backend'],
+      registers,
+      collect() {
+        this.reset();
+        for (const { entry, backend, calls } of requestCounts.values()) this.inc({ entry, backend }, calls);
+      },
+    });
+    countedHistogram(METRIC.duration, 'Route call latency in seconds.', registry, this.durationBounds, () => ({
+      counts: this.durationCounts,
+      sum: this.durationSum,
+    }));
     this.errors = new Counter({ name: METRIC.errors, help: 'Failed route calls, by error code.', labelNames: ['code'], registers });
     // Read from the router's native totals (and the cache) when Prometheus scrapes.
     new Counter({
@@ -224,7 +255,7 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
         s.expertAssignments.forEach((count, e) => this.inc({ expert: String(e) }, count));
       },
     });
-    countedHistogram(METRIC.expertsPerToken, 'Experts the strategy chose per token.', registry, () => {
+    countedHistogram(METRIC.expertsPerToken, 'Experts the strategy chose per token.', registry, null, () => {
       const s = stats();
       if (!s) return null;
       const counts = s.expertsPerTokenHistogram;
@@ -348,7 +379,8 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
 
   /** Status, backend, latency, error rate, last error; checks the alerts first. */
   health(): HealthReport {
-    const { p95, errorRate } = this.window();
+    const p95 = this.p95();
+    const errorRate = this.errorRate();
     const stats = this.readStats();
     this.evaluate(p95, errorRate, stats);
     let status: HealthStatus = 'ok';
@@ -427,14 +459,16 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
 
   private record(entry: RouteEntry, started: number, error: unknown): void {
     const ms = this.clock() - started;
-    this.duration.observe(ms / 1000);
+    const seconds = ms / 1000;
+    const bounds = this.durationBounds;
+    let bucket = 0;
+    while (bucket < bounds.length && seconds > bounds[bucket]!) ++bucket;
+    ++this.durationCounts[bucket]!;
+    this.durationSum += seconds;
     const key = `${entry} ${this.backendName}`;
-    let counter = this.requestCounters.get(key);
-    if (!counter) {
-      counter = this.requests.labels({ entry, backend: this.backendName });
-      this.requestCounters.set(key, counter);
-    }
-    counter.inc();
+    const calls = this.requestCounts.get(key);
+    if (calls) ++calls.calls;
+    else this.requestCounts.set(key, { entry, backend: this.backendName, calls: 1 });
     let fault = 0;
     if (error !== undefined) {
       const code = errorCode(error);
@@ -447,18 +481,26 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     this.next = (this.next + 1) % this.latencies.length;
     this.filled = Math.min(this.filled + 1, this.latencies.length);
     if (++this.sinceEvaluation >= this.evaluateEvery) {
-      const { p95, errorRate } = this.window();
-      this.evaluate(p95, errorRate, this.readStats());
+      // Only what a configured alert needs: sorting the window and reading the router's stats cost
+      // more than the rest of the call's accounting together.
+      const t = this.thresholds;
+      this.evaluate(t.p95LatencyMs !== undefined ? this.p95() : 0, this.errorRate(), t.loadBalanceScore !== undefined ? this.readStats() : null);
     }
   }
 
-  private window(): { p95: number; errorRate: number } {
+  /** The p95 latency (ms) over the window. */
+  private p95(): number {
     const n = this.filled;
-    if (n === 0) return { p95: 0, errorRate: 0 };
-    const sorted = this.latencies.slice(0, n).sort();
+    if (n === 0) return 0;
+    return this.latencies.slice(0, n).sort()[Math.ceil(0.95 * n) - 1]!;
+  }
+
+  /** The share of failed calls over the window. */
+  private errorRate(): number {
+    const n = this.filled;
     let faults = 0;
     for (let i = 0; i < n; i++) faults += this.faults[i]!;
-    return { p95: sorted[Math.ceil(0.95 * n) - 1]!, errorRate: faults / n };
+    return n === 0 ? 0 : faults / n;
   }
 
   private evaluate(p95: number, errorRate: number, stats: RouterStats | null): void {

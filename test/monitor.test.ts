@@ -110,6 +110,28 @@ describe('MonitoredRouter metrics', () => {
     expect(samples.get('moe_router_cache_hits_total')).toBe(0);
   });
 
+  it('puts each call in the duration bucket of its latency (le inclusive), and checks the bounds', async () => {
+    const { state, clock } = steppedClock();
+    const m = own(new MonitoredRouter(makeRouter(), { clock, durationBuckets: [0.001, 0.01, 0.1] }));
+    const latenciesMs = [0.5, 1, 2, 10, 10.5, 250, 3];
+    for (const ms of latenciesMs) {
+      state.latency = ms;
+      release(m.route(data(1, D, 9)));
+    }
+    const { samples } = parse(await m.metricsText());
+    const bucket = (le: string) => samples.get(`moe_router_request_duration_seconds_bucket{le="${le}"}`);
+    const below = (bound: number) => latenciesMs.filter((ms) => ms / 1000 <= bound).length;
+    expect(bucket('0.001')).toBe(below(0.001)); // 0.5 and 1 ms
+    expect(bucket('0.01')).toBe(below(0.01));
+    expect(bucket('0.1')).toBe(below(0.1));
+    expect(bucket('+Inf')).toBe(latenciesMs.length);
+    expect(samples.get('moe_router_request_duration_seconds_count')).toBe(latenciesMs.length);
+    expect(samples.get('moe_router_request_duration_seconds_sum')).toBeCloseTo(latenciesMs.reduce((s, ms) => s + ms / 1000, 0), 12);
+    for (const durationBuckets of [[], [0.01, 0.001], [0, 1], [1, Number.NaN]]) {
+      expect(() => new MonitoredRouter(own(makeRouter()), { durationBuckets })).toThrow(/durationBuckets must be increasing positive/);
+    }
+  });
+
   it('counts cache hits and misses, and registers into a registry it is given', async () => {
     const registry = new Registry();
     const m = own(new MonitoredRouter(makeRouter(), { registry, cache: { maxBytes: 1 << 20 } }));
