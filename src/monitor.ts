@@ -4,8 +4,8 @@
  * Per call it only times the call and adds it to plain counts (its duration bucket and its entry point):
  * the prom-client metrics read those counts when Prometheus scrapes, as they read the tokens, expert
  * assignments, experts per token, load balance and FLOP reduction that the router aggregates natively
- * (`stats()`). Tokens answered by the cache are not routed,
- * so they count in the cache metrics and not in those router totals.
+ * (`stats()`). Tokens answered by the cache are not routed, so they count in the cache metrics and not
+ * in those router totals.
  */
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
