@@ -121,8 +121,8 @@ export interface NativeAddon {
   DeviceBuffer: new (bytes: number) => NativeDeviceBuffer;
   version(): string;
   backendAvailable(code: number): boolean;
-  /** 32 hex digits of moe_hash128 over the view's bytes (cache keys). */
-  hash128(view: ArrayBufferView): string;
+  /** `prefix` (default '', under 200 characters) then 32 hex digits of moe_hash128 over the view's bytes (cache keys). */
+  hash128(view: ArrayBufferView, prefix?: string): string;
   /** Built into this binary, whether or not this machine can run it. */
   backendCompiled(code: number): boolean;
 }

@@ -44,7 +44,70 @@ export interface CacheStats {
 const ENTRY_OVERHEAD_BYTES = 200;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
-/** A routing answer with arrays of its own: what the cache stores and what a hit returns. */
+/** A result's arrays in the order a packed copy keeps them (all of 4-byte elements). */
+function partsOf(source: RoutingResult): (Int32Array | Float32Array)[] {
+  const parts = [source.experts, source.weights, source.expertsPerToken, source.expertCounts, source.invalidTokens];
+  if (source.dispatch) parts.push(source.dispatch.offsets, source.dispatch.slots);
+  return parts;
+}
+
+/**
+ * @internal What request mode keeps for one answer: its arrays packed one after another into one buffer (no
+ * views of each array until a hit copies it out) and its scalars. A few objects per entry rather than
+ * one per array keeps the garbage collector's work small when the cache holds 10⁵ entries, and an
+ * evicted entry is refilled by the next answer of its size instead of being left to the collector.
+ */
+export class StoredRouting {
+  readonly ints: Int32Array;
+  /** The same bytes, for copying the weights bit for bit. */
+  readonly floats: Float32Array;
+  /** The length of each array of partsOf(). */
+  readonly lengths: number[] = [];
+  tokens = 0;
+  topK = 0;
+  auxLoss?: number;
+  zLoss?: number;
+  entropy?: number;
+  flopReduction = 0;
+  droppedAssignments = 0;
+
+  constructor(bytes: number) {
+    this.ints = new Int32Array(bytes / 4);
+    this.floats = new Float32Array(this.ints.buffer);
+  }
+
+  static bytesOf(parts: readonly (Int32Array | Float32Array)[]): number {
+    let bytes = 0;
+    for (const part of parts) bytes += part.byteLength;
+    return bytes;
+  }
+
+  /** Copies `source` in; `parts` are partsOf(source) and fill this buffer exactly. */
+  fill(source: RoutingResult, parts: readonly (Int32Array | Float32Array)[]): this {
+    let at = 0;
+    this.lengths.length = parts.length;
+    parts.forEach((part, i) => {
+      if (part instanceof Float32Array) this.floats.set(part, at);
+      else this.ints.set(part, at);
+      at += part.length;
+      this.lengths[i] = part.length;
+    });
+    this.tokens = source.tokens;
+    this.topK = source.topK;
+    this.auxLoss = source.auxLoss;
+    this.zLoss = source.zLoss;
+    this.entropy = source.entropy;
+    this.flopReduction = source.flopReduction;
+    this.droppedAssignments = source.droppedAssignments;
+    return this;
+  }
+
+  get byteLength(): number {
+    return this.ints.byteLength;
+  }
+}
+
+/** A routing answer with arrays of its own: what a hit returns. */
 export class CachedRouting implements RoutingResult {
   readonly tokens: number;
   readonly topK: number;
@@ -62,47 +125,49 @@ export class CachedRouting implements RoutingResult {
 
   /** The one buffer all its arrays are views of. */
   private readonly buffer: ArrayBuffer;
-  /** Where release() gives the buffer back; absent for the entries the cache keeps. */
+  /** Where release() gives the buffer back; absent when it has none. */
   private pool?: BufferPool<ArrayBuffer>;
 
   /**
    * Copies every array of `source` into one buffer of its own (one allocation, not one per array);
-   * the copy does not depend on `source` afterwards. A CachedRouting (a hit handing out its entry)
-   * is copied whole, into a buffer from `pool` when one is given (release() then gives it back: a
-   * fresh ArrayBuffer of a few KiB costs V8 about as much as a small route).
+   * the copy does not depend on `source` afterwards. The buffer comes from `pool` when one is given
+   * (release() then gives it back: a fresh ArrayBuffer of a few KiB costs V8 about as much as a small
+   * route).
    */
-  constructor(source: RoutingResult, pool?: BufferPool<ArrayBuffer>) {
-    const d = source.dispatch;
-    const parts = [source.experts, source.weights, source.expertsPerToken, source.expertCounts, source.invalidTokens];
-    if (d) parts.push(d.offsets, d.slots);
-    const whole = source instanceof CachedRouting;
-    const bytes = parts.reduce((n, part) => n + part.byteLength, 0);
+  constructor(source: RoutingResult | StoredRouting, pool?: BufferPool<ArrayBuffer>) {
+    const stored = source instanceof StoredRouting ? source : undefined;
+    const parts = stored ? undefined : partsOf(source as RoutingResult);
+    const bytes = stored ? stored.byteLength : StoredRouting.bytesOf(parts!);
     this.buffer = pool ? pool.acquire(bytes, (n) => new ArrayBuffer(n)) : new ArrayBuffer(bytes);
     this.pool = pool;
-    if (whole) new Uint8Array(this.buffer).set(new Uint8Array(source.buffer));
+    if (stored) new Int32Array(this.buffer).set(stored.ints);
+    const lengths = stored ? stored.lengths : parts!.map((part) => part.length);
     let at = 0;
-    const copy = <T extends Int32Array | Float32Array>(part: T): T => {
-      const offset = whole ? part.byteOffset : at;
-      const view = (part instanceof Float32Array ? new Float32Array(this.buffer, offset, part.length) : new Int32Array(this.buffer, offset, part.length)) as T;
-      if (!whole) view.set(part);
-      at += part.byteLength;
+    let index = 0;
+    const next = <T extends Int32Array | Float32Array>(kind: new (buffer: ArrayBuffer, offset: number, length: number) => T): T => {
+      const length = lengths[index]!;
+      const view = new kind(this.buffer, at, length);
+      if (parts) view.set(parts[index]!);
+      at += 4 * length;
+      index += 1;
       return view;
     };
-    this.tokens = source.tokens;
-    this.topK = source.topK;
-    this.experts = copy(source.experts);
-    this.weights = copy(source.weights);
-    this.expertsPerToken = copy(source.expertsPerToken);
-    this.expertCounts = copy(source.expertCounts);
-    this.invalidTokens = copy(source.invalidTokens);
-    if (d) this.dispatch = { offsets: copy(d.offsets), slots: copy(d.slots) };
-    if (source.auxLoss !== undefined) {
-      this.auxLoss = source.auxLoss;
-      this.zLoss = source.zLoss;
-      this.entropy = source.entropy;
+    this.experts = next(Int32Array);
+    this.weights = next(Float32Array);
+    this.expertsPerToken = next(Int32Array);
+    this.expertCounts = next(Int32Array);
+    this.invalidTokens = next(Int32Array);
+    if (lengths.length > 5) this.dispatch = { offsets: next(Int32Array), slots: next(Int32Array) };
+    const scalars = stored ?? (source as RoutingResult);
+    this.tokens = scalars.tokens;
+    this.topK = scalars.topK;
+    if (scalars.auxLoss !== undefined) {
+      this.auxLoss = scalars.auxLoss;
+      this.zLoss = scalars.zLoss;
+      this.entropy = scalars.entropy;
     }
-    this.flopReduction = source.flopReduction;
-    this.droppedAssignments = source.droppedAssignments;
+    this.flopReduction = scalars.flopReduction;
+    this.droppedAssignments = scalars.droppedAssignments;
   }
 
   /** A pooled copy's buffer goes back to its cache (its arrays must not be used afterwards); otherwise nothing. */
@@ -127,7 +192,7 @@ interface TokenRow {
   invalid: boolean;
 }
 
-type Entry = CachedRouting | TokenRow;
+type Entry = StoredRouting | TokenRow;
 
 interface Rows {
   data: TensorData;
@@ -151,8 +216,9 @@ function rowsOf(input: RouteInput, width: number): Rows | null {
   return null;
 }
 
-function digest(data: TensorData): string {
-  return loadNative().hash128(data);
+/** `prefix` followed by the hash of every byte of `data`. */
+function keyOf(prefix: string, data: TensorData): string {
+  return loadNative().hash128(data, prefix);
 }
 
 /** A token-mode plan: the rows found in the cache and the ones still to route. */
@@ -171,6 +237,8 @@ export class RoutingCache extends RouterWrapper implements Routable {
   private readonly lru: LRUCache<string, Entry>;
   /** The buffers of the copies request-mode hits hand out. */
   private readonly copies = new BufferPool<ArrayBuffer>();
+  /** Evicted request-mode entries, refilled by the next answer of their size. */
+  private readonly spare = new BufferPool<StoredRouting>();
   private version: number;
   private hits = 0;
   private misses = 0;
@@ -197,9 +265,10 @@ export class RoutingCache extends RouterWrapper implements Routable {
       sizeCalculation: (entry, key) =>
         ENTRY_OVERHEAD_BYTES +
         2 * key.length +
-        (entry instanceof CachedRouting ? entry.byteLength : entry.experts.byteLength + entry.weights.byteLength),
-      dispose: (_entry, _key, reason) => {
+        (entry instanceof StoredRouting ? entry.byteLength : entry.experts.byteLength + entry.weights.byteLength),
+      dispose: (entry, _key, reason) => {
         if (reason === 'evict') this.evictions += 1;
+        if (entry instanceof StoredRouting) this.spare.release(entry.byteLength, entry);
       },
     });
   }
@@ -314,15 +383,23 @@ export class RoutingCache extends RouterWrapper implements Routable {
     if (this.router.configVersion === version) this.lru.set(key, entry);
   }
 
+  /** store() for a whole answer, packed into a spare entry of its size when there is one. */
+  private storeRequest(key: string, version: number, result: RoutingResult): void {
+    if (this.router.configVersion !== version) return;
+    const parts = partsOf(result);
+    const bytes = StoredRouting.bytesOf(parts);
+    this.lru.set(key, this.spare.acquire(bytes, (n) => new StoredRouting(n)).fill(result, parts));
+  }
+
   // Request mode ------------------------------------------------------------------------------------
 
   private requestKey(input: RouteInput, isLogits: boolean): { key: string; version: number; hit?: CachedRouting } | null {
     const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
     if (!rows) return null;
     const version = this.currentVersion();
-    const key = `${this.prefix(rows, isLogits, version)}${rows.tokens}:${digest(rows.data)}`;
+    const key = keyOf(`${this.prefix(rows, isLogits, version)}${rows.tokens}:`, rows.data);
     const found = this.lru.get(key);
-    if (found instanceof CachedRouting) {
+    if (found instanceof StoredRouting) {
       this.hits += 1;
       return { key, version, hit: new CachedRouting(found, this.copies) };
     }
@@ -334,7 +411,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const lookup = this.requestKey(input, isLogits);
     if (lookup?.hit) return lookup.hit;
     const result = this.direct(input, isLogits);
-    if (lookup) this.store(lookup.key, lookup.version, new CachedRouting(result));
+    if (lookup) this.storeRequest(lookup.key, lookup.version, result);
     return result;
   }
 
@@ -342,7 +419,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const lookup = this.requestKey(input, isLogits);
     if (lookup?.hit) return lookup.hit;
     const result = await this.directAsync(input, isLogits);
-    if (lookup) this.store(lookup.key, lookup.version, new CachedRouting(result));
+    if (lookup) this.storeRequest(lookup.key, lookup.version, result);
     return result;
   }
 
@@ -358,10 +435,10 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const found: (TokenRow | undefined)[] = new Array(tokens);
     const missing: number[] = [];
     for (let t = 0; t < tokens; t++) {
-      const key = prefix + digest(data.subarray(t * width, (t + 1) * width));
+      const key = keyOf(prefix, data.subarray(t * width, (t + 1) * width));
       keys[t] = key;
       const entry = this.lru.get(key);
-      if (entry && !(entry instanceof CachedRouting)) {
+      if (entry && !(entry instanceof StoredRouting)) {
         found[t] = entry;
       } else {
         missing.push(t);

@@ -142,6 +142,44 @@ describe('RoutingCache, request mode', () => {
     expect(cache.cacheStats()).toMatchObject({ hits: 1, misses: 41 });
   });
 
+  it('answers right from entries refilled after evictions, every array and scalar included', () => {
+    // Losses, dispatch, capacity drops and sanitized rows: every part a stored answer packs. Batches
+    // of 3, 4 and 5 tokens make entries of several sizes; the small bound evicts all the time, so most
+    // answers are written into the buffers of evicted ones.
+    const r = router({ losses: true, dispatch: true, capacityFactor: 1, validation: 'sanitize' });
+    const cache = new RoutingCache(r, { maxBytes: 6000 });
+    const full = (x: Float32Array) => {
+      const result = r.route(x);
+      const snapshot = {
+        ...plain(result),
+        dispatch: { offsets: Array.from(result.dispatch!.offsets), slots: Array.from(result.dispatch!.slots) },
+        losses: [result.auxLoss, result.zLoss, result.entropy],
+      };
+      result.release();
+      return snapshot;
+    };
+    const inputs = Array.from({ length: 60 }, (_, i) => {
+      const x = data(3 + (i % 3), D, 300 + i);
+      if (i % 4 === 0) x[D + 5] = Number.NaN;
+      return x;
+    });
+    for (const x of inputs) cache.route(x).release();
+    expect(cache.cacheStats().evictions).toBeGreaterThan(40);
+    let hits = 0;
+    for (const x of inputs.slice(-10).reverse()) {
+      const before = cache.cacheStats().hits;
+      const answer = cache.route(x);
+      hits += cache.cacheStats().hits - before;
+      expect({
+        ...plain(answer),
+        dispatch: { offsets: Array.from(answer.dispatch!.offsets), slots: Array.from(answer.dispatch!.slots) },
+        losses: [answer.auxLoss, answer.zLoss, answer.entropy],
+      }).toEqual(full(x));
+      answer.release();
+    }
+    expect(hits).toBeGreaterThan(0);
+  });
+
   it('leaves bad input to the router, which says what is wrong', () => {
     const r = router();
     const cache = new RoutingCache(r);

@@ -72,6 +72,19 @@ describe('hash128', () => {
     }
   });
 
+  it('puts a key prefix in front, reads every element size and refuses what it cannot hash', () => {
+    const data = Float64Array.from({ length: 33 }, (_, i) => Math.cos(i));
+    expect(hash128(data, 'h:f32:8:0:1:')).toBe(`h:f32:8:0:1:${hash128(data)}`);
+    expect(hash128(data, '')).toBe(hash128(data));
+    const bytes = new Uint8Array(data.buffer);
+    for (const view of [data, new Int16Array(data.buffer), new BigInt64Array(data.buffer), new Float32Array(data.buffer)]) {
+      expect(hash128(view)).toBe(referenceHash(bytes));
+    }
+    expect(() => hash128({} as Uint8Array)).toThrow(expect.objectContaining({ code: 'E_DTYPE' }));
+    expect(() => hash128(data, 'x'.repeat(200))).toThrow(/prefix/);
+    expect(hash128(data, 'x'.repeat(199))).toHaveLength(199 + 32);
+  });
+
   it('tells lengths apart even when the extra bytes are zero', () => {
     const digests = new Set(Array.from({ length: 70 }, (_, n) => hash128(new Uint8Array(n))));
     expect(digests.size).toBe(70);
