@@ -123,6 +123,8 @@ export interface NativeAddon {
   backendAvailable(code: number): boolean;
   /** `prefix` (default '', under 200 characters) then 32 hex digits of moe_hash128 over the view's bytes (cache keys). */
   hash128(view: ArrayBufferView, prefix?: string): string;
+  /** The same for each of `rows` equal rows of the view (rows must divide its length). */
+  hash128(view: ArrayBufferView, prefix: string, rows: number): string[];
   /** Built into this binary, whether or not this machine can run it. */
   backendCompiled(code: number): boolean;
 }

@@ -216,11 +216,6 @@ function rowsOf(input: RouteInput, width: number): Rows | null {
   return null;
 }
 
-/** `prefix` followed by the hash of every byte of `data`. */
-function keyOf(prefix: string, data: TensorData): string {
-  return loadNative().hash128(data, prefix);
-}
-
 /** A token-mode plan: the rows found in the cache and the ones still to route. */
 interface Plan {
   rows: Rows;
@@ -397,7 +392,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
     if (!rows) return null;
     const version = this.currentVersion();
-    const key = keyOf(`${this.prefix(rows, isLogits, version)}${rows.tokens}:`, rows.data);
+    const key = loadNative().hash128(rows.data, `${this.prefix(rows, isLogits, version)}${rows.tokens}:`);
     const found = this.lru.get(key);
     if (found instanceof StoredRouting) {
       this.hits += 1;
@@ -430,14 +425,12 @@ export class RoutingCache extends RouterWrapper implements Routable {
     if (!rows) return null;
     const version = this.currentVersion();
     const prefix = this.prefix(rows, isLogits, version);
-    const { data, width, tokens } = rows;
-    const keys: string[] = new Array(tokens);
+    const { data, tokens } = rows;
+    const keys = loadNative().hash128(data, prefix, tokens);
     const found: (TokenRow | undefined)[] = new Array(tokens);
     const missing: number[] = [];
     for (let t = 0; t < tokens; t++) {
-      const key = keyOf(prefix, data.subarray(t * width, (t + 1) * width));
-      keys[t] = key;
-      const entry = this.lru.get(key);
+      const entry = this.lru.get(keys[t]!);
       if (entry && !(entry instanceof StoredRouting)) {
         found[t] = entry;
       } else {

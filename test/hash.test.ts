@@ -85,6 +85,17 @@ describe('hash128', () => {
     expect(hash128(data, 'x'.repeat(199))).toHaveLength(199 + 32);
   });
 
+  it('makes one key per row when asked for rows, each the key of that row alone', () => {
+    const data = Uint16Array.from({ length: 5 * 24 }, (_, i) => (i * 7919) & 0xffff);
+    const rows = hash128(data, 't:', 5);
+    expect(rows).toEqual([0, 1, 2, 3, 4].map((r) => hash128(data.subarray(r * 24, (r + 1) * 24), 't:')));
+    expect(new Set(rows).size).toBe(5);
+    expect(hash128(new Float32Array(0), 't:', 0)).toEqual([]);
+    for (const bad of [7, 0, -1, 2.5, Number.NaN]) {
+      expect(() => hash128(data, 't:', bad), String(bad)).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+    }
+  });
+
   it('tells lengths apart even when the extra bytes are zero', () => {
     const digests = new Set(Array.from({ length: 70 }, (_, n) => hash128(new Uint8Array(n))));
     expect(digests.size).toBe(70);

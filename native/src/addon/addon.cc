@@ -16,11 +16,17 @@ Napi::Value BackendAvailable(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), moe_backend_available(static_cast<moe_backend>(code)) != 0);
 }
 
-// hash128(view: TypedArray, prefix = '') -> prefix followed by the 32 hex digits of moe_hash128 over
-// the view's bytes: a cache key made in one call and one string. A key is asked for on every cached
-// route, so this uses one napi_get_typedarray_info call rather than Napi::TypedArray's several.
+// hash128(view: TypedArray, prefix = '', rows?) -> prefix followed by the 32 hex digits of
+// moe_hash128 over the view's bytes: a cache key made in one call and one string. With `rows`, an
+// array of `rows` such keys, one per equal row of the view (token mode's keys in one call). Keys are
+// asked for on every cached route, so this uses one napi_get_typedarray_info call rather than
+// Napi::TypedArray's several, and writes the hex digits itself.
 Napi::Value Hash128(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const auto fail = [&](const char* message, moe_status code = MOE_E_DTYPE) {
+    moe_addon::make_error(env, code, message).ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
   napi_typedarray_type type;
   size_t length = 0;
   void* data = nullptr;
@@ -28,28 +34,38 @@ Napi::Value Hash128(const Napi::CallbackInfo& info) {
   static constexpr size_t kElementBytes[] = {1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8};
   if (info.Length() < 1 ||
       napi_get_typedarray_info(env, info[0], &type, &length, &data, nullptr, nullptr) != napi_ok ||
-      static_cast<size_t>(type) >= sizeof kElementBytes / sizeof kElementBytes[0]) {
-    moe_addon::make_error(env, MOE_E_DTYPE, "hash128 needs a TypedArray").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+      static_cast<size_t>(type) >= sizeof kElementBytes / sizeof kElementBytes[0])
+    return fail("hash128 needs a TypedArray");
   constexpr size_t kMaxPrefix = 200;
   char key[kMaxPrefix + 1 + 32];
-  size_t at = 0;
+  size_t prefix = 0;
   // The prefix is read NUL-terminated into key[0, kMaxPrefix + 1); one that fills it may be cut short.
   if (info.Length() > 1 && !info[1].IsUndefined() &&
-      (napi_get_value_string_latin1(env, info[1], key, kMaxPrefix + 1, &at) != napi_ok || at == kMaxPrefix)) {
-    moe_addon::make_error(env, MOE_E_DTYPE, "hash128's prefix must be a string shorter than 200 characters")
-        .ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  uint64_t digest[2];
-  moe_hash128(data, length * kElementBytes[type], 0, digest);
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (uint64_t word : digest)
-    for (int shift = 60; shift >= 0; shift -= 4) key[at++] = kHex[(word >> shift) & 15];
-  napi_value out;
-  napi_create_string_latin1(env, key, at, &out);
-  return Napi::Value(env, out);
+      (napi_get_value_string_latin1(env, info[1], key, kMaxPrefix + 1, &prefix) != napi_ok || prefix == kMaxPrefix))
+    return fail("hash128's prefix must be a string shorter than 200 characters");
+  const auto key_of = [&](const char* bytes, size_t count) {
+    uint64_t digest[2];
+    moe_hash128(bytes, count, 0, digest);
+    static constexpr char kHex[] = "0123456789abcdef";
+    size_t at = prefix;
+    for (uint64_t word : digest)
+      for (int shift = 60; shift >= 0; shift -= 4) key[at++] = kHex[(word >> shift) & 15];
+    napi_value out;
+    napi_create_string_latin1(env, key, at, &out);
+    return out;
+  };
+  const char* bytes = static_cast<const char*>(data);
+  const size_t element = kElementBytes[type];
+  if (info.Length() < 3 || info[2].IsUndefined()) return Napi::Value(env, key_of(bytes, length * element));
+  const double rows = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : -1;
+  if (!(rows >= 0 && rows <= 4294967295.0) || rows != static_cast<double>(static_cast<uint32_t>(rows)) ||
+      (rows == 0 ? length != 0 : length % static_cast<uint32_t>(rows) != 0))
+    return fail("hash128's rows must be a whole number that divides the view's length", MOE_E_SHAPE);
+  const uint32_t n = static_cast<uint32_t>(rows);
+  const size_t row_bytes = n == 0 ? 0 : length / n * element;
+  Napi::Array keys = Napi::Array::New(env, n);
+  for (uint32_t r = 0; r < n; ++r) napi_set_element(env, keys, r, key_of(bytes + r * row_bytes, row_bytes));
+  return keys;
 }
 
 // backendCompiled(code: number) -> boolean: built into this binary, runnable here or not.
