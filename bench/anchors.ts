@@ -2,7 +2,8 @@
  * `npm run bench:anchors`: in one run, on the same workloads, our router against PyTorch CPU
  * (bench/anchor_torch.py under Debian's python3-torch) and onnxruntime-node, with the two machine
  * ceilings measured by PyTorch, the floor of every workload and the ratios against issue 3's targets.
- * Prints a table and writes it as JSON under bench/results/.
+ * PyTorch runs first, in its own process; onnxruntime and our cases of each workload are then timed in
+ * five alternating rounds (`measureTogether`). Prints a table and writes it as JSON under bench/results/.
  *
  * Flags: those of `moe-router bench` (a shape or --workload, --dtype, --logits, --backend, --threads
  * (default 2 here), --time, --cap, --json: print the JSON document instead of the table), plus
@@ -13,14 +14,15 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  benchRouter,
+  benchRecord,
   formatMs,
   formatRow,
   gateWeight,
   makeInputs,
-  measure,
+  measureTogether,
   parseBenchArgs,
   rotationCount,
+  routerTask,
   type BenchRecord,
   type Column,
   type Measurement,
@@ -73,20 +75,20 @@ function runTorch(python: string, workloads: Workload[], threads: number, timing
   return run as TorchRun;
 }
 
-async function runOrt(workload: Workload, inputs: Float32Array[], threads: number, timing: Timing): Promise<Measurement> {
+/** onnxruntime's session for a workload, and the call that runs it on the next input of the rotation. */
+async function ortTask(workload: Workload, inputs: Float32Array[], threads: number): Promise<{ run: () => Promise<unknown>; release: () => Promise<void> }> {
   const graph = workload.kind === 'gate' ? gateGraph(workload, gateWeight(workload)) : logitsGraph(workload);
   const session = await createSession(graph, threads);
-  try {
-    const rotation = feeds(graph, inputs);
-    let next = 0;
-    return await measure(() => {
+  const rotation = feeds(graph, inputs);
+  let next = 0;
+  return {
+    run: () => {
       const run = session.run(rotation[next]!);
       next = (next + 1) % rotation.length;
       return run;
-    }, timing);
-  } finally {
-    await session.release();
-  }
+    },
+    release: () => session.release(),
+  };
 }
 
 interface Row {
@@ -170,18 +172,27 @@ async function main(argv: string[]): Promise<void> {
   const torch = runTorch(python, workloads, threads, timing);
   const ceilings: Ceilings = { gflops: torch.gemm.gflops, gbps: torch.read.gbps };
 
+  // onnxruntime and our cases of a workload are timed in alternating rounds (measureTogether), so that
+  // the ratios between them do not depend on which of the machine's phases each happened to fall in.
   const rows: Row[] = [];
   for (const workload of workloads) {
-    log(`  onnxruntime ${workload.name}`);
-    const f32 = makeInputs(workload, 'f32');
-    const ort = await runOrt(workload, f32.map((t) => t.data as Float32Array), threads, timing);
-    for (const { dtype } of command.cases.filter((c) => c.workload === workload)) {
-      const inputs = dtype === 'f32' ? f32 : makeInputs(workload, dtype);
-      for (const backend of command.backends) {
-        log(`  ours ${workload.name} ${dtype}${backend ? ` ${backend}` : ''}`);
-        const ours = await benchRouter({ workload, dtype, backend, threads }, inputs, timing);
-        rows.push(compare(ours, workload, torch.workloads.get(workload.name)!, ort, ceilings));
-      }
+    const cases = command.cases
+      .filter((c) => c.workload === workload)
+      .flatMap(({ dtype }) => command.backends.map((backend) => ({ workload, dtype, backend, threads })));
+    log(`  onnxruntime and ours, alternating: ${workload.name} (${cases.map((c) => `${c.dtype}${c.backend ? ` ${c.backend}` : ''}`).join(', ')})`);
+    const inputs = new Map(command.cases.filter((c) => c.workload === workload).map(({ dtype }) => [dtype, makeInputs(workload, dtype)]));
+    const f32 = inputs.get('f32') ?? makeInputs(workload, 'f32');
+    const ort = await ortTask(workload, f32.map((t) => t.data as Float32Array), threads);
+    const ours = cases.map((c) => routerTask(c, inputs.get(c.dtype)!));
+    try {
+      const [ortTime, ...ourTimes] = await measureTogether([ort.run, ...ours.map((task) => task.run)], timing);
+      cases.forEach((c, i) => {
+        const record = benchRecord(c, ours[i]!.router.backend, ourTimes[i]!);
+        rows.push(compare(record, workload, torch.workloads.get(workload.name)!, ortTime!, ceilings));
+      });
+    } finally {
+      for (const task of ours) task.router.dispose();
+      await ort.release();
     }
   }
 
@@ -225,7 +236,8 @@ async function main(argv: string[]): Promise<void> {
     out(`WARNING: PyTorch runs on ${torch.info.blas}, not an optimized BLAS: the GEMM ceiling and the torch anchor are too slow. ` +
       'apt-get install -y libopenblas0-openmp');
   }
-  out('Median times; anchors in f32 (a bf16 row is compared with them); floor = max(FLOPs / GEMM, bytes / read bandwidth)');
+  out('Median times (ours and onnxruntime in alternating rounds); anchors in f32 (a bf16 row is compared with them); ' +
+    'floor = max(FLOPs / GEMM, bytes / read bandwidth)');
   out('');
   out(formatRow(COLUMNS, COLUMNS.map((c) => c.title)));
   for (const r of rows) {

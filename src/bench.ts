@@ -1,7 +1,8 @@
 /**
  * `moe-router bench`: times routing on the canonical workloads (or one shape) with tinybench.
  * The one measuring loop of the project: the CLI and the anchor comparison (bench/anchors.ts) call
- * `measure`, so every number in a table was taken the same way.
+ * `measure` (or `measureTogether`, its alternating form), so every number in a table was taken the
+ * same way.
  */
 import { parseArgs } from 'node:util';
 import { Bench, hrtimeNow } from 'tinybench';
@@ -78,6 +79,33 @@ export interface Measurement {
 
 /** Times fn (sync, or async when it returns a promise) under the timing policy above. */
 export async function measure(fn: () => unknown, timing: Timing = DEFAULT_TIMING): Promise<Measurement> {
+  return summarize(await sample(fn, timing));
+}
+
+/**
+ * Times several functions in `rounds` alternating rounds, each round giving every function a
+ * 1/rounds share of the timing policy (warm-up in the first round only), and pools each one's
+ * samples. For times compared with each other (bench/anchors.ts: ours against onnxruntime): the
+ * development machine runs 30–50% slower in phases lasting seconds, and back-to-back runs of a
+ * second each could land in different phases (decode-olmoe read 0.22× and 0.49× the anchor in two
+ * runs a minute apart).
+ */
+export async function measureTogether(fns: readonly (() => unknown)[], timing: Timing = DEFAULT_TIMING, rounds = 5): Promise<Measurement[]> {
+  const pooled: number[][] = fns.map(() => []);
+  for (let round = 0; round < rounds; round++) {
+    const share: Timing = {
+      timeMs: timing.timeMs / rounds,
+      capMs: timing.capMs / rounds,
+      minSamples: Math.ceil(timing.minSamples / rounds),
+      warmupMs: round === 0 ? timing.warmupMs : 0,
+    };
+    for (const [i, fn] of fns.entries()) pooled[i]!.push(...(await sample(fn, share)));
+  }
+  return pooled.map(summarize);
+}
+
+/** The latencies (ms) of fn under `timing`. */
+async function sample(fn: () => unknown, timing: Timing): Promise<number[]> {
   const start = hrtimeNow();
   const probe = fn();
   const isAsync = probe instanceof Promise;
@@ -95,8 +123,21 @@ export async function measure(fn: () => unknown, timing: Timing = DEFAULT_TIMING
   bench.add('measure', fn);
   if (isAsync) await bench.run();
   else bench.runSync();
-  const latency = bench.tasks[0]!.result!.latency;
-  return { median_ms: latency.p50!, p99_ms: latency.p99!, mean_ms: latency.mean, min_ms: latency.min, samples: latency.samples.length };
+  return [...bench.tasks[0]!.result!.latency.samples];
+}
+
+/** Median (the mean of the middle two for an even count), p99 (nearest rank), mean and minimum. */
+function summarize(samples: readonly number[]): Measurement {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const n = sorted.length;
+  const median = n % 2 === 1 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+  return {
+    median_ms: median,
+    p99_ms: sorted[Math.max(0, Math.ceil(0.99 * n) - 1)]!,
+    mean_ms: sorted.reduce((sum, value) => sum + value, 0) / n,
+    min_ms: sorted[0]!,
+    samples: n,
+  };
 }
 
 /**
@@ -202,35 +243,48 @@ export function createRouter(c: RouterCase): DynamicRouter {
 
 const significant = (value: number): number => Number(value.toPrecision(6));
 
-/** Times `route` (or `routeLogits`) of one case over its rotation set, releasing every result. */
-export async function benchRouter(c: RouterCase, inputs: readonly Tensor[], timing: Timing = DEFAULT_TIMING): Promise<BenchRecord> {
+/** A case's router, and the call that routes the next input of its rotation set and releases the result. */
+export function routerTask(c: RouterCase, inputs: readonly Tensor[]): { router: DynamicRouter; run: () => void } {
   const router = createRouter(c);
-  try {
-    const route = c.workload.kind === 'gate' ? (x: Tensor) => router.route(x) : (x: Tensor) => router.routeLogits(x);
-    let next = 0;
-    const m = await measure(() => {
+  const route = c.workload.kind === 'gate' ? (x: Tensor) => router.route(x) : (x: Tensor) => router.routeLogits(x);
+  let next = 0;
+  return {
+    router,
+    run: () => {
       route(inputs[next]!).release();
       next = (next + 1) % inputs.length;
-    }, timing);
-    const { workload } = c;
-    return {
-      workload: workload.name,
-      kind: workload.kind,
-      tokens: workload.tokens,
-      hidden: workload.hidden,
-      experts: workload.experts,
-      topK: workload.topK,
-      dtype: c.dtype,
-      strategy: c.strategy ?? 'top-k',
-      backend: router.backend,
-      threads: c.threads ?? 0,
-      median_ms: significant(m.median_ms),
-      p99_ms: significant(m.p99_ms),
-      mean_ms: significant(m.mean_ms),
-      min_ms: significant(m.min_ms),
-      samples: m.samples,
-      tokens_per_s: Math.round(workload.tokens / (m.median_ms / 1000)),
-    };
+    },
+  };
+}
+
+/** The record of one case measured on `backend`. */
+export function benchRecord(c: RouterCase, backend: string, m: Measurement): BenchRecord {
+  const { workload } = c;
+  return {
+    workload: workload.name,
+    kind: workload.kind,
+    tokens: workload.tokens,
+    hidden: workload.hidden,
+    experts: workload.experts,
+    topK: workload.topK,
+    dtype: c.dtype,
+    strategy: c.strategy ?? 'top-k',
+    backend,
+    threads: c.threads ?? 0,
+    median_ms: significant(m.median_ms),
+    p99_ms: significant(m.p99_ms),
+    mean_ms: significant(m.mean_ms),
+    min_ms: significant(m.min_ms),
+    samples: m.samples,
+    tokens_per_s: Math.round(workload.tokens / (m.median_ms / 1000)),
+  };
+}
+
+/** Times `route` (or `routeLogits`) of one case over its rotation set, releasing every result. */
+export async function benchRouter(c: RouterCase, inputs: readonly Tensor[], timing: Timing = DEFAULT_TIMING): Promise<BenchRecord> {
+  const { router, run } = routerTask(c, inputs);
+  try {
+    return benchRecord(c, router.backend, await measure(run, timing));
   } finally {
     router.dispose();
   }

@@ -9,7 +9,7 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { floorOf, workloadCost } from '../bench/floor';
 import { createSession, gateGraph, logitsGraph } from '../bench/ort-anchor';
-import { CANONICAL_WORKLOADS, canonicalCases, parseBenchArgs, type Workload } from '../src/bench';
+import { CANONICAL_WORKLOADS, canonicalCases, measureTogether, parseBenchArgs, type Workload } from '../src/bench';
 import { backends } from '../src/engine';
 import { normalGenerator, randomGate } from '../src/random';
 import { DynamicRouter } from '../src/router';
@@ -93,6 +93,28 @@ describe('bench flags and workloads', () => {
     expect(cases).not.toContain('logits-64x8:bf16');
     expect(parseBenchArgs(['--logits']).cases.every((c) => c.workload.kind === 'logits')).toBe(true);
     expect(parseBenchArgs(['--workload', 'olmoe-prefill', '--dtype', 'f16']).cases.map((c) => c.dtype)).toEqual(['f16']);
+  });
+});
+
+describe('measureTogether', () => {
+  it('alternates the functions round by round and pools each one\'s samples', async () => {
+    const calls: string[] = [];
+    const busy = (name: string) => () => {
+      calls.push(name);
+      const until = performance.now() + 0.05;
+      while (performance.now() < until);
+    };
+    const timing = { timeMs: 25, capMs: 1000, minSamples: 10, warmupMs: 0 };
+    const [a, b] = await measureTogether([busy('a'), busy('b')], timing, 5);
+    // Five runs of a, then of b, and so on: the calls switch names at least nine times.
+    const switches = calls.filter((name, i) => i > 0 && name !== calls[i - 1]).length;
+    expect(switches).toBeGreaterThanOrEqual(9);
+    for (const m of [a!, b!]) {
+      expect(m.samples).toBeGreaterThanOrEqual(10);
+      expect(m.min_ms).toBeLessThanOrEqual(m.median_ms);
+      expect(m.median_ms).toBeLessThanOrEqual(m.p99_ms);
+      expect(m.min_ms).toBeGreaterThan(0);
+    }
   });
 });
 
