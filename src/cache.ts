@@ -76,6 +76,12 @@ export class StoredRouting {
     this.floats = new Float32Array(this.ints.buffer);
   }
 
+  /** A fresh one holding a copy of `source`. */
+  static of(source: RoutingResult): StoredRouting {
+    const parts = partsOf(source);
+    return new StoredRouting(StoredRouting.bytesOf(parts)).fill(source, parts);
+  }
+
   static bytesOf(parts: readonly (Int32Array | Float32Array)[]): number {
     let bytes = 0;
     for (const part of parts) bytes += part.byteLength;
@@ -135,19 +141,19 @@ export class CachedRouting implements RoutingResult {
    * route).
    */
   constructor(source: RoutingResult | StoredRouting, pool?: BufferPool<ArrayBuffer>) {
-    const stored = source instanceof StoredRouting ? source : undefined;
-    const parts = stored ? undefined : partsOf(source as RoutingResult);
-    const bytes = stored ? stored.byteLength : StoredRouting.bytesOf(parts!);
+    // One way to copy: a result that is not packed yet is packed first (token mode's assembled
+    // answers; request mode hands out its entries, which are).
+    const stored = source instanceof StoredRouting ? source : StoredRouting.of(source);
+    const bytes = stored.byteLength;
     this.buffer = pool ? pool.acquire(bytes, (n) => new ArrayBuffer(n)) : new ArrayBuffer(bytes);
     this.pool = pool;
-    if (stored) new Int32Array(this.buffer).set(stored.ints);
-    const lengths = stored ? stored.lengths : parts!.map((part) => part.length);
+    new Int32Array(this.buffer).set(stored.ints);
+    const { lengths } = stored;
     let at = 0;
     let index = 0;
     const next = <T extends Int32Array | Float32Array>(kind: new (buffer: ArrayBuffer, offset: number, length: number) => T): T => {
       const length = lengths[index]!;
       const view = new kind(this.buffer, at, length);
-      if (parts) view.set(parts[index]!);
       at += 4 * length;
       index += 1;
       return view;
@@ -158,16 +164,15 @@ export class CachedRouting implements RoutingResult {
     this.expertCounts = next(Int32Array);
     this.invalidTokens = next(Int32Array);
     if (lengths.length > 5) this.dispatch = { offsets: next(Int32Array), slots: next(Int32Array) };
-    const scalars = stored ?? (source as RoutingResult);
-    this.tokens = scalars.tokens;
-    this.topK = scalars.topK;
-    if (scalars.auxLoss !== undefined) {
-      this.auxLoss = scalars.auxLoss;
-      this.zLoss = scalars.zLoss;
-      this.entropy = scalars.entropy;
+    this.tokens = stored.tokens;
+    this.topK = stored.topK;
+    if (stored.auxLoss !== undefined) {
+      this.auxLoss = stored.auxLoss;
+      this.zLoss = stored.zLoss;
+      this.entropy = stored.entropy;
     }
-    this.flopReduction = scalars.flopReduction;
-    this.droppedAssignments = scalars.droppedAssignments;
+    this.flopReduction = stored.flopReduction;
+    this.droppedAssignments = stored.droppedAssignments;
   }
 
   /** A pooled copy's buffer goes back to its cache (its arrays must not be used afterwards); otherwise nothing. */
