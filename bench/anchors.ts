@@ -176,15 +176,15 @@ async function main(argv: string[]): Promise<void> {
   // the ratios between them do not depend on which of the machine's phases each happened to fall in.
   const rows: Row[] = [];
   for (const workload of workloads) {
-    const cases = command.cases
-      .filter((c) => c.workload === workload)
-      .flatMap(({ dtype }) => command.backends.map((backend) => ({ workload, dtype, backend, threads })));
+    const dtypes = command.cases.filter((c) => c.workload === workload).map((c) => c.dtype);
+    const cases = dtypes.flatMap((dtype) => command.backends.map((backend) => ({ workload, dtype, backend, threads })));
     log(`  onnxruntime and ours, alternating: ${workload.name} (${cases.map((c) => `${c.dtype}${c.backend ? ` ${c.backend}` : ''}`).join(', ')})`);
-    const inputs = new Map(command.cases.filter((c) => c.workload === workload).map(({ dtype }) => [dtype, makeInputs(workload, dtype)]));
+    const inputs = new Map(dtypes.map((dtype) => [dtype, makeInputs(workload, dtype)]));
     const f32 = inputs.get('f32') ?? makeInputs(workload, 'f32');
     const ort = await ortTask(workload, f32.map((t) => t.data as Float32Array), threads);
-    const ours = cases.map((c) => routerTask(c, inputs.get(c.dtype)!));
+    const ours: ReturnType<typeof routerTask>[] = [];
     try {
+      for (const c of cases) ours.push(routerTask(c, inputs.get(c.dtype)!));
       const [ortTime, ...ourTimes] = await measureTogether([ort.run, ...ours.map((task) => task.run)], timing);
       cases.forEach((c, i) => {
         const record = benchRecord(c, ours[i]!.router.backend, ourTimes[i]!);
