@@ -85,14 +85,14 @@ inline void dot_block(const GateBlock& g) {
 
 // Larger E: MR tokens x one panel of NV vectors of experts; per d, one broadcast of each token's x
 // and NV loads of the packed panel feed MR*NV FMAs. c (+)= a . b over kc values of d, where a is MR
-// f32 rows of stride lda (rows past `rows` repeat the last one; their results are not used).
+// f32 rows of stride lda.
 template <int MR, int NV>
-inline void panel_tile(const float* a, int64_t lda, int rows, const float* b, int kc, float* c,
-                       int64_t ldc, bool accumulate) {
+inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, float* c, int64_t ldc,
+                       bool accumulate) {
   constexpr int NR = NV * kLanes;
   const float* ar[MR];
 #pragma GCC unroll 16
-  for (int m = 0; m < MR; ++m) ar[m] = a + (m < rows ? m : rows - 1) * lda;
+  for (int m = 0; m < MR; ++m) ar[m] = a + m * lda;
   F acc[MR][NV];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
@@ -116,6 +116,19 @@ inline void panel_tile(const float* a, int64_t lda, int rows, const float* b, in
       float* p = c + m * ldc + v * kLanes;
       Vec::store(p, accumulate ? Vec::add(Vec::load(p), acc[m][v]) : acc[m][v]);
     }
+}
+
+// panel_tile over `rows` rows: whole tiles of MR, the rest in tiles of MR / 2, MR / 4, ..., 1, so
+// that a short batch computes only its own rows (a decoding token once padded to a tile of 8 paid
+// for 8). Every (token, expert) gets the same chain of FMAs whatever tile it is in.
+template <int MR, int NV>
+inline void panel_rows(const float* a, int64_t lda, int rows, const float* b, int kc, float* c, int64_t ldc,
+                       bool accumulate) {
+  int m0 = 0;
+  for (; m0 + MR <= rows; m0 += MR) panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate);
+  if constexpr (MR > 1) {
+    if (m0 < rows) panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate);
+  }
 }
 
 template <int MR, int NV, int KC, class L>
@@ -144,9 +157,7 @@ inline void panel_block(const GateBlock& g) {
     }
     for (int p = g.panel_begin; p < g.panel_end; ++p) {
       const float* b = g.weight + (static_cast<int64_t>(p) * D + d0) * NR;
-      for (int m0 = 0; m0 < g.rows; m0 += MR)
-        panel_tile<MR, NV>(a + m0 * lda, lda, g.rows - m0 < MR ? g.rows - m0 : MR, b, kc,
-                           g.u + m0 * g.u_stride + p * NR, g.u_stride, d0 > 0);
+      panel_rows<MR, NV>(a, lda, g.rows, b, kc, g.u + p * NR, g.u_stride, d0 > 0);
     }
   }
 }
