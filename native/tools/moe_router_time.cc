@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
         std::sort(ms.begin(), ms.end());
         std::sort(cpu.begin(), cpu.end());
         const double median = ms[ms.size() / 2];
-        std::printf("%-16s %-5s %-7s %9.3f %9.3f %9.3f %9.3f %9.3f %7.2f\n", w.name.c_str(), dtype_name.c_str(),
+        std::printf("%-16s %-5s %-7s %9.4f %9.4f %9.4f %9.4f %9.4f %7.2f\n", w.name.c_str(), dtype_name.c_str(),
                     backend_name.c_str(), median, ms[ms.size() / 10], ms[ms.size() * 9 / 10], cpu[cpu.size() / 2],
                     floor_ms, median / floor_ms);
         std::fflush(stdout);

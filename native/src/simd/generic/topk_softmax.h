@@ -372,12 +372,10 @@ inline void store_slots(const F* weight, const Vec::I* expert, float* weights_ou
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K>
-inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
+inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
+                               int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
-  const Config& c = *b.config;
-  moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E;
-  const float* base = b.u + i0 * b.u_stride;
 
   // Pass 1: the columns, each lane's maximum, and whether every logit is finite (x * 0 + acc stays
   // 0 unless some x is infinite or NaN). Four accumulators each, so that no chain of E dependent
@@ -393,7 +391,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
     F block[kLanes];  // narrow_columns fills block[0, E), E = used: GCC cannot tell (see the pragma)
-    narrow = narrow_columns(base, E, b.u_stride, block);
+    narrow = narrow_columns(base, E, stride, block);
     if (!narrow) {
       // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
       // late: fetch the same vectors of the next group's rows (they may lie past this block; a
@@ -401,10 +399,10 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
       // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
       // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. (The group after it is fetched into L2 during
       // pass 2, below.)
-      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * b.u_stride + e0);
+      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
       for (int l = 0; l < kLanes; ++l)
-        block[l] = width == kLanes ? Vec::load(base + l * b.u_stride + e0)
-                                   : Vec::load_tail(base + l * b.u_stride + e0, width, std::numeric_limits<float>::lowest());
+        block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
+                                   : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
       Vec::transpose(block);
     }
     const int used = (width + L - 1) / L * L;  // pass 2 reads whole L
@@ -423,7 +421,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   // Pass 2: the keys, L at a time. The padding columns up to a whole L (which stays below 2^b:
   // K <= E) sort after every real key. When the counts are taken from the keys (below), the keys are
   // kept: over their columns, or for E <= 8 (whose weights read the columns back) beside them.
-  const bool count_keys = E <= 6 * K;
+  const bool count_keys = counts && E <= 6 * K;
   alignas(64) float narrow_keys[8][kLanes];
   float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
@@ -438,7 +436,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
     // during the whole group: logits-256x8, A/B interleaved, one thread 2.6-2.8 -> 2.1-2.3 ms
     // (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (!narrow && e0 % kLanes == 0)
-      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * b.u_stride + e0, 0, 2);
+      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
     Vec::I key[L];
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) {
@@ -468,7 +466,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   if (count_keys) {
     for (int e = 0; e < E; ++e)
       counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
-  } else {
+  } else if (counts) {
     for (int j = 0; j < K; ++j)
       for (int l = 0; l < kLanes; ++l) ++counts[index[j][l]];
   }
@@ -488,7 +486,7 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   } else if (K > 1) {
     alignas(64) float picked[K][kLanes];
     for (int l = 0; l < kLanes; ++l)
-      for (int j = 1; j < K; ++j) picked[j][l] = base[l * b.u_stride + index[j][l]];
+      for (int j = 1; j < K; ++j) picked[j][l] = base[l * stride + index[j][l]];
     for (int j = 1; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
   weight[0] = Vec::set1(1.0f);
@@ -499,22 +497,90 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int32_t* counts) {
   }
   const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
   for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
-  const int64_t t0 = b.first + i0;
-  std::memset(b.out->invalid + t0, 0, kLanes);
-  Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
-  store_slots<K>(weight, chosen, fused->weights + t0 * K, fused->experts + t0 * K);
-  b.sums.k_histogram[K] += kLanes;
+  store_slots<K>(weight, chosen, weights_out, experts_out);
   return true;
 }
 #pragma GCC diagnostic pop
 
-// rows_across_tokens with K known at compile time, so that its lists live in registers.
+// rows_across_tokens for c.K, instantiated with K known at compile time, so that its lists live in
+// registers.
 template <int K = 1>
-inline bool rows_across_tokens(const RowBlock& b, int i0, int k, int32_t* counts) {
+inline bool group_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
+                                int32_t* experts_out, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
-    if (k != K) return rows_across_tokens<K + 1>(b, i0, k, counts);
+    if (c.K != K) return group_across_tokens<K + 1>(c, base, stride, weights_out, experts_out, counts);
   }
-  return rows_across_tokens<K>(b, i0, counts);
+  return rows_across_tokens<K>(c, base, stride, weights_out, experts_out, counts);
+}
+
+// Whether every logit of a row is finite (x * 0 stays 0 unless x is infinite or NaN).
+inline bool finite_row(const float* row, int E) {
+  F check = Vec::zero();
+  int e = 0;
+  for (; e + kLanes <= E; e += kLanes) check = Vec::fmadd(Vec::load(row + e), Vec::zero(), check);
+  if (e < E) check = Vec::fmadd(Vec::load_tail(row + e, E - e, 0.0f), Vec::zero(), check);
+  return Vec::bits(Vec::eq(check, Vec::zero())) == Vec::bits(Vec::first(kLanes));
+}
+
+// rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
+// straight from u; the rows of a group that holds a non-finite logit, and those after the last whole
+// group, one by one: each finite row is gathered into a group of its own making (the last one padded
+// with copies of its first row, whose answers are dropped), and the others are appended to left[] for
+// the token-by-token path (sanitize mode; reject mode only marks them). So every finite token gets the
+// same lane-wise operations, and the same answer bit for bit, whatever batch or place in it it comes
+// in: the token-by-token path sums its weights in another order and breaks near-ties by other keys,
+// and the token-mode cache hands one batch's rows to another.
+inline void across_rows(const RowBlock& b, int* left, int* n_left) {
+  const Config& c = *b.config;
+  moe_route_outputs* fused = b.params->fused_out;
+  const int E = c.E, K = c.K;
+  int32_t counts[kAcrossMaxE] = {};  // the routed tokens' counts (all valid), added once
+  alignas(64) float gathered[kLanes * kAcrossMaxE];  // rows back to back (stride E)
+  alignas(64) float weights[kLanes * kAcrossMaxK];
+  alignas(64) int32_t experts[kLanes * kAcrossMaxK];
+  int64_t tokens[kLanes];
+  int n = 0;
+  const auto flush = [&] {
+    for (int l = n; l < kLanes; ++l) std::memcpy(gathered + l * E, gathered, E * sizeof(float));
+    group_across_tokens(c, gathered, E, weights, experts, nullptr);  // finite rows: cannot fail
+    for (int l = 0; l < n; ++l) {
+      const int64_t t = tokens[l];
+      std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
+      std::memcpy(fused->experts + t * K, experts + l * K, K * sizeof(int32_t));
+      fused->experts_per_token[t] = K;
+      b.out->invalid[t] = 0;
+      for (int j = 0; j < K; ++j) ++counts[experts[l * K + j]];
+    }
+    b.sums.k_histogram[K] += n;
+    n = 0;
+  };
+  const auto one_row = [&](int i) {
+    const float* row = b.u + i * b.u_stride;
+    if (!finite_row(row, E)) {
+      left[(*n_left)++] = i;
+      return;
+    }
+    std::memcpy(gathered + n * E, row, E * sizeof(float));
+    tokens[n++] = b.first + i;
+    if (n == kLanes) flush();
+  };
+  int i0 = 0;
+  for (; i0 + kLanes <= b.rows; i0 += kLanes) {
+    const int64_t t0 = b.first + i0;
+    if (group_across_tokens(c, b.u + i0 * b.u_stride, b.u_stride, fused->weights + t0 * K, fused->experts + t0 * K, counts)) {
+      std::memset(b.out->invalid + t0, 0, kLanes);
+      Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
+      b.sums.k_histogram[K] += kLanes;
+    } else {
+      for (int i = i0; i < i0 + kLanes; ++i) one_row(i);
+    }
+  }
+  for (int i = i0; i < b.rows; ++i) one_row(i);
+  if (n > 0) flush();
+  for (int e = 0; e < E; ++e) {
+    b.sums.counts[e] += counts[e];
+    b.sums.counts_valid[e] += counts[e];
+  }
 }
 
 // Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias, groups or
@@ -524,8 +590,9 @@ inline bool rows_across_tokens(const RowBlock& b, int i0, int k, int32_t* counts
 // need neither the other experts' scores nor their sum. So this path selects on u and takes K
 // exponentials instead of E, and writes the token's assignment directly (k_t = K, every weight
 // normalized and scaled, exactly what assign_token gives for this configuration, rounded in f32).
-// It works in phases over kPhaseRows tokens, so that the selections of neighbouring tokens, each a
-// chain of dependent steps, overlap.
+// Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens (across_rows); the rest
+// token by token, in phases over kPhaseRows tokens, so that the selections of neighbouring tokens,
+// each a chain of dependent steps, overlap.
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
@@ -542,23 +609,21 @@ inline void rows_by_logit_order(const RowBlock& b) {
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M slots = Vec::first(K);
 
-  int first_row = 0;
+  int left[kBlockTokens];  // the rows for the token-by-token path
+  int n_left = 0;
   if (E <= kAcrossMaxE && K <= kAcrossMaxK) {
-    int32_t counts[kAcrossMaxE] = {};  // the groups' counts (valid tokens only), added once
-    for (; first_row + kLanes <= b.rows && rows_across_tokens(b, first_row, K, counts);) first_row += kLanes;
-    for (int e = 0; e < E; ++e) {
-      b.sums.counts[e] += counts[e];
-      b.sums.counts_valid[e] += counts[e];
-    }
+    across_rows(b, left, &n_left);
+  } else {
+    for (int i = 0; i < b.rows; ++i) left[n_left++] = i;
   }
-  for (int i0 = first_row; i0 < b.rows; i0 += kPhaseRows) {
-    const int n = b.rows - i0 < kPhaseRows ? b.rows - i0 : kPhaseRows;
+  for (int p0 = 0; p0 < n_left; p0 += kPhaseRows) {
+    const int n = n_left - p0 < kPhaseRows ? n_left - p0 : kPhaseRows;
     float max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];
     for (int r = 0; r < n; ++r) {
-      const int64_t t = b.first + i0 + r;
+      const int64_t t = b.first + left[p0 + r];
       float* row = rows + r * row_words;
-      invalid[r] = sanitized_copy(b.u + (i0 + r) * b.u_stride, E, row, &max[r]);
+      invalid[r] = sanitized_copy(b.u + left[p0 + r] * b.u_stride, E, row, &max[r]);
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
       // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
@@ -574,7 +639,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
                     select_index, select_order, *b.order);
     for (int r = 0; r < n; ++r) {
       if (skip[r]) continue;
-      const int64_t t = b.first + i0 + r;
+      const int64_t t = b.first + left[p0 + r];
       const int32_t* experts = cand + r * slot_words;
       const F e = Vec::select(slots, vexp(Vec::load(best + r * slot_words)), Vec::zero());
       const float sum = Vec::reduce_add(e);
