@@ -356,8 +356,10 @@ inline void store_slots(const F* weight, const Vec::I* expert, float* weights_ou
   }
 }
 
-// rows_by_logit_order for kLanes tokens at once, one per lane. Rows are loaded kLanes experts at a
-// time and transposed into columns (one expert, kLanes tokens), or turned into columns by
+// rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
+// (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
+// experts_out, and, unless counts is null, add its experts to counts. Rows are loaded kLanes experts
+// at a time and transposed into columns (one expert, kLanes tokens), or turned into columns by
 // narrow_columns; a first pass over the columns takes each lane's maximum, the second turns each
 // logit u into a packed int key
 //   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
