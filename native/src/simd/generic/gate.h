@@ -83,51 +83,55 @@ inline void dot_block(const GateBlock& g) {
   }
 }
 
-// Larger E: MR tokens x one panel of NV vectors of experts; per d, one broadcast of each token's x
-// and NV loads of the packed panel feed MR*NV FMAs. c (+)= a . b over kc values of d, where a is MR
-// f32 rows of stride lda.
-template <int MR, int NV>
+// Larger E: MR tokens x NP consecutive panels of NV vectors of experts each (ldb floats apart); per
+// d, one broadcast of each token's x and NP * NV loads of the packed panels feed MR * NP * NV FMAs.
+// c (+)= a . b over kc values of d, where a is MR f32 rows of stride lda.
+template <int MR, int NV, int NP = 1>
 inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, float* c, int64_t ldc,
-                       bool accumulate) {
+                       bool accumulate, int64_t ldb = 0) {
   constexpr int NR = NV * kLanes;
   const float* ar[MR];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m) ar[m] = a + m * lda;
-  F acc[MR][NV];
+  constexpr int NB = NP * NV;  // vectors of experts, panel after panel (they are consecutive in c)
+  F acc[MR][NB];
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[m][v] = Vec::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) acc[m][v] = Vec::zero();
   for (int d = 0; d < kc; ++d) {
-    F bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) bv[v] = Vec::load(b + d * NR + v * kLanes);
+    F bv[NB];
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) bv[v] = Vec::load(b + v / NV * ldb + d * NR + v % NV * kLanes);
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
       const F av = Vec::set1(ar[m][d]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[m][v] = Vec::fmadd(av, bv[v], acc[m][v]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) acc[m][v] = Vec::fmadd(av, bv[v], acc[m][v]);
     }
   }
 #pragma GCC unroll 16
   for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) {
       float* p = c + m * ldc + v * kLanes;
       Vec::store(p, accumulate ? Vec::add(Vec::load(p), acc[m][v]) : acc[m][v]);
     }
 }
 
-// panel_tile over `rows` rows: whole tiles of MR, the rest in tiles of MR / 2, MR / 4, ..., 1, so
+// panel_tile over the first of `rows` rows: whole tiles of MR, then of MR / 2, MR / 4, ..., 2, so
 // that a short batch computes only its own rows (a decoding token once padded to a tile of 8 paid
-// for 8). Every (token, expert) gets the same chain of FMAs whatever tile it is in.
+// for 8). Returns the rows done; the one or two left are single rows (panel_block). Every (token,
+// expert) gets the same chain of FMAs whatever tile it is in.
 template <int MR, int NV>
-inline void panel_rows(const float* a, int64_t lda, int rows, const float* b, int kc, float* c, int64_t ldc,
-                       bool accumulate) {
-  int m0 = 0;
-  for (; m0 + MR <= rows; m0 += MR) panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate);
-  if constexpr (MR > 1) {
-    if (m0 < rows) panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate);
+inline int panel_rows(const float* a, int64_t lda, int rows, const float* b, int kc, float* c, int64_t ldc,
+                      bool accumulate) {
+  if constexpr (MR == 1) {
+    return 0;
+  } else {
+    int m0 = 0;
+    for (; m0 + MR <= rows; m0 += MR) panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate);
+    return m0 + panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate);
   }
 }
 
@@ -155,9 +159,20 @@ inline void panel_block(const GateBlock& g) {
       a = x + d0;
       lda = D;
     }
-    for (int p = g.panel_begin; p < g.panel_end; ++p) {
-      const float* b = g.weight + (static_cast<int64_t>(p) * D + d0) * NR;
-      panel_rows<MR, NV>(a, lda, g.rows, b, kc, g.u + p * NR, g.u_stride, d0 > 0);
+    const int64_t ldb = static_cast<int64_t>(D) * NR;
+    int tiled = 0;
+    for (int p = g.panel_begin; p < g.panel_end; ++p)
+      tiled = panel_rows<MR, NV>(a, lda, g.rows, g.weight + p * ldb + d0 * NR, kc, g.u + p * NR, g.u_stride, d0 > 0);
+    // A single row two panels at a time: one panel gives it NV chains of dependent FMAs, which wait
+    // on each other's latency (one decoding token, D = 2048, E = 64: 7.8-8.4 -> 6.0-7.5 us).
+    for (int r = tiled; r < g.rows; ++r) {
+      int p = g.panel_begin;
+      for (; p + 2 <= g.panel_end; p += 2)
+        panel_tile<1, NV, 2>(a + r * lda, lda, g.weight + p * ldb + d0 * NR, kc, g.u + r * g.u_stride + p * NR,
+                             g.u_stride, d0 > 0, ldb);
+      if (p < g.panel_end)
+        panel_tile<1, NV>(a + r * lda, lda, g.weight + p * ldb + d0 * NR, kc, g.u + r * g.u_stride + p * NR,
+                          g.u_stride, d0 > 0);
     }
   }
 }
