@@ -44,6 +44,9 @@ export interface CacheStats {
 const ENTRY_OVERHEAD_BYTES = 200;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
+/** The arrays of a result that a packed copy keeps, in this order (all of 4-byte elements). */
+type PackedArray = 'experts' | 'weights' | 'expertsPerToken' | 'expertCounts' | 'invalidTokens';
+
 /** A result's arrays in the order a packed copy keeps them (all of 4-byte elements). */
 function partsOf(source: RoutingResult): (Int32Array | Float32Array)[] {
   const parts = [source.experts, source.weights, source.expertsPerToken, source.expertCounts, source.invalidTokens];
@@ -98,6 +101,11 @@ export class StoredRouting {
       at += part.length;
       this.lengths[i] = part.length;
     });
+    return this.describe(source);
+  }
+
+  /** Sets the scalars of `source` (fill(), or a caller that wrote the arrays and lengths itself). */
+  describe(source: Omit<RoutingResult, 'release' | 'dispatch' | PackedArray>): this {
     this.tokens = source.tokens;
     this.topK = source.topK;
     this.auxLoss = source.auxLoss;
@@ -141,8 +149,8 @@ export class CachedRouting implements RoutingResult {
    * route).
    */
   constructor(source: RoutingResult | StoredRouting, pool?: BufferPool<ArrayBuffer>) {
-    // One way to copy: a result that is not packed yet is packed first (token mode's assembled
-    // answers; request mode hands out its entries, which are).
+    // One way to copy: a result that is not packed yet is packed first (the cache itself hands out
+    // packed answers only: request mode's entries, token mode's assembled rows).
     const stored = source instanceof StoredRouting ? source : StoredRouting.of(source);
     const bytes = stored.byteLength;
     this.buffer = pool ? pool.acquire(bytes, (n) => new ArrayBuffer(n)) : new ArrayBuffer(bytes);
@@ -189,12 +197,16 @@ export class CachedRouting implements RoutingResult {
   }
 }
 
-/** One token's answer in token mode. */
-interface TokenRow {
-  experts: Int32Array;
-  weights: Float32Array;
-  k: number;
-  invalid: boolean;
+/** One token's answer in token mode: its K experts, then the bits of its K weights, in one array. */
+class TokenRow {
+  readonly values: Int32Array;
+  constructor(
+    K: number,
+    readonly k: number,
+    readonly invalid: boolean,
+  ) {
+    this.values = new Int32Array(2 * K);
+  }
 }
 
 type Entry = StoredRouting | TokenRow;
@@ -265,7 +277,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
       sizeCalculation: (entry, key) =>
         ENTRY_OVERHEAD_BYTES +
         2 * key.length +
-        (entry instanceof StoredRouting ? entry.byteLength : entry.experts.byteLength + entry.weights.byteLength),
+        (entry instanceof StoredRouting ? entry.byteLength : entry.values.byteLength),
       dispose: (entry, _key, reason) => {
         if (reason === 'evict') this.evictions += 1;
         if (entry instanceof StoredRouting) this.spare.release(entry.byteLength, entry);
@@ -436,7 +448,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
     const missing: number[] = [];
     for (let t = 0; t < tokens; t++) {
       const entry = this.lru.get(keys[t]!);
-      if (entry && !(entry instanceof StoredRouting)) {
+      if (entry instanceof TokenRow) {
         found[t] = entry;
       } else {
         missing.push(t);
@@ -456,49 +468,67 @@ export class RoutingCache extends RouterWrapper implements Routable {
     return out instanceof Float32Array ? out : Tensor.from(out, [plan.missing.length, width], { dtype });
   }
 
-  /** Puts the cached rows and the freshly routed ones together, and stores the fresh ones. */
+  /**
+   * Stores the freshly routed rows, then puts every row together into a packed answer (a spare entry
+   * of its size, written in place: no array per row or per answer) and hands out a pooled copy.
+   */
   private assemble(plan: Plan, routed: RoutingResult | null): CachedRouting {
     const K = this.topK;
+    const E = this.numExperts;
     const T = plan.rows.tokens;
-    const experts = new Int32Array(T * K);
-    const weights = new Float32Array(T * K);
-    const expertsPerToken = new Int32Array(T);
-    const expertCounts = new Int32Array(this.numExperts);
-    const invalid: number[] = [];
-    const routedInvalid = new Set(routed?.invalidTokens ?? []);
-    let next = 0;
-    let chosen = 0;
-    for (let t = 0; t < T; t++) {
-      let row = plan.found[t];
-      if (!row) {
-        const i = next++;
-        row = {
-          experts: routed!.experts.slice(i * K, (i + 1) * K),
-          weights: routed!.weights.slice(i * K, (i + 1) * K),
-          k: routed!.expertsPerToken[i]!,
-          invalid: routedInvalid.has(i),
-        };
+    const { found } = plan;
+    if (routed) {
+      const experts = routed.experts;
+      const weightBits = new Int32Array(routed.weights.buffer, routed.weights.byteOffset, routed.weights.length);
+      const routedInvalid = routed.invalidTokens.length > 0 ? new Set(routed.invalidTokens) : null;
+      plan.missing.forEach((t, i) => {
+        const row = new TokenRow(K, routed.expertsPerToken[i]!, routedInvalid?.has(i) ?? false);
+        const values = row.values;
+        for (let j = 0; j < K; j++) {
+          values[j] = experts[i * K + j]!;
+          values[K + j] = weightBits[i * K + j]!;
+        }
+        found[t] = row;
         this.store(plan.keys[t]!, plan.version, row);
-      }
-      experts.set(row.experts, t * K);
-      weights.set(row.weights, t * K);
-      expertsPerToken[t] = row.k;
-      chosen += row.k;
-      if (row.invalid) invalid.push(t);
-      for (const e of row.experts) if (e >= 0) expertCounts[e]! += 1;
+      });
     }
-    return new CachedRouting({
+    let invalidCount = 0;
+    for (let t = 0; t < T; t++) if (found[t]!.invalid) invalidCount += 1;
+    // The layout of partsOf(): experts, weights, expertsPerToken, expertCounts, invalidTokens.
+    const weightsAt = T * K;
+    const perTokenAt = 2 * T * K;
+    const countsAt = perTokenAt + T;
+    const invalidAt = countsAt + E;
+    const bytes = 4 * (invalidAt + invalidCount);
+    const stored = this.spare.acquire(bytes, (n) => new StoredRouting(n));
+    const ints = stored.ints;
+    ints.fill(0, countsAt, invalidAt);
+    let chosen = 0;
+    let invalid = 0;
+    for (let t = 0; t < T; t++) {
+      const row = found[t]!;
+      const values = row.values;
+      for (let j = 0; j < K; j++) {
+        const e = values[j]!;
+        ints[t * K + j] = e;
+        ints[weightsAt + t * K + j] = values[K + j]!;
+        if (e >= 0) ints[countsAt + e] += 1;
+      }
+      ints[perTokenAt + t] = row.k;
+      chosen += row.k;
+      if (row.invalid) ints[invalidAt + invalid++] = t;
+    }
+    stored.lengths.length = 0;
+    stored.lengths.push(T * K, T * K, T, E, invalidCount);
+    stored.describe({
       tokens: T,
       topK: K,
-      experts,
-      weights,
-      expertsPerToken,
-      expertCounts,
-      invalidTokens: Int32Array.from(invalid),
       flopReduction: T === 0 ? 0 : 1 - chosen / (T * K),
       droppedAssignments: 0,
-      release() {},
     });
+    const answer = new CachedRouting(stored, this.copies);
+    this.spare.release(bytes, stored);
+    return answer;
   }
 
   private routeRows(input: RouteInput, isLogits: boolean): RoutingResult {
