@@ -246,6 +246,12 @@ describe('RoutingCache, token mode', () => {
     expect(cache.cacheStats()).toMatchObject({ hits: 2, misses: 5 });
     expect(routed(cache, batch(4, 3, 2, 1, 0))).toEqual(routed(r, batch(4, 3, 2, 1, 0)));
     expect(cache.cacheStats()).toMatchObject({ hits: 7, misses: 5 });
+    // an answer held across later calls (its packing scratch is reused) keeps its own arrays
+    const held = cache.route(batch(1, 0));
+    const expected = routed(r, batch(1, 0));
+    for (const ts of [[0, 1], [5], [3, 2, 1]]) routed(cache, batch(...ts));
+    expect(plain(held)).toEqual(expected);
+    held.release();
   });
 
   it('works for logits, f16 rows and sanitized non-finite rows', async () => {
