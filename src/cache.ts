@@ -44,7 +44,7 @@ export interface CacheStats {
 const ENTRY_OVERHEAD_BYTES = 200;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
-/** The arrays of a result that a packed copy keeps, in this order (all of 4-byte elements). */
+/** The names of the arrays partsOf() returns. */
 type PackedArray = 'experts' | 'weights' | 'expertsPerToken' | 'expertCounts' | 'invalidTokens';
 
 /** A result's arrays in the order a packed copy keeps them (all of 4-byte elements). */
