@@ -232,3 +232,35 @@ describe('a token is routed the same alone as in any batch', () => {
     expect(compared).toBe(shapes.length * backendNames.length * 3 * 3 * ranges.length);
   });
 });
+
+// A chunk of f32 logits reaches the token stage as one block of hundreds of rows; in sanitize mode
+// every row with a non-finite logit leaves the across-tokens path for the token-by-token one. A batch
+// where most rows hold a NaN (more of them than a block of hidden states has rows) must route every
+// finite row and report every other one, as the oracle does.
+describe('sanitized logits with many non-finite rows in one chunk', () => {
+  it(`E = 8, 64, 300 × [${backendNames.join(', ')}]`, () => {
+    const normal = normalGenerator(7);
+    for (const [E, K] of [[8, 2], [64, 8], [300, 4]] as const) {
+      const T = 4000;
+      const logits = Float32Array.from({ length: T * E }, () => normal());
+      for (let t = 0; t < T; t++) if (t % 5 !== 0) logits[t * E + (t % E)] = t % 2 ? Number.NaN : Number.POSITIVE_INFINITY;
+      const route = (backend: string) => {
+        const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName, validation: 'sanitize' });
+        const r = router.routeLogits(logits);
+        const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), invalid: Array.from(r.invalidTokens) };
+        r.release();
+        router.dispose();
+        return out;
+      };
+      const oracle = route('scalar');
+      expect(oracle.invalid.length).toBe(T - T / 5);
+      for (const backend of backendNames) {
+        const got = route(backend);
+        expect(got.invalid, `${backend} E=${E}`).toEqual(oracle.invalid);
+        expect(got.experts, `${backend} E=${E}`).toEqual(oracle.experts);
+        const worst = Math.max(...got.weights.map((w, i) => Math.abs(w - oracle.weights[i]!) - 1e-5 * Math.abs(oracle.weights[i]!)));
+        expect(worst, `${backend} E=${E}: weights beyond 1e-5 relative`).toBeLessThanOrEqual(1e-7);
+      }
+    }
+  });
+});

@@ -19,6 +19,9 @@ namespace simd {
 
 namespace {
 
+// Tokens per block: a multiple of every tile height (3, 4, 6, 8), small enough that a block's
+// logits stay in L1/L2 between the gate and the rest of the stage.
+constexpr int kBlockTokens = 48;
 // Chunks per call at most, and the per-chunk [E] loss sums at most (in doubles), over all chunks.
 constexpr int64_t kMaxChunks = 256;
 constexpr int64_t kMaxChunkSums = int64_t{1} << 18;

@@ -53,10 +53,6 @@ struct ChunkSums {
 };
 
 // One block of tokens through the rest of the token stage, from their logits u (noise added).
-// Tokens per block (RowBlock::rows at most): a multiple of every tile height (3, 4, 6, 8) and lane
-// count, small enough that a block's logits stay in L1/L2 between the gate and the rest of the stage.
-constexpr int kBlockTokens = 48;
-
 struct RowBlock {
   const Config* config = nullptr;
   const StageParams* params = nullptr;

@@ -527,12 +527,13 @@ inline bool finite_row(const float* row, int E) {
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
 // straight from u; the rows of a group that holds a non-finite logit, and those after the last whole
 // group, one by one: each finite row is gathered into a group of its own making (the last one padded
-// with copies of its first row, whose answers are dropped), and the others are appended to left[] for
-// the token-by-token path (sanitize mode; reject mode only marks them). So every finite token gets the
+// with copies of its first row, whose answers are dropped), and the others are handed to left(row)
+// for the token-by-token path (sanitize mode; reject mode only marks them). So every finite token gets the
 // same lane-wise operations, and the same answer bit for bit, whatever batch or place in it it comes
 // in: the token-by-token path sums its weights in another order and breaks near-ties by other keys,
 // and the token-mode cache hands one batch's rows to another.
-inline void across_rows(const RowBlock& b, int* left, int* n_left) {
+template <class Left>
+inline void across_rows(const RowBlock& b, Left&& left) {
   const Config& c = *b.config;
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
@@ -559,7 +560,7 @@ inline void across_rows(const RowBlock& b, int* left, int* n_left) {
   const auto one_row = [&](int i) {
     const float* row = b.u + i * b.u_stride;
     if (!finite_row(row, E)) {
-      left[(*n_left)++] = i;
+      left(i);
       return;
     }
     std::memcpy(gathered + n * E, row, E * sizeof(float));
@@ -594,7 +595,8 @@ inline void across_rows(const RowBlock& b, int* left, int* n_left) {
 // normalized and scaled, exactly what assign_token gives for this configuration, rounded in f32).
 // Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens (across_rows); the rest
 // token by token, in phases over kPhaseRows tokens, so that the selections of neighbouring tokens,
-// each a chain of dependent steps, overlap.
+// each a chain of dependent steps, overlap. (A block may hold any number of rows: a chunk of f32
+// logits comes as one.)
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
@@ -611,21 +613,16 @@ inline void rows_by_logit_order(const RowBlock& b) {
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M slots = Vec::first(K);
 
-  int left[kBlockTokens];  // the rows for the token-by-token path
-  int n_left = 0;
-  if (E <= kAcrossMaxE && K <= kAcrossMaxK) {
-    across_rows(b, left, &n_left);
-  } else {
-    for (int i = 0; i < b.rows; ++i) left[n_left++] = i;
-  }
-  for (int p0 = 0; p0 < n_left; p0 += kPhaseRows) {
-    const int n = n_left - p0 < kPhaseRows ? n_left - p0 : kPhaseRows;
+  // One phase: the rows phase_rows[0, n) token by token.
+  int phase_rows[kPhaseRows];
+  int n = 0;
+  const auto phase = [&] {
     float max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];
     for (int r = 0; r < n; ++r) {
-      const int64_t t = b.first + left[p0 + r];
+      const int64_t t = b.first + phase_rows[r];
       float* row = rows + r * row_words;
-      invalid[r] = sanitized_copy(b.u + left[p0 + r] * b.u_stride, E, row, &max[r]);
+      invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, row, &max[r]);
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
       // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
@@ -641,7 +638,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
                     select_index, select_order, *b.order);
     for (int r = 0; r < n; ++r) {
       if (skip[r]) continue;
-      const int64_t t = b.first + left[p0 + r];
+      const int64_t t = b.first + phase_rows[r];
       const int32_t* experts = cand + r * slot_words;
       const F e = Vec::select(slots, vexp(Vec::load(best + r * slot_words)), Vec::zero());
       const float sum = Vec::reduce_add(e);
@@ -656,7 +653,18 @@ inline void rows_by_logit_order(const RowBlock& b) {
         if (!invalid[r]) ++b.sums.counts_valid[experts[j]];
       }
     }
+    n = 0;
+  };
+  const auto token_row = [&](int i) {
+    phase_rows[n++] = i;
+    if (n == kPhaseRows) phase();
+  };
+  if (E <= kAcrossMaxE && K <= kAcrossMaxK) {
+    across_rows(b, token_row);
+  } else {
+    for (int i = 0; i < b.rows; ++i) token_row(i);
   }
+  if (n > 0) phase();
 }
 
 inline void rows_block(const RowBlock& b) {
