@@ -163,10 +163,21 @@ Case make_case(Rng& r, int index) {
     if (c.logits && r.chance(0.05))
       for (int i = 1; i < row; ++i) c.values[t * row + i] = c.values[t * row];  // an all-equal row
   }
-  if (c.tokens > 0 && r.chance(0.15)) {
-    const float bad[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                         -std::numeric_limits<float>::infinity()};
+  const float bad[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                       -std::numeric_limits<float>::infinity()};
+  if (c.tokens > 0 && r.chance(0.15))
     for (int n = r.range(1, 3); n > 0; --n) c.values[r.next() % c.values.size()] = r.pick(bad);
+  // Many non-finite rows at once: a chunk whose rows mostly leave the vectorized paths (a sanitized
+  // f32 logits chunk is one block of up to ~1000 rows), some rows wholly non-finite.
+  if (c.tokens > 0 && r.chance(0.05)) {
+    const double share = r.uniform();
+    for (int64_t t = 0; t < c.tokens; ++t) {
+      if (!r.chance(share)) continue;
+      if (r.chance(0.2))
+        std::fill_n(c.values.begin() + t * row, row, r.pick(bad));
+      else
+        c.values[t * row + r.next() % row] = r.pick(bad);
+    }
   }
   if (c.dtype != MOE_DTYPE_F32) {
     c.half.resize(c.values.size());
