@@ -222,7 +222,9 @@ class SimdBackend final : public Backend {
       const int rows = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0));
       const char* in = static_cast<const char*>(p.input) + t0 * row_bytes;
       if (!p.is_logits) {
-        k_.gate(gate_block(p, t0, rows, s.u.data(), s));
+        GateBlock g = gate_block(p, t0, rows, s.u.data(), s);
+        g.rows_after = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0 - rows));
+        k_.gate(g);
         finish_block(p, out, t0, rows, s.u.data(), gate_stride(E), s, p_sum);
       } else {  // logits to widen, or to add noise to: copied, rows back to back
         k_.widen(in, p.dtype, static_cast<int64_t>(rows) * E, s.u.data());

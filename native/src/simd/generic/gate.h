@@ -18,14 +18,16 @@ namespace MOE_SIMD_ISA {
 // A tile walks its MR rows whole, so that each row is one long stream from DRAM. (D was once walked
 // in slices that kept a slice of W in L1 across the block's tiles; that cut each row into pieces too
 // short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
-// The rows are fetched kPrefetchBytes ahead into L2 and kNearPrefetchBytes ahead into L1: the hardware
-// prefetcher alone left the FMAs waiting (one core, mixtral f32: 8.4 ms sliced, 6.3 whole rows,
-// 5.5-5.9 with the L2 prefetch, 5.1-5.6 with both; A/B interleaved five times).
+// While it does, it fetches the next tile's rows into L2 in address order, MR vectors' worth per step:
+// one linear stream ahead instead of MR interleaved ones (two threads, mixtral bf16 -8 to -16%, f32
+// the same within noise; bench/NOTES.md, item 13). A tile with no next tile fetches its own rows kPrefetchBytes ahead into
+// L2 and kNearPrefetchBytes ahead into L1 (the hardware prefetcher alone left the FMAs waiting).
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
 template <int MR, int NE, class L>
-inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, int64_t ldu) {
-  const int64_t ldx = D;  // the tile's rows are consecutive rows of the input
+inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, int64_t ldu, const char* next) {
+  const int64_t ldx = D;  // the tile's rows are consecutive rows of the input, and so are next's
+  constexpr int kStepBytes = MR * kLanes * static_cast<int>(sizeof(typename L::T));  // of next, per step
   F acc[MR][NE];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
@@ -37,9 +39,16 @@ inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, in
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       xv[m] = L::load(x + m * ldx + d);
-      const char* at = reinterpret_cast<const char*>(x + m * ldx + d);
-      __builtin_prefetch(at + kPrefetchBytes, 0, 2);
-      __builtin_prefetch(at + kNearPrefetchBytes, 0, 3);
+      if (!next) {
+        const char* at = reinterpret_cast<const char*>(x + m * ldx + d);
+        __builtin_prefetch(at + kPrefetchBytes, 0, 2);
+        __builtin_prefetch(at + kNearPrefetchBytes, 0, 3);
+      }
+    }
+    if (next) {
+      const char* at = next + static_cast<int64_t>(d / kLanes) * kStepBytes;
+#pragma GCC unroll 8
+      for (int i = 0; i < kStepBytes; i += 64) __builtin_prefetch(at + i, 0, 2);
     }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
@@ -76,10 +85,14 @@ inline void dot_block(const GateBlock& g) {
   for (int q = 0; q < groups; ++q) {
     const float* w = g.weight + q * group_words;
     int r = 0;
-    for (; r + MR <= g.rows; r += MR)
-      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
+    const int rows_ahead = g.rows + (q + 1 == groups ? g.rows_after : 0);  // the rows this thread reads next
+    for (; r + MR <= g.rows; r += MR) {
+      const T* next = r + 2 * MR <= rows_ahead ? x + static_cast<int64_t>(r + MR) * D : nullptr;
+      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride,
+                          reinterpret_cast<const char*>(next));
+    }
     for (; r < g.rows; ++r)
-      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride);
+      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride, nullptr);
   }
 }
 
