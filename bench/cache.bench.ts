@@ -7,6 +7,7 @@
  *   tok-hit    cache.route(x), token mode            (every row cached)
  *   monitored  MonitoredRouter.route(x), no cache    (timing and counting per call)
  * and then the content hash alone (GB/s over 8 KB, 1 MB, 64 MB).
+ * "pays above" is the hit rate above which a request-mode cache costs less than routing every call.
  * Every round runs each task briefly, one after another, and a cost is the median over the rounds of
  * (task / plain − 1) within the round: a shared machine here has phases of a few seconds in which
  * everything runs 30–50% slower, and short interleaved rounds put both sides of a ratio in the same
@@ -115,6 +116,7 @@ async function main(): Promise<void> {
       'miss cost': pct('miss'),
       'hit µs': us.hit!.toFixed(1),
       'hit speed-up': `${(1 / ratio.hit!).toFixed(1)}×`,
+      'pays above': breakEven(ratio.miss! - 1, ratio.hit!),
       'tok-miss cost': pct('tok-miss'),
       'tok-hit speed-up': `${(1 / ratio['tok-hit']!).toFixed(1)}×`,
       'monitored cost': pct('monitored'),
@@ -122,6 +124,14 @@ async function main(): Promise<void> {
   }
   console.table(rows);
   console.table(await hashSpeed());
+}
+
+/**
+ * The hit rate above which a cache costs less than routing every request: p·h + (1 − p)(1 + m) < 1,
+ * with m what a miss adds to a route and h a hit's cost, both as shares of a route.
+ */
+function breakEven(m: number, h: number): string {
+  return `${((100 * m) / (1 + m - h)).toFixed(0)}%`;
 }
 
 /** The key's hash alone (native moe_hash128 through the binding), from cache (8 KB, 1 MB) and from DRAM (64 MB). */
