@@ -20,8 +20,9 @@ namespace MOE_SIMD_ISA {
 // short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
 // While it does, it fetches the next tile's rows into L2 in address order, MR vectors' worth per step:
 // one linear stream ahead instead of MR interleaved ones (two threads, mixtral bf16 -8 to -16%, f32
-// the same within noise; bench/NOTES.md, item 13). A tile with no next tile fetches its own rows kPrefetchBytes ahead into
-// L2 and kNearPrefetchBytes ahead into L1 (the hardware prefetcher alone left the FMAs waiting).
+// the same within noise; bench/NOTES.md, item 13). A tile with no next tile fetches its own rows
+// kPrefetchBytes ahead into L2 and kNearPrefetchBytes ahead into L1 (the hardware prefetcher alone
+// left the FMAs waiting).
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
 template <int MR, int NE, class L>
