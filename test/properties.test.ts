@@ -113,11 +113,11 @@ describe('native engine agrees with the reference', () => {
 // within 1e-5 of the largest score; with the same experts, the weights agree within 1e-5.
 describe('default routing on logits of any scale agrees with the oracle', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 1000, logits from 1e-3 to 1e3, ties and near-ties × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e3, ties, near-ties and constant rows × [${simd.join(', ')}]`, () => {
     const normal = normalGenerator(20261122);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     let compared = 0;
-    const experts = [2, 4, 8, 12, 16, 17, 60, 64, 65, 100, 256, 300, 1000];
+    const experts = [2, 4, 8, 12, 16, 17, 60, 64, 65, 100, 256, 300, 1000, 1024];
     const scales = [1e-3, 1, 40, 1e3];
     for (const E of experts) {
       for (const scale of scales) {
@@ -129,6 +129,7 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
           for (let e = 0; e < E; e++) row[e] = normal() * scale;
           const mode = t % 4;
           if (mode === 1) for (let e = 0; e < E; e++) row[e] = Math.round(row[e]! / scale) * scale; // exact ties
+          if (t === 1) row.fill(scale); // one value throughout: every expert survives any bound
           if (mode >= 2) {
             const top = Math.max(...row);
             // near-ties a few ulps apart, below what a truncated raw-logit key can tell apart

@@ -11,6 +11,21 @@ namespace moe {
 namespace simd {
 namespace avx2 {
 
+// For each 8-bit mask, its set bits' positions in increasing order, 4 bits each (Vec::compress).
+struct SelectedLanes {
+  uint32_t packed[256];
+};
+constexpr SelectedLanes make_selected_lanes() {
+  SelectedLanes t{};
+  for (uint32_t mask = 0; mask < 256; ++mask) {
+    int n = 0;
+    for (uint32_t lane = 0; lane < 8; ++lane)
+      if (mask & (1u << lane)) t.packed[mask] |= lane << (4 * n++);
+  }
+  return t;
+}
+constexpr SelectedLanes kSelectedLanes = make_selected_lanes();
+
 struct Vec {
   static constexpr int kLanes = 8;
   using F = __m256;
@@ -84,35 +99,16 @@ struct Vec {
   }
 
   // Stores the lanes of v selected by `lanes` (a bit per lane), and their indices base + lane, at
-  // keys[0..) and index[0..) in lane order. Returns how many.
+  // keys[0..) and index[0..) in lane order; writes a whole vector to each. Returns how many.
+  // Branch-free: a table gives, per 8-bit mask, the selected lanes packed 4 bits each (a loop over
+  // the set bits mispredicted on random masks).
   static int compress(float* keys, int32_t* index, F v, int32_t base, uint32_t lanes) {
-    alignas(32) float all[kLanes];
-    _mm256_store_ps(all, v);
-    int n = 0;
-    for (; lanes; lanes &= lanes - 1, ++n) {
-      const int lane = __builtin_ctz(lanes);
-      keys[n] = all[lane];
-      index[n] = base + lane;
-    }
-    return n;
-  }
-
-  // Appends the lanes of block (and of block_index) selected by `lanes` to lanes [count, ..) of keys
-  // (and index), in lane order; the total must fit in a vector. Returns the new count.
-  static int append(F& keys, I& index, int count, F block, I block_index, uint32_t lanes) {
-    alignas(32) float k[kLanes], from[kLanes];
-    alignas(32) int32_t i[kLanes], from_index[kLanes];
-    _mm256_store_ps(k, keys);
-    _mm256_store_ps(from, block);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(i), index);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(from_index), block_index);
-    for (; lanes; lanes &= lanes - 1, ++count) {
-      k[count] = from[__builtin_ctz(lanes)];
-      i[count] = from_index[__builtin_ctz(lanes)];
-    }
-    keys = _mm256_load_ps(k);
-    index = _mm256_load_si256(reinterpret_cast<const __m256i*>(i));
-    return count;
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i lane = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(kSelectedLanes.packed[lanes])), shifts), _mm256_set1_epi32(7));
+    _mm256_storeu_ps(keys, _mm256_permutevar8x32_ps(v, lane));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(index), _mm256_add_epi32(lane, _mm256_set1_epi32(base)));
+    return __builtin_popcount(lanes);
   }
 
   // r[i] lane j <- r[j] lane i.

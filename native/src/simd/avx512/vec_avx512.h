@@ -104,16 +104,6 @@ struct Vec {
     return __builtin_popcount(lanes);
   }
 
-  // Appends the lanes of block (and of block_index) selected by `lanes` to lanes [count, ..) of keys
-  // (and index), in lane order; the total must fit in a vector. Returns the new count.
-  static int append(F& keys, I& index, int count, F block, I block_index, uint32_t lanes) {
-    const int n = __builtin_popcount(lanes);
-    const M into = static_cast<M>(((1u << n) - 1) << count);
-    keys = _mm512_mask_expand_ps(keys, into, _mm512_maskz_compress_ps(static_cast<M>(lanes), block));
-    index = _mm512_mask_expand_epi32(index, into, _mm512_maskz_compress_epi32(static_cast<M>(lanes), block_index));
-    return count + n;
-  }
-
   // r[i] lane j <- r[j] lane i.
   static void transpose(F r[kLanes]) {
     F t[kLanes];

@@ -69,7 +69,7 @@ struct Vec {
   static F select(M m, F if_true, F if_false) { return vbslq_f32(m, if_true, if_false); }
 
   // Stores the lanes of v selected by `lanes` (a bit per lane), and their indices base + lane, at
-  // keys[0..) and index[0..) in lane order. Returns how many.
+  // keys[0..) and index[0..) in lane order (room for a whole vector each). Returns how many.
   static int compress(float* keys, int32_t* index, F v, int32_t base, uint32_t lanes) {
     float all[kLanes];
     vst1q_f32(all, v);
@@ -80,23 +80,6 @@ struct Vec {
       index[n] = base + lane;
     }
     return n;
-  }
-  // Appends the lanes of block (and of block_index) selected by `lanes` to lanes [count, ..) of keys
-  // (and index), in lane order; the total must fit in a vector. Returns the new count.
-  static int append(F& keys, I& index, int count, F block, I block_index, uint32_t lanes) {
-    float k[kLanes], from[kLanes];
-    int32_t i[kLanes], from_index[kLanes];
-    vst1q_f32(k, keys);
-    vst1q_f32(from, block);
-    vst1q_s32(i, index);
-    vst1q_s32(from_index, block_index);
-    for (; lanes; lanes &= lanes - 1, ++count) {
-      k[count] = from[__builtin_ctz(lanes)];
-      i[count] = from_index[__builtin_ctz(lanes)];
-    }
-    keys = vld1q_f32(k);
-    index = vld1q_s32(i);
-    return count;
   }
 
   // r[i] lane j <- r[j] lane i.
