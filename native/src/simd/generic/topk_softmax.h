@@ -193,10 +193,15 @@ inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
 
 // Validation of one row: copies src[0..E) into u with every non-finite entry, and the padding up to a
 // whole vector, at -inf. Returns whether an entry was non-finite; *max gets the row's maximum.
-inline bool sanitized_copy(const float* src, int E, float* u, float* max) {
+// Fetches the row at `ahead` (E floats, read later; a prefetch never faults) into L2, a line per
+// line of src: the token-by-token paths read rows one after another with a selection between them
+// that reads nothing, and the hardware prefetcher alone left a third of the time on this function's
+// loads (logits of E = 1024 from DRAM). rows_ahead() says how far.
+inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead) {
   F vmax = Vec::set1(-kInf);
   bool invalid = false;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
+    if (e0 % 16 == 0) __builtin_prefetch(ahead + e0, 0, 2);
     const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
     const F x = lanes == kLanes ? Vec::load(src + e0) : Vec::load_tail(src + e0, lanes, 0.0f);
     const M finite = Vec::lt(Vec::abs(x), Vec::set1(kInf));
@@ -209,6 +214,11 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max) {
   *max = Vec::reduce_max(vmax);
   return invalid;
 }
+
+// How many rows of `stride` floats ahead sanitized_copy fetches: about 64 KiB (logits of E = 1024
+// from DRAM, one thread: 4 rows (16 KiB) into L1 1.38-1.40 ms, 16 rows into L2 0.98-1.06, none
+// 1.44-1.98; 32-64 rows measured the same as 16 within the noise).
+inline int64_t rows_ahead(int64_t stride) { return 1 + (int64_t{64} << 10) / (stride * static_cast<int64_t>(sizeof(float))); }
 
 // Rows per phase of rows_by_logit_order.
 constexpr int kPhaseRows = 4;
@@ -615,6 +625,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
   float* best = reinterpret_cast<float*>(cand + kPhaseRows * slot_words);
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M slots = Vec::first(K);
+  const int64_t ahead = rows_ahead(b.u_stride);
 
   // One phase: the rows phase_rows[0, n) token by token.
   int phase_rows[kPhaseRows];
@@ -625,7 +636,8 @@ inline void rows_by_logit_order(const RowBlock& b) {
     for (int r = 0; r < n; ++r) {
       const int64_t t = b.first + phase_rows[r];
       float* row = rows + r * row_words;
-      invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, row, &max[r]);
+      invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, row, &max[r],
+                                b.u + (phase_rows[r] + ahead) * b.u_stride);
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
       // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
@@ -719,13 +731,14 @@ inline void rows_block(const RowBlock& b) {
     }
   };
 
+  const int64_t ahead = rows_ahead(b.u_stride);
   for (int i = 0; i < b.rows; ++i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
 
     // 1. Validation; the row is copied with non-finite entries (and the padding) at -inf.
     float max;
-    const bool invalid = sanitized_copy(src, E, u, &max);
+    const bool invalid = sanitized_copy(src, E, u, &max, src + ahead * b.u_stride);
     out.invalid[t] = invalid ? 1 : 0;
     if (invalid && !sanitize) continue;
 
