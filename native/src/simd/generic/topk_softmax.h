@@ -113,34 +113,46 @@ inline void rank_place(const float* key, const int32_t* index, int m, int k, int
 // on AVX2 and NEON looped over the set bits: logits of E = 1024 from DRAM, one thread, AVX-512
 // 1.85-1.95 -> 1.72-1.76 ms, AVX2 3.4 -> 2.4; E = 300 on AVX2 6.5 -> 2.6.) Larger k, or more than a
 // vector of survivors: counting ranks, or the shared partial sort.
+// With an offset (k <= kLanes only), the keys are key[e] - offset, computed as they are read, and
+// lane_max, when given, holds the lane-wise maxima of key[] (so that the rows_by_logit_order phase
+// selects on v = u - max without a pass that stores v and a pass for the maxima).
 inline void select_best(const float* key, int n, int k, int32_t* idx, float* best, float* keys,
-                        int32_t* index, int32_t* order, std::vector<int32_t>& sort_order) {
+                        int32_t* index, int32_t* order, std::vector<int32_t>& sort_order, float offset = 0.0f,
+                        const F* lane_max = nullptr) {
   const Vec::I lanes_index = Vec::int_load(kLaneIndex);
   if (k > kLanes) {
     select_top(key, n, k, sort_order, idx);
     for (int j = 0; j < k; ++j) best[j] = key[idx[j]];
     return;
   }
+  const F off = Vec::set1(offset);  // x - 0 is x, -inf included
   if (n <= kLanes) {
-    select_in_vector(Vec::load(key), lanes_index, idx, best);
+    select_in_vector(Vec::sub(Vec::load(key), off), lanes_index, idx, best);
     return;
   }
-  F lane_max[2] = {Vec::set1(-kInf), Vec::set1(-kInf)};  // two chains of max latency, not one
-  int e0 = 0;
-  for (; e0 + 2 * kLanes <= n; e0 += 2 * kLanes) {
-    lane_max[0] = Vec::max(lane_max[0], Vec::load(key + e0));
-    lane_max[1] = Vec::max(lane_max[1], Vec::load(key + e0 + kLanes));
+  F max_of_lane;
+  if (lane_max) {
+    max_of_lane = *lane_max;
+  } else {
+    F acc[2] = {Vec::set1(-kInf), Vec::set1(-kInf)};  // two chains of max latency, not one
+    int e0 = 0;
+    for (; e0 + 2 * kLanes <= n; e0 += 2 * kLanes) {
+      acc[0] = Vec::max(acc[0], Vec::load(key + e0));
+      acc[1] = Vec::max(acc[1], Vec::load(key + e0 + kLanes));
+    }
+    if (e0 < n) acc[0] = Vec::max(acc[0], Vec::load(key + e0));
+    max_of_lane = Vec::max(acc[0], acc[1]);
   }
-  if (e0 < n) lane_max[0] = Vec::max(lane_max[0], Vec::load(key + e0));
+  // x - offset is non-decreasing in x, so the maxima of the keys are those of key[] less the offset.
   alignas(64) int32_t maxima[kLanes];
-  Vec::store_int(maxima, sort_descending(sortable(Vec::to_bits(Vec::max(lane_max[0], lane_max[1])))));
+  Vec::store_int(maxima, sort_descending(sortable(Vec::to_bits(Vec::sub(max_of_lane, off)))));
   const F bound = Vec::from_bits(sortable(Vec::int_set1(maxima[k - 1])));
   // Survivors so far never outnumber the keys before e0, so each whole-vector store stays inside
   // padded(n).
   int m = 0;
-  for (e0 = 0; e0 < n; e0 += kLanes) {
+  for (int e0 = 0; e0 < n; e0 += kLanes) {
     const int lanes = n - e0 < kLanes ? n - e0 : kLanes;
-    const F block = Vec::load(key + e0);
+    const F block = Vec::sub(Vec::load(key + e0), off);
     m += Vec::compress(keys + m, index + m, block, e0, Vec::bits(Vec::ge(block, bound)) & ((1u << lanes) - 1));
   }
   Vec::store(keys + m, Vec::set1(-kInf));
@@ -196,8 +208,9 @@ inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
 // Fetches the row at `ahead` (E floats, read later; a prefetch never faults) into L2, a line per
 // line of src: the token-by-token paths read rows one after another with a selection between them
 // that reads nothing, and the hardware prefetcher alone left a third of the time on this function's
-// loads (logits of E = 1024 from DRAM). rows_ahead() says how far.
-inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead) {
+// loads (logits of E = 1024 from DRAM). rows_ahead() says how far. lane_max, unless null, gets the
+// lane-wise maxima of u (padding included).
+inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead, F* lane_max) {
   F vmax = Vec::set1(-kInf);
   bool invalid = false;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
@@ -212,6 +225,7 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max, const 
     vmax = Vec::max(vmax, v);
   }
   *max = Vec::reduce_max(vmax);
+  if (lane_max) *lane_max = vmax;
   return invalid;
 }
 
@@ -632,25 +646,24 @@ inline void rows_by_logit_order(const RowBlock& b) {
   int n = 0;
   const auto phase = [&] {
     float max[kPhaseRows];
+    F lane_max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];
     for (int r = 0; r < n; ++r) {
       const int64_t t = b.first + phase_rows[r];
-      float* row = rows + r * row_words;
-      invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, row, &max[r],
-                                b.u + (phase_rows[r] + ahead) * b.u_stride);
+      invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, rows + r * row_words, &max[r],
+                                b.u + (phase_rows[r] + ahead) * b.u_stride, &lane_max[r]);
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
-      // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
-      // relative error that on u grows with the logits' scale (an adversarial test with logits up to
-      // 1e3 found score gaps of 2.7e-3 max_p), and on v stays below 2^-19 e^-1 max_p
-      // (docs/semantics.md §13). v is also what the weights' exponentials take, bit for bit.
-      if (max[r] > -kInf)
-        for (int64_t e = 0; e < row_words; e += kLanes) Vec::store(row + e, Vec::sub(Vec::load(row + e), Vec::set1(max[r])));
     }
+    // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
+    // relative error that on u grows with the logits' scale (an adversarial test with logits up to
+    // 1e3 found score gaps of 2.7e-3 max_p), and on v stays below 2^-19 e^-1 max_p
+    // (docs/semantics.md §13). v is also what the weights' exponentials take, bit for bit. (A row
+    // of -inf only: v = u.)
     for (int r = 0; r < n; ++r)
       if (!skip[r])
         select_best(rows + r * row_words, E, K, cand + r * slot_words, best + r * slot_words, select_keys,
-                    select_index, select_order, *b.order);
+                    select_index, select_order, *b.order, max[r] > -kInf ? max[r] : 0.0f, &lane_max[r]);
     for (int r = 0; r < n; ++r) {
       if (skip[r]) continue;
       const int64_t t = b.first + phase_rows[r];
@@ -738,7 +751,7 @@ inline void rows_block(const RowBlock& b) {
 
     // 1. Validation; the row is copied with non-finite entries (and the padding) at -inf.
     float max;
-    const bool invalid = sanitized_copy(src, E, u, &max, src + ahead * b.u_stride);
+    const bool invalid = sanitized_copy(src, E, u, &max, src + ahead * b.u_stride, nullptr);
     out.invalid[t] = invalid ? 1 : 0;
     if (invalid && !sanitize) continue;
 
