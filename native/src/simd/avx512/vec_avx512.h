@@ -85,6 +85,7 @@ struct Vec {
   static void store_int(int32_t* p, I a) { _mm512_storeu_si512(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm512_mask_storeu_epi32(p, first(n), a); }
   static I int_load(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static I int_gather(const int32_t* base, I index) { return _mm512_i32gather_epi32(index, base, 4); }  // lane i = base[index[i]]
   static I int_xor(I a, I b) { return _mm512_xor_si512(a, b); }
   static I int_max(I a, I b) { return _mm512_max_epi32(a, b); }
   static I int_min(I a, I b) { return _mm512_min_epi32(a, b); }

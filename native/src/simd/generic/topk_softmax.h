@@ -240,6 +240,11 @@ constexpr int kPhaseRows = 4;
 // Up to these E and K, rows_by_logit_order works across tokens: E so that an expert index fits in
 // the 8 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost).
 constexpr int kAcrossMaxE = 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+// Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
+// whose gathers pay on AVX-512 from three vectors of experts on (in cache, one thread: E = 256 -28%,
+// E = 128 -20%, E = 32 and 64 unchanged) but not on AVX2 (eight lanes, sixteen registers: E = 32 to
+// 200 10-40% slower, E = 256 -8%), and NEON has no gather.
+constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
 inline void compare_swap(Vec::I& a, Vec::I& b) {
@@ -383,34 +388,139 @@ inline void store_slots(const F* weight, const Vec::I* expert, float* weights_ou
   }
 }
 
-// rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
-// (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
-// experts_out, and, unless counts is null, add its experts to counts. Rows are loaded kLanes experts
-// at a time and transposed into columns (one expert, kLanes tokens), or turned into columns by
-// narrow_columns; a first pass over the columns takes each lane's maximum, the second turns each
-// logit u into a packed int key
+// The packed int key of rows_across_tokens for a logit u of a token whose largest logit is max:
 //   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
-// smaller for a better expert, distinct within a lane, and an exact tie goes to the lower expert as
+// smaller for a better expert, distinct within a token, and an exact tie goes to the lower expert as
 // in the oracle. Keys within b bits of each other compare by expert instead: near-ties, within
-// SPEC §10 for b <= 8 (docs/semantics.md §13). Keys are sorted L = (K rounded up to a power of two)
-// at a time by a network, merged into each lane's list of the L smallest, and the weights come from
-// the exact logits of the K selected experts. Pure throughput: no per-token chain of dependent
-// steps, no horizontal operation. Returns false, writing nothing, when a token of the group has a
-// non-finite logit.
-// (GCC 12 reports block[used..) after narrow_columns as maybe uninitialized: they are never read.)
+// SPEC §10 for b <= 8 (docs/semantics.md §13). value_bits has the low b bits clear.
+inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
+  const F w = Vec::sub(max, u);
+  return Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), expert);
+}
+
+// lane l = l * S, for the gathers of knockout_keys.
+template <int S>
+struct LaneOffsets {
+  alignas(64) int32_t at[16] = {};
+  constexpr LaneOffsets() {
+    for (int l = 0; l < 16; ++l) at[l] = l * S;
+  }
+};
+
+// The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N a
+// power of two, at least 4), sorted, into best[0..L), and each token's largest logit into row_max.
+// Per token, in its row's own layout: the keys of N vectors (padding: keys of the lowest float,
+// above every real key), then a knockout: vector i against vector i + n/2, the smaller key of each
+// position going on and the larger stored as that position's loser, until one vector of kLanes
+// winners is left. Only the winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
+// level back down: the L best keys of a level are among the L best of the level above and their L
+// losers (a key among the L best that lost did so to a key among them), which a gather fetches by
+// the winner's position (its expert index modulo the level's width). Exactly the L smallest keys,
+// as column_keys gives them: a vector of keys costs a min, a max and a store, where the columns
+// cost a quarter of a transpose, a store, a load and ~9 network operations (19 comparators sort 8
+// keys, 8 mins and 12 comparators merge them). False, with best and row_max unset, when a logit of
+// the group is not finite. (V is Vec, a parameter so that the ISAs that never instantiate this, for
+// want of V::int_gather, can compile it.)
+template <int L, int N = 4, class V = Vec>
+inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value_bits, Vec::I* best, F& row_max) {
+  if constexpr (N * kLanes < kAcrossMaxE) {
+    if (N * kLanes < E) return knockout_keys<L, 2 * N, V>(base, E, stride, value_bits, best, row_max);
+  }
+  constexpr int kLost = (N - 1) * kLanes;  // a token's losers, level by level: N/2 vectors, N/4, .. 1
+  alignas(64) int32_t losers[kLanes * kLost];
+  alignas(64) float winners[kLanes][kLanes];
+  alignas(64) float maxes[kLanes];
+  const Vec::I lane = Vec::int_load(kLaneIndex);
+  const bool whole = E == N * kLanes;
+  F nonfinite = Vec::zero();
+  for (int l = 0; l < kLanes; ++l) {
+    const float* row = base + l * stride;
+    // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
+    // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted the
+    // losers the gathers read (logits-256x8 in cache 0.091 -> 0.080 ms without it; from DRAM, two
+    // threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
+    const float* next = row + kLanes * stride;
+    F u[N], top[4], check[2] = {Vec::zero(), Vec::zero()};
+#pragma GCC unroll 64
+    for (int i = 0; i < N; ++i) {
+      __builtin_prefetch(next + i * kLanes, 0, 2);
+      const int e0 = i * kLanes;  // whole for i < N/2
+      u[i] = i < N / 2 || whole || e0 + kLanes <= E ? Vec::load(row + e0)
+             : e0 < E ? Vec::load_tail(row + e0, E - e0, std::numeric_limits<float>::lowest())
+                      : Vec::set1(std::numeric_limits<float>::lowest());
+      check[i % 2] = Vec::fmadd(u[i], Vec::zero(), check[i % 2]);  // stays 0 unless u is not finite
+      top[i % 4] = i < 4 ? u[i] : Vec::max(top[i % 4], u[i]);
+    }
+    nonfinite = Vec::add(nonfinite, Vec::add(check[0], check[1]));
+    maxes[l] = Vec::reduce_max(Vec::max(Vec::max(top[0], top[1]), Vec::max(top[2], top[3])));
+    const F max = Vec::set1(maxes[l]);
+    Vec::I key[N];
+#pragma GCC unroll 64
+    for (int i = 0; i < N; ++i) key[i] = logit_key(max, u[i], value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
+    int32_t* lost = losers + l * kLost;
+#pragma GCC unroll 6
+    for (int n = N; n > 1; lost += n / 2 * kLanes, n /= 2)
+#pragma GCC unroll 32
+      for (int i = 0; i < N / 2; ++i) {
+        if (i >= n / 2) break;
+        Vec::store_int(lost + i * kLanes, Vec::int_max(key[i], key[i + n / 2]));
+        key[i] = Vec::int_min(key[i], key[i + n / 2]);
+      }
+    Vec::store(winners[l], Vec::from_bits(key[0]));
+  }
+  if (Vec::bits(Vec::eq(nonfinite, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
+  row_max = Vec::load(maxes);
+
+  F column[kLanes];
+#pragma GCC unroll 16
+  for (int l = 0; l < kLanes; ++l) column[l] = Vec::load(winners[l]);
+  Vec::transpose(column);
+#pragma GCC unroll 16
+  for (int c0 = 0; c0 < kLanes; c0 += L) {
+    Vec::I key[L];
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
+    sort_keys<L>(key);
+    if (c0 == 0) {
+#pragma GCC unroll 8
+      for (int i = 0; i < L; ++i) best[i] = key[i];
+    } else {
+      merge_keys<L>(best, key);
+    }
+  }
+  if constexpr (L > 1) {  // (the best key of all is the best winner)
+    static constexpr LaneOffsets<kLost> kTokens{};
+#pragma GCC unroll 6
+    for (int n = 2; n <= N; n *= 2) {
+      const Vec::I level = Vec::int_add(Vec::int_load(kTokens.at), Vec::int_set1((N - n) * kLanes));
+      const Vec::I position = Vec::int_set1(n / 2 * kLanes - 1);
+      Vec::I partner[L];
+#pragma GCC unroll 8
+      for (int j = 0; j < L; ++j) partner[j] = V::int_gather(losers, Vec::int_add(level, Vec::int_and(best[j], position)));
+      sort_keys<L>(partner);
+      merge_keys<L>(best, partner);
+    }
+  }
+  return true;
+}
+
+// The L smallest keys of kLanes tokens (one per lane) of E <= kColumnMaxE experts, sorted, into
+// best[0..L), and each token's largest logit into row_max, from the columns (one expert, kLanes
+// tokens): the rows loaded kLanes experts at a time and transposed, or turned into columns by
+// narrow_columns, into columns[0..E) (and up to a whole L, columns of the lowest float, which change
+// neither the maximum nor the check and whose keys come out above every real key). A first pass takes
+// each lane's maximum and whether every logit is finite (x * 0 + acc stays 0 unless some x is
+// infinite or NaN; four accumulators each, so that no chain of E dependent steps bounds the pass),
+// the second the keys, which networks sort L at a time and merge into each lane's list of the L
+// smallest; keys[0..E), unless null, gets them. False, with best and row_max unset, when a logit of
+// the group is not finite.
+// (GCC 12 reports block[used..) after narrow_columns, and where this is inlined the columns and best
+// it fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int K>
-inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
-                               int32_t* experts_out, int32_t* counts) {
-  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
-  const int E = c.E;
-
-  // Pass 1: the columns, each lane's maximum, and whether every logit is finite (x * 0 + acc stays
-  // 0 unless some x is infinite or NaN). Four accumulators each, so that no chain of E dependent
-  // steps bounds the pass. Past E (up to a whole L), columns of the lowest float: they change
-  // neither, and their keys come out above every real key.
-  alignas(64) float columns[kAcrossMaxE][kLanes];
+template <int L>
+[[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits,
+                                               float (*columns)[kLanes], float (*keys)[kLanes], Vec::I* best, F& row_max) {
   F max[4], nonfinite[4];
   for (int a = 0; a < 4; ++a) {
     max[a] = Vec::set1(-kInf);
@@ -445,33 +555,21 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   }
   const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
   if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
-  const F row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
+  row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
 
-  // Pass 2: the keys, L at a time. The padding columns up to a whole L (which stays below 2^b:
-  // K <= E) sort after every real key. When the counts are taken from the keys (below), the keys are
-  // kept: over their columns, or for E <= 8 (whose weights read the columns back) beside them.
-  const bool count_keys = counts && E <= 6 * K;
-  alignas(64) float narrow_keys[8][kLanes];
-  float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
-  const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
-  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
-  Vec::I best[L];
-#pragma GCC unroll 8
-  for (int i = 0; i < L; ++i) best[i] = Vec::int_set1(std::numeric_limits<int32_t>::max());  // replaced at e0 = 0
   for (int e0 = 0; e0 < E; e0 += L) {
     // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
     // memory requests at all while it was as long as pass 1, and pass 1 issued these together with
     // the next group's (when they were three groups ahead). Spread over both passes, DRAM is read
-    // during the whole group: logits-256x8, A/B interleaved, one thread 2.6-2.8 -> 2.1-2.3 ms
-    // (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
+    // during the whole group: logits-256x8 (columns, before knockout_keys), A/B interleaved, one
+    // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (!narrow && e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
     Vec::I key[L];
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) {
-      const F w = Vec::sub(row_max, Vec::load(columns[e0 + i]));
-      key[i] = Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), Vec::int_set1(e0 + i));
-      if (count_keys) Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
+      key[i] = logit_key(row_max, Vec::load(columns[e0 + i]), value_bits, Vec::int_set1(e0 + i));
+      if (keys) Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
     }
     sort_keys<L>(key);
     if (e0 == 0) {
@@ -481,6 +579,38 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
       merge_keys<L>(best, key);
     }
   }
+  return true;
+}
+
+// rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
+// (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
+// experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
+// (logit_key); column_keys or knockout_keys find the L = (K rounded up to a power of two) smallest of
+// each lane, and the weights come from the exact logits of the K selected experts. Pure throughput:
+// no per-token chain of dependent steps. Returns false, writing nothing, when a token of the group
+// has a non-finite logit.
+template <int K>
+inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
+                               int32_t* experts_out, int32_t* counts) {
+  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
+  const int E = c.E;
+  const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
+  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
+  Vec::I best[L];
+  F row_max;
+  // E <= kColumnMaxE: the columns (the weights of E <= 8 are picked from them), and for the counts
+  // of E <= 6K the keys, which are compared with the K-th smallest (about 6 operations an expert;
+  // otherwise one increment per selected slot, about 2 a slot: logits-256x8 spent a fifth of its
+  // operations on the first way). The keys are kept over their columns, or for E <= 8 beside them.
+  alignas(64) float columns[kColumnMaxE][kLanes];
+  alignas(64) float narrow_keys[8][kLanes];
+  float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
+  const bool count_keys = counts && E <= kColumnMaxE && E <= 6 * K;
+  bool finite = false;
+  if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
+    if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
+  if (E <= kColumnMaxE) finite = column_keys<L>(base, E, stride, value_bits, columns, count_keys ? keys : nullptr, best, row_max);
+  if (!finite) return false;
 
   Vec::I chosen[K];
   alignas(64) int32_t index[K][kLanes];
@@ -488,10 +618,6 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
     chosen[j] = Vec::int_and(best[j], expert_bits);
     Vec::store_int(index[j], chosen[j]);
   }
-
-  // Counts: for small E / K, expert e is selected in the lanes where its key is at most the K-th
-  // smallest (about 6 operations an expert); otherwise one increment per selected slot (about 2 a
-  // slot, kLanes * K of them): logits-256x8 spent a fifth of its operations on the first way.
   if (count_keys) {
     for (int e = 0; e < E; ++e)
       counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
