@@ -494,9 +494,11 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     for (int n = 2; n <= N; n *= 2) {
       const Vec::I level = Vec::int_add(Vec::int_load(kTokens.at), Vec::int_set1((N - n) * kLanes));
       const Vec::I position = Vec::int_set1(n / 2 * kLanes - 1);
+      // (The L-th best's loser is worse than it: it cannot enter, and is not fetched.)
       Vec::I partner[L];
 #pragma GCC unroll 8
-      for (int j = 0; j < L; ++j) partner[j] = V::int_gather(losers, Vec::int_add(level, Vec::int_and(best[j], position)));
+      for (int j = 0; j < L - 1; ++j) partner[j] = V::int_gather(losers, Vec::int_add(level, Vec::int_and(best[j], position)));
+      partner[L - 1] = Vec::int_set1(std::numeric_limits<int32_t>::max());
       sort_keys<L>(partner);
       merge_keys<L>(best, partner);
     }
