@@ -285,6 +285,19 @@ inline void merge_keys(Vec::I* best, const Vec::I* k) {
       if ((i & d) == 0) compare_swap(best[i], best[i + d]);
 }
 
+// best[0..L) <- the L smallest of the sorted list best and the keys k[0..L) (unsorted; sorted
+// afterwards), sorted; with `first`, the keys alone.
+template <int L>
+inline void add_keys(Vec::I* best, Vec::I* k, bool first) {
+  sort_keys<L>(k);
+  if (first) {
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i) best[i] = k[i];
+  } else {
+    merge_keys<L>(best, k);
+  }
+}
+
 // v[0..N) holds N * kLanes floats in order, rows of N (N a power of two): afterwards v[c] holds
 // column c, lane r being row r. N log2 N unzips.
 template <int N>
@@ -480,13 +493,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     Vec::I key[L];
 #pragma GCC unroll 8
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
-    sort_keys<L>(key);
-    if (c0 == 0) {
-#pragma GCC unroll 8
-      for (int i = 0; i < L; ++i) best[i] = key[i];
-    } else {
-      merge_keys<L>(best, key);
-    }
+    add_keys<L>(best, key, c0 == 0);
   }
   if constexpr (L > 1) {  // (the best key of all is the best winner)
     static constexpr LaneOffsets<kLost> kTokens{};
@@ -499,8 +506,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
 #pragma GCC unroll 8
       for (int j = 0; j < L - 1; ++j) partner[j] = V::int_gather(losers, Vec::int_add(level, Vec::int_and(best[j], position)));
       partner[L - 1] = Vec::int_set1(std::numeric_limits<int32_t>::max());
-      sort_keys<L>(partner);
-      merge_keys<L>(best, partner);
+      add_keys<L>(best, partner, false);
     }
   }
   return true;
@@ -573,13 +579,7 @@ template <int L>
       key[i] = logit_key(row_max, Vec::load(columns[e0 + i]), value_bits, Vec::int_set1(e0 + i));
       if (keys) Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
     }
-    sort_keys<L>(key);
-    if (e0 == 0) {
-#pragma GCC unroll 8
-      for (int i = 0; i < L; ++i) best[i] = key[i];
-    } else {
-      merge_keys<L>(best, key);
-    }
+    add_keys<L>(best, key, e0 == 0);
   }
   return true;
 }
