@@ -242,8 +242,8 @@ constexpr int kPhaseRows = 4;
 constexpr int kAcrossMaxE = 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // whose gathers pay on AVX-512 from three vectors of experts on (in cache, one thread: E = 256 -28%,
-// E = 128 -20%, E = 32 and 64 unchanged) but not on AVX2 (eight lanes, sixteen registers: E = 32 to
-// 200 10-40% slower, E = 256 -8%), and NEON has no gather.
+// E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower) but not on AVX2 (eight lanes, sixteen
+// registers: E = 32 to 200 10-40% slower, E = 256 -8%), and NEON has no gather.
 constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
@@ -423,7 +423,7 @@ struct LaneOffsets {
 // The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N a
 // power of two, at least 4), sorted, into best[0..L), and each token's largest logit into row_max.
 // Per token, in its row's own layout: the keys of N vectors (padding: keys of the lowest float,
-// above every real key), then a knockout: vector i against vector i + n/2, the smaller key of each
+// above every real key; N * kLanes <= 2^b, so every position is an index the keys can hold), then a knockout: vector i against vector i + n/2, the smaller key of each
 // position going on and the larger stored as that position's loser, until one vector of kLanes
 // winners is left. Only the winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
 // level back down: the L best keys of a level are among the L best of the level above and their L
