@@ -420,12 +420,13 @@ struct LaneOffsets {
   }
 };
 
-// The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N a
-// power of two, at least 4), sorted, into best[0..L), and each token's largest logit into row_max.
-// Per token, in its row's own layout: the keys of N vectors (padding: keys of the lowest float,
-// above every real key; N * kLanes <= 2^b, so every position is an index the keys can hold), then a knockout: vector i against vector i + n/2, the smaller key of each
-// position going on and the larger stored as that position's loser, until one vector of kLanes
-// winners is left. Only the winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
+// The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N
+// a power of two, at least 4), sorted, into best[0..L), and each token's largest logit into
+// row_max. Per token, in its row's own layout: the keys of N vectors (padding: keys of the lowest
+// float, above every real key; N * kLanes <= 2^b, so every position is an index the keys can hold),
+// then a knockout: vector i against vector i + n/2, the smaller key of each position going on and
+// the larger stored as that position's loser, until one vector of kLanes winners is left. Only the
+// winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
 // level back down: the L best keys of a level are among the L best of the level above and their L
 // losers (a key among the L best that lost did so to a key among them), which a gather fetches by
 // the winner's position (its expert index modulo the level's width). Exactly the L smallest keys,
@@ -680,13 +681,13 @@ inline bool finite_row(const float* row, int E) {
 }
 
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
-// straight from u; the rows of a group that holds a non-finite logit, and those after the last whole
-// group, one by one: each finite row is gathered into a group of its own making (the last one padded
-// with copies of its first row, whose answers are dropped), and the others are handed to left(row)
-// for the token-by-token path (sanitize mode; reject mode only marks them). So every finite token gets the
-// same lane-wise operations, and the same answer bit for bit, whatever batch or place in it it comes
-// in: the token-by-token path sums its weights in another order and breaks near-ties by other keys,
-// and the token-mode cache hands one batch's rows to another.
+// straight from u; the rows of a group that holds a non-finite logit, and those after the last
+// whole group, one by one: each finite row is gathered into a group of its own making (the last one
+// padded with copies of its first row, whose answers are dropped), and the others are handed to
+// left(row) for the token-by-token path (sanitize mode; reject mode only marks them). So every
+// finite token gets the same lane-wise operations, and the same answer bit for bit, whatever batch
+// or place in it it comes in: the token-by-token path sums its weights in another order and breaks
+// near-ties by other keys, and the token-mode cache hands one batch's rows to another.
 template <class Left>
 inline void across_rows(const RowBlock& b, Left&& left) {
   const Config& c = *b.config;
