@@ -3,27 +3,31 @@
 # same moments of a shared machine (its slow phases last seconds), and print each build's median,
 # first quartile and minimum of the per-run medians.
 #
-#   bench/ab-time.sh [-n alternations] [-t threads] [-d dtypes] [-b backend] [-r runs] WORKLOAD TOOL...
+#   bench/ab-time.sh [-n alternations] [-t threads] [-d dtypes] [-b backend] [-r runs] [-w workloads.json]
+#                    WORKLOAD TOOL...
 #   e.g. cp build-tools/moe_router_time /tmp/old; (change, rebuild);
 #        bench/ab-time.sh -n 12 -t 2 -d f32,bf16 mixtral-prefill /tmp/old build-tools/moe_router_time
 set -euo pipefail
-alternations=10 threads=2 dtypes=f32 backend=avx512 runs=15
-while getopts n:t:d:b:r: opt; do
+alternations=10 threads=2 dtypes=f32 backend=avx512 runs=15 workloads=
+while getopts n:t:d:b:r:w: opt; do
   case $opt in
     n) alternations=$OPTARG ;;
     t) threads=$OPTARG ;;
     d) dtypes=$OPTARG ;;
     b) backend=$OPTARG ;;
     r) runs=$OPTARG ;;
+    w) workloads=$OPTARG ;;
     *) exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 2 ] || { sed -n 2,8p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,9p "$0"; exit 2; }
 workload=$1
 shift
-workloads="$(dirname "$0")/../../shared/workloads.json"
-[ -f "$workloads" ] || workloads="${MOE_WORKLOADS:?set MOE_WORKLOADS to workloads.json}"
+if [ -z "$workloads" ]; then
+  workloads="$(dirname "$0")/../../shared/workloads.json"
+  [ -f "$workloads" ] || workloads="${MOE_WORKLOADS:?set MOE_WORKLOADS to workloads.json, or pass -w}"
+fi
 
 for _ in $(seq "$alternations"); do
   for tool in "$@"; do
