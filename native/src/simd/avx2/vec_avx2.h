@@ -111,8 +111,8 @@ struct Vec {
     return __builtin_popcount(lanes);
   }
 
-  // r[i] lane j <- r[j] lane i.
-  static void transpose(F r[kLanes]) {
+  // r[i] lane j <- r[j] lane i. Always inlined: called, the vectors go through memory.
+  [[gnu::always_inline]] static void transpose(F r[kLanes]) {
     F t[kLanes];
     for (int i = 0; i < 4; ++i) {
       t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);

@@ -301,7 +301,7 @@ inline void add_keys(Vec::I* best, Vec::I* k, bool first) {
 // v[0..N) holds N * kLanes floats in order, rows of N (N a power of two): afterwards v[c] holds
 // column c, lane r being row r. N log2 N unzips.
 template <int N>
-inline void to_columns(F* v) {
+[[gnu::always_inline]] inline void to_columns(F* v) {
   if constexpr (N > 1) {
     F even[N / 2], odd[N / 2];
 #pragma GCC unroll 8
@@ -318,7 +318,7 @@ inline void to_columns(F* v) {
 
 // The inverse of to_columns: columns v[0..N) back to N * kLanes floats in order, rows of N.
 template <int N>
-inline void to_rows(F* v) {
+[[gnu::always_inline]] inline void to_rows(F* v) {
   if constexpr (N > 1) {
     F even[N / 2], odd[N / 2];
 #pragma GCC unroll 8
@@ -513,74 +513,117 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   return true;
 }
 
-// The L smallest keys of kLanes tokens (one per lane) of E <= kColumnMaxE experts, sorted, into
-// best[0..L), and each token's largest logit into row_max, from the columns (one expert, kLanes
-// tokens): the rows loaded kLanes experts at a time and transposed, or turned into columns by
-// narrow_columns, into columns[0..E) (and up to a whole L, columns of the lowest float, which change
-// neither the maximum nor the check and whose keys come out above every real key). A first pass takes
-// each lane's maximum and whether every logit is finite (x * 0 + acc stays 0 unless some x is
-// infinite or NaN; four accumulators each, so that no chain of E dependent steps bounds the pass),
-// the second the keys, which networks sort L at a time and merge into each lane's list of the L
-// smallest; keys[0..E), unless null, gets them. False, with best and row_max unset, when a logit of
-// the group is not finite.
-// (GCC 12 reports block[used..) after narrow_columns, and where this is inlined the columns and best
-// it fills, as maybe uninitialized: none is read before it is written.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int L>
-[[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits,
-                                               float (*columns)[kLanes], float (*keys)[kLanes], Vec::I* best, F& row_max) {
-  F max[4], nonfinite[4];
-  for (int a = 0; a < 4; ++a) {
-    max[a] = Vec::set1(-kInf);
-    nonfinite[a] = Vec::zero();
-  }
-  bool narrow = false;  // whether narrow_columns read the rows (it fetches its own rows ahead)
-  for (int e0 = 0; e0 < E; e0 += kLanes) {
-    const int width = E - e0 < kLanes ? E - e0 : kLanes;
-    F block[kLanes];  // narrow_columns fills block[0, E), E = used: GCC cannot tell (see the pragma)
-    narrow = narrow_columns(base, E, stride, block);
-    if (!narrow) {
-      // The rows are read a vector of experts at a time, a pattern the hardware prefetcher follows
-      // late: fetch the same vectors of the next group's rows (they may lie past this block; a
-      // prefetch never faults). Spread over the pass rather than all at the start of the group (256
-      // lines for E = 256, more than the core keeps in flight): logits-256x8 from DRAM, one thread,
-      // 4.4 -> 2.7 ms; logits-64x8 5.4 -> 3.4-4.4 ms. (The group after it is fetched into L2 during
-      // pass 2, below.)
-      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
-      for (int l = 0; l < kLanes; ++l)
-        block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
-                                   : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
-      Vec::transpose(block);
-    }
-    const int used = (width + L - 1) / L * L;  // pass 2 reads whole L
+// The columns (one expert, kLanes tokens) of experts [e0, e0 + kLanes) of kLanes rows into block:
+// the rows loaded a vector at a time and transposed; past E, columns of the lowest float, which
+// change neither the maximum nor the check and whose keys come out above every real key. The rows
+// are read a vector of experts at a time, a pattern the hardware prefetcher follows late: the same
+// vectors of the next group's rows are fetched (they may lie past this block; a prefetch never
+// faults), spread over the pass rather than all at the start of the group (256 lines for E = 256,
+// more than the core keeps in flight): logits-256x8 from DRAM, one thread, 4.4 -> 2.7 ms;
+// logits-64x8 5.4 -> 3.4-4.4 ms.
+[[gnu::always_inline]] inline void load_columns(const float* base, int E, int e0, int64_t stride, F* block) {
+  const int width = E - e0 < kLanes ? E - e0 : kLanes;
+  for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
+  for (int l = 0; l < kLanes; ++l)
+    block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
+                               : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
+  Vec::transpose(block);
+}
+
+// Each lane's maximum over columns, and whether every logit is finite (x * 0 + acc stays 0 unless
+// x is infinite or NaN); four accumulators each, so that no chain of E dependent steps bounds the
+// pass.
+struct ColumnCheck {
+  F max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
+  F nonfinite[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
+
+  // block[0, n), n <= kLanes.
+  [[gnu::always_inline]] void add(const F* block, int n) {
 #pragma GCC unroll 16
     for (int i = 0; i < kLanes; ++i) {
-      if (i >= used) break;
-      Vec::store(columns[e0 + i], block[i]);
+      if (i >= n) break;
       max[i % 4] = Vec::max(max[i % 4], block[i]);
       nonfinite[i % 4] = Vec::fmadd(block[i], Vec::zero(), nonfinite[i % 4]);
     }
   }
-  const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
-  if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
-  row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
+  // Whether every logit was finite; if so, each lane's maximum into row_max.
+  [[gnu::always_inline]] bool finite(F& row_max) const {
+    const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
+    if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
+    row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
+    return true;
+  }
+};
 
+// The keys (logit_key) of columns [e0, e0 + L) into keys[e0, e0 + L) unless keys is null, sorted
+// by a network and merged into each lane's list of the L smallest, best[0, L) (with e0 = 0, the
+// list's start).
+template <int L>
+[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
+                                                   Vec::I* best) {
+  Vec::I key[L];
+#pragma GCC unroll 8
+  for (int i = 0; i < L; ++i) {
+    key[i] = logit_key(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
+    if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
+  }
+  add_keys<L>(best, key, e0 == 0);
+}
+
+// The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
+// best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
+// or narrow_columns, which fetches its own rows ahead) into column[0, kLanes) and their keys into
+// keys[0, E), both the caller's registers. False, with best and row_max unset, when a logit of the
+// group is not finite. (Against column_keys, which kept them in memory, in cache, one thread:
+// E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM 0.50 -> 0.35 ms one thread, 0.31 ->
+// 0.23 two; AVX2 E = 8 -11%.)
+template <int L>
+[[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
+                                               F* keys, Vec::I* best, F& row_max) {
+  if (!narrow_columns(base, E, stride, column)) load_columns(base, E, 0, stride, column);
+  const int used = (E + L - 1) / L * L;  // whole L
+  ColumnCheck check;
+  check.add(column, used);
+  if (!check.finite(row_max)) return false;
+#pragma GCC unroll 16
+  for (int e0 = 0; e0 < kLanes; e0 += L) {
+    if (e0 >= used) break;
+    add_column_keys<L>(column, e0, row_max, value_bits, keys, best);
+  }
+  return true;
+}
+
+// The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnMaxE experts, sorted,
+// into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
+// loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
+// lane's maximum and check, the second their keys (into keys[0, E) unless null). False, with best
+// and row_max unset, when a logit of the group is not finite.
+template <int L>
+[[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
+                                               F* keys, Vec::I* best, F& row_max) {
+  ColumnCheck check;
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    F block[kLanes];
+    load_columns(base, E, e0, stride, block);
+    const int width = E - e0 < kLanes ? E - e0 : kLanes;
+    const int used = (width + L - 1) / L * L;  // pass 2 reads whole L
+#pragma GCC unroll 16
+    for (int i = 0; i < kLanes; ++i) {
+      if (i >= used) break;
+      columns[e0 + i] = block[i];
+    }
+    check.add(block, used);
+  }
+  if (!check.finite(row_max)) return false;
   for (int e0 = 0; e0 < E; e0 += L) {
     // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
     // memory requests at all while it was as long as pass 1, and pass 1 issued these together with
     // the next group's (when they were three groups ahead). Spread over both passes, DRAM is read
     // during the whole group: logits-256x8 (columns, before knockout_keys), A/B interleaved, one
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
-    if (!narrow && e0 % kLanes == 0)
+    if (e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
-    Vec::I key[L];
-#pragma GCC unroll 8
-    for (int i = 0; i < L; ++i) {
-      key[i] = logit_key(row_max, Vec::load(columns[e0 + i]), value_bits, Vec::int_set1(e0 + i));
-      if (keys) Vec::store(keys[e0 + i], Vec::from_bits(key[i]));
-    }
-    add_keys<L>(best, key, e0 == 0);
+    add_column_keys<L>(columns, e0, row_max, value_bits, keys, best);
   }
   return true;
 }
@@ -588,11 +631,15 @@ template <int L>
 // rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
 // (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
-// (logit_key); column_keys or knockout_keys find the L = (K rounded up to a power of two) smallest of
-// each lane, and the weights come from the exact logits of the K selected experts. Pure throughput:
-// no per-token chain of dependent steps. Returns false, writing nothing, when a token of the group
-// has a non-finite logit.
-template <int K>
+// (logit_key); vector_keys (kOneVector: E <= kLanes), column_keys or knockout_keys find the L = (K
+// rounded up to a power of two) smallest of each lane, and the weights come from the exact logits of
+// the K selected experts. Pure throughput: no per-token chain of dependent steps. Returns false,
+// writing nothing, when a token of the group has a non-finite logit.
+// (GCC 12 reports column[used..) after narrow_columns, and the columns and best that the selection
+// fills, as maybe uninitialized: none is read before it is written.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int K, bool kOneVector>
 inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
                                int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
@@ -601,18 +648,24 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
   Vec::I best[L];
   F row_max;
-  // E <= kColumnMaxE: the columns (the weights of E <= 8 are picked from them), and for the counts
-  // of E <= 6K the keys, which are compared with the K-th smallest (about 6 operations an expert;
-  // otherwise one increment per selected slot, about 2 a slot: logits-256x8 spent a fifth of its
-  // operations on the first way). The keys are kept over their columns, or for E <= 8 beside them.
-  alignas(64) float columns[kColumnMaxE][kLanes];
-  alignas(64) float narrow_keys[8][kLanes];
-  float(*keys)[kLanes] = E <= 8 ? narrow_keys : columns;
+  // The columns of E <= kColumnMaxE, for E <= kLanes in registers with their keys (the weights of
+  // E <= 8 are picked from them), otherwise in memory; and for the counts of E <= 6K the keys, which
+  // are compared with the K-th smallest (about 6 operations an expert; otherwise one increment per
+  // selected slot, about 2 a slot: logits-256x8 spent a fifth of its operations on the first way).
+  // In memory the keys are written over their columns.
+  constexpr int kColumns = kOneVector ? kLanes : kColumnMaxE;
+  alignas(64) F columns[kColumns];
+  F vector_key[kOneVector ? kLanes : 1];
+  F* keys = kOneVector ? vector_key : columns;
   const bool count_keys = counts && E <= kColumnMaxE && E <= 6 * K;
   bool finite = false;
-  if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
-    if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
-  if (E <= kColumnMaxE) finite = column_keys<L>(base, E, stride, value_bits, columns, count_keys ? keys : nullptr, best, row_max);
+  if constexpr (kOneVector) {
+    finite = vector_keys<L>(base, E, stride, value_bits, columns, keys, best, row_max);
+  } else {
+    if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
+      if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
+    if (E <= kColumnMaxE) finite = column_keys<L>(base, E, stride, value_bits, columns, count_keys ? keys : nullptr, best, row_max);
+  }
   if (!finite) return false;
 
   Vec::I chosen[K];
@@ -622,8 +675,11 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
     Vec::store_int(index[j], chosen[j]);
   }
   if (count_keys) {
-    for (int e = 0; e < E; ++e)
-      counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(Vec::load(keys[e])), best[K - 1])));
+#pragma GCC unroll 16
+    for (int e = 0; e < kColumns; ++e) {
+      if (e >= E) break;
+      counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(keys[e]), best[K - 1])));
+    }
   } else if (counts) {
     for (int j = 0; j < K; ++j)
       for (int l = 0; l < kLanes; ++l) ++counts[index[j][l]];
@@ -631,15 +687,18 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
 
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
   // are 0 like those of the largest logit's, so (max - u)^2 < 2^(b-149) and exp(u - max) rounds to
-  // 1 (the oracle's expf too). For E <= 8 the logit of expert chosen[j] is picked from the columns
-  // by E - 1 selects, for larger E read by scalar loads (measured faster than a vgatherdps per slot
-  // on Zen 4).
+  // 1 (the oracle's expf too). For E <= 8 in registers the logit of expert chosen[j] is picked from
+  // the columns by E - 1 selects, otherwise read by scalar loads (measured faster than a vgatherdps
+  // per slot on Zen 4).
   F weight[K];
-  if (E <= 8) {
+  if (kOneVector && E <= 8) {
     for (int j = 1; j < K; ++j) {
-      weight[j] = Vec::load(columns[0]);
-      for (int e = 1; e < E; ++e)
-        weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), Vec::load(columns[e]), weight[j]);
+      weight[j] = columns[0];
+#pragma GCC unroll 8
+      for (int e = 1; e < 8; ++e) {
+        if (e >= E) break;
+        weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), columns[e], weight[j]);
+      }
     }
   } else if (K > 1) {
     alignas(64) float picked[K][kLanes];
@@ -661,14 +720,15 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
 #pragma GCC diagnostic pop
 
 // rows_across_tokens for c.K, instantiated with K known at compile time, so that its lists live in
-// registers.
+// registers, and with whether E <= kLanes, so that the columns of such E do too.
 template <int K = 1>
 inline bool group_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
                                 int32_t* experts_out, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
     if (c.K != K) return group_across_tokens<K + 1>(c, base, stride, weights_out, experts_out, counts);
   }
-  return rows_across_tokens<K>(c, base, stride, weights_out, experts_out, counts);
+  if (c.E <= kLanes) return rows_across_tokens<K, true>(c, base, stride, weights_out, experts_out, counts);
+  return rows_across_tokens<K, false>(c, base, stride, weights_out, experts_out, counts);
 }
 
 // Whether every logit of a row is finite (x * 0 stays 0 unless x is infinite or NaN).

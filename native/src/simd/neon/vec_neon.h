@@ -82,8 +82,8 @@ struct Vec {
     return n;
   }
 
-  // r[i] lane j <- r[j] lane i.
-  static void transpose(F r[kLanes]) {
+  // r[i] lane j <- r[j] lane i. Always inlined: called, the vectors go through memory.
+  [[gnu::always_inline]] static void transpose(F r[kLanes]) {
     const float32x4x2_t a = vtrnq_f32(r[0], r[1]), b = vtrnq_f32(r[2], r[3]);
     r[0] = vcombine_f32(vget_low_f32(a.val[0]), vget_low_f32(b.val[0]));
     r[1] = vcombine_f32(vget_low_f32(a.val[1]), vget_low_f32(b.val[1]));
