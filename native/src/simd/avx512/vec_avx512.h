@@ -85,12 +85,18 @@ struct Vec {
   static void store_int(int32_t* p, I a) { _mm512_storeu_si512(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm512_mask_storeu_epi32(p, first(n), a); }
   static I int_load(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static I int_gather(const int32_t* base, I index) { return _mm512_i32gather_epi32(index, base, 4); }  // lane i = base[index[i]]
   static I int_xor(I a, I b) { return _mm512_xor_si512(a, b); }
   static I int_max(I a, I b) { return _mm512_max_epi32(a, b); }
   static I int_min(I a, I b) { return _mm512_min_epi32(a, b); }
   template <int kShift> static I shift_right_arith(I a) { return _mm512_srai_epi32(a, kShift); }
   static I permute(I a, I index) { return _mm512_permutexvar_epi32(index, a); }  // lane i = a[index[i]]
+  // lane i = (index[i] & 16 ? b : a)[index[i] & 15]
+  static I int_permute2(I a, I index, I b) { return _mm512_permutex2var_epi32(a, index, b); }
+  // lane i = a[index[i] & 15] where bit i of `lanes` is set, src[i] elsewhere
+  static I int_permute_masked(I src, uint32_t lanes, I index, I a) {
+    return _mm512_mask_permutexvar_epi32(src, static_cast<M>(lanes), index, a);
+  }
+  static M int_test(I a, I b) { return _mm512_test_epi32_mask(a, b); }  // lanes where a & b != 0
   static I blend_bits(uint32_t bits, I if_set, I if_clear) {
     return _mm512_mask_blend_epi32(static_cast<M>(bits), if_clear, if_set);
   }

@@ -241,9 +241,11 @@ constexpr int kPhaseRows = 4;
 // the 8 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost).
 constexpr int kAcrossMaxE = 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
-// whose gathers pay on AVX-512 from three vectors of experts on (in cache, one thread: E = 256 -28%,
-// E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower) but not on AVX2 (eight lanes, sixteen
-// registers: E = 32 to 200 10-40% slower, E = 256 -8%), and NEON has no gather.
+// which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
+// descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
+// replaced them, E = 24 and 32 were still 15-20% slower than the columns) but not on AVX2 (eight
+// lanes, sixteen registers: E = 32 to 200 10-40% slower, E = 256 -8%, with gathers), and NEON has
+// neither gathers nor two-source permutes.
 constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
@@ -411,14 +413,61 @@ inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
   return Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), expert);
 }
 
-// lane l = l * S, for the gathers of knockout_keys.
-template <int S>
-struct LaneOffsets {
-  alignas(64) int32_t at[16] = {};
-  constexpr LaneOffsets() {
-    for (int l = 0; l < 16; ++l) at[l] = l * S;
+// One level of knockout_keys' descent, and the levels below it: the round whose losers are M
+// vectors a token (stored at (N - 2M) * kLanes in each token's kLost words of `losers`). The L best
+// keys of the level are among the L best above it, best[0, L), and their losers, each at its
+// winner's position (expert index modulo the level's width, M * kLanes); the L-th best's loser is
+// worse than it, cannot enter, and is not fetched. The fetch, lane l = token l's loser at the
+// position in lane l of best[j], was a vpgatherdd per slot, ~38 cycles each on Zen 4 (a build with
+// plain loads in their place, wrong results, took logits E = 64 in cache 0.150 -> 0.110 ms and
+// E = 256 0.091 -> 0.072). Instead the positions are turned into rows (kLanes / L tokens a vector,
+// token t's L slots in lanes [tL, tL + L)), each token's lanes are picked from its own losers by
+// permutes (a masked one for M = 1; for more, two-source permutes over pairs of vectors and blends
+// on the position's higher bits), and the result is turned back into columns: in cache, one
+// thread, E = 64 -12%, E = 128 -13%, E = 256 unchanged (its row pass, from L3, dominates); from
+// DRAM, two threads, logits-64x8 1.47 -> 1.33 ms.
+template <int L, int N, int kLost, int M, class V>
+[[gnu::always_inline]] inline void descend(const int32_t* losers, Vec::I* best) {
+  constexpr int kTokens = kLanes / L;  // tokens a vector of rows holds
+  const Vec::I position = Vec::int_set1(M * kLanes - 1);
+  F rows[L];
+#pragma GCC unroll 8
+  for (int j = 0; j < L; ++j) rows[j] = Vec::from_bits(Vec::int_and(best[j], position));
+  to_rows<L>(rows);
+#pragma GCC unroll 8
+  for (int i = 0; i < L; ++i) {
+    const Vec::I at = Vec::to_bits(rows[i]);
+    Vec::I fetched = at;  // every lane is replaced
+#pragma GCC unroll 16
+    for (int t = 0; t < kTokens; ++t) {
+      const int32_t* own = losers + (i * kTokens + t) * kLost + (N - 2 * M) * kLanes;
+      const uint32_t lanes = ((1u << L) - 1) << (t * L);
+      if constexpr (M == 1) {
+        fetched = V::int_permute_masked(fetched, lanes, at, Vec::int_load(own));
+      } else {
+        Vec::I pick[M / 2];
+#pragma GCC unroll 8
+        for (int q = 0; q < M / 2; ++q)
+          pick[q] = V::int_permute2(Vec::int_load(own + 2 * q * kLanes), at, Vec::int_load(own + (2 * q + 1) * kLanes));
+#pragma GCC unroll 4
+        for (int span = 1; span < M / 2; span *= 2) {
+          const uint32_t upper = Vec::bits(V::int_test(at, Vec::int_set1(2 * kLanes * span)));
+#pragma GCC unroll 4
+          for (int q = 0; q < M / 2; q += 2 * span) pick[q] = Vec::blend_bits(upper, pick[q + span], pick[q]);
+        }
+        fetched = Vec::blend_bits(lanes, pick[0], fetched);
+      }
+    }
+    rows[i] = Vec::from_bits(fetched);
   }
-};
+  to_columns<L>(rows);
+  Vec::I partner[L];
+#pragma GCC unroll 8
+  for (int j = 0; j < L - 1; ++j) partner[j] = Vec::to_bits(rows[j]);
+  partner[L - 1] = Vec::int_set1(std::numeric_limits<int32_t>::max());
+  add_keys<L>(best, partner, false);
+  if constexpr (2 * M < N) descend<L, N, kLost, 2 * M, V>(losers, best);
+}
 
 // The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N
 // a power of two, at least 4), sorted, into best[0..L), and each token's largest logit into
@@ -427,14 +476,14 @@ struct LaneOffsets {
 // then a knockout: vector i against vector i + n/2, the smaller key of each position going on and
 // the larger stored as that position's loser, until one vector of kLanes winners is left. Only the
 // winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
-// level back down: the L best keys of a level are among the L best of the level above and their L
-// losers (a key among the L best that lost did so to a key among them), which a gather fetches by
-// the winner's position (its expert index modulo the level's width). Exactly the L smallest keys,
+// level back down (descend): the L best keys of a level are among the L best of the level above and
+// their L losers (a key among the L best that lost did so to a key among them), each at its
+// winner's position (its expert index modulo the level's width). Exactly the L smallest keys,
 // as column_keys gives them: a vector of keys costs a min, a max and a store, where the columns
 // cost a quarter of a transpose, a store, a load and ~9 network operations (19 comparators sort 8
 // keys, 8 mins and 12 comparators merge them). False, with best and row_max unset, when a logit of
 // the group is not finite. (V is Vec, a parameter so that the ISAs that never instantiate this, for
-// want of V::int_gather, can compile it.)
+// want of V::int_permute2, can compile it.)
 template <int L, int N = 4, class V = Vec>
 inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value_bits, Vec::I* best, F& row_max) {
   if constexpr (N * kLanes < kAcrossMaxE) {
@@ -451,7 +500,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     const float* row = base + l * stride;
     // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
     // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted the
-    // losers the gathers read (logits-256x8 in cache 0.091 -> 0.080 ms without it; from DRAM, two
+    // losers the descent reads (logits-256x8 in cache 0.091 -> 0.080 ms without it; from DRAM, two
     // threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
     const float* next = row + kLanes * stride;
     F u[N], top[4], check[2] = {Vec::zero(), Vec::zero()};
@@ -496,20 +545,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
     add_keys<L>(best, key, c0 == 0);
   }
-  if constexpr (L > 1) {  // (the best key of all is the best winner)
-    static constexpr LaneOffsets<kLost> kTokens{};
-#pragma GCC unroll 6
-    for (int n = 2; n <= N; n *= 2) {
-      const Vec::I level = Vec::int_add(Vec::int_load(kTokens.at), Vec::int_set1((N - n) * kLanes));
-      const Vec::I position = Vec::int_set1(n / 2 * kLanes - 1);
-      // (The L-th best's loser is worse than it: it cannot enter, and is not fetched.)
-      Vec::I partner[L];
-#pragma GCC unroll 8
-      for (int j = 0; j < L - 1; ++j) partner[j] = V::int_gather(losers, Vec::int_add(level, Vec::int_and(best[j], position)));
-      partner[L - 1] = Vec::int_set1(std::numeric_limits<int32_t>::max());
-      add_keys<L>(best, partner, false);
-    }
-  }
+  if constexpr (L > 1) descend<L, N, kLost, 1, V>(losers, best);  // (the best key of all is the best winner)
   return true;
 }
 
