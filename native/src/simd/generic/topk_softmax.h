@@ -338,27 +338,17 @@ template <int N>
 // The columns of kLanes rows of E < kLanes experts (E a power of two) stored back to back, into
 // column[0..E): the rows are E whole vectors, which to_columns turns into columns, where loading
 // kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose (and
-// the next groups are prefetched as contiguous lines). False, doing nothing, for any other E or
-// row stride.
-inline bool narrow_columns(const float* base, int E, int64_t stride, F* column) {
-  if (stride != E) return false;
-  const auto load = [&](auto n) {
-    constexpr int N = decltype(n)::value;
+// the next groups are prefetched as contiguous lines).
+template <int E>
+[[gnu::always_inline]] inline void narrow_columns(const float* base, F* column) {
+  static_assert(E < kLanes && (E & (E - 1)) == 0, "narrow rows: a power of two below kLanes");
 #pragma GCC unroll 8
-    for (int i = 0; i < N; ++i) {
-      __builtin_prefetch(base + (N + i) * kLanes);
-      __builtin_prefetch(base + (3 * N + i) * kLanes, 0, 2);
-      column[i] = Vec::load(base + i * kLanes);
-    }
-    to_columns<N>(column);
-    return true;
-  };
-  if constexpr (kLanes > 8)
-    if (E == 8) return load(std::integral_constant<int, 8>{});
-  if constexpr (kLanes > 4)
-    if (E == 4) return load(std::integral_constant<int, 4>{});
-  if (E == 2) return load(std::integral_constant<int, 2>{});
-  return false;
+  for (int i = 0; i < E; ++i) {
+    __builtin_prefetch(base + (E + i) * kLanes);
+    __builtin_prefetch(base + (3 * E + i) * kLanes, 0, 2);
+    column[i] = Vec::load(base + i * kLanes);
+  }
+  to_columns<E>(column);
 }
 
 // The slots of kLanes tokens, slot j of every token in weight[j] and expert[j] (one lane per token),
@@ -608,15 +598,19 @@ template <int L>
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
-// or narrow_columns, which fetches its own rows ahead) into column[0, kLanes) and their keys into
-// keys[0, E), both the caller's registers. False, with best and row_max unset, when a logit of the
-// group is not finite. (Against column_keys, which kept them in memory, in cache, one thread:
-// E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM 0.50 -> 0.35 ms one thread, 0.31 ->
-// 0.23 two; AVX2 E = 8 -11%.)
-template <int L>
+// or for kNarrowE = E, rows back to back, narrow_columns, which fetches its own rows ahead) into
+// column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, with best
+// and row_max unset, when a logit of the group is not finite. (Against column_keys, which kept them
+// in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
+// 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
+template <int L, int kNarrowE>
 [[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
                                                F* keys, Vec::I* best, F& row_max) {
-  if (!narrow_columns(base, E, stride, column)) load_columns(base, E, 0, stride, column);
+  if constexpr (kNarrowE > 0) {
+    narrow_columns<kNarrowE>(base, column);
+  } else {
+    load_columns(base, E, 0, stride, column);
+  }
   const int used = (E + L - 1) / L * L;  // whole L
   ColumnCheck check;
   check.add(column, used);
@@ -669,8 +663,9 @@ template <int L>
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
 // (logit_key); vector_keys (kOneVector: E <= kLanes), column_keys or knockout_keys find the L = (K
 // rounded up to a power of two) smallest of each lane, and the weights come from the exact logits of
-// the K selected experts. kNarrowE, when not 0, is E, known with the rows back to back (stride = E). Pure throughput: no per-token chain of dependent steps. Returns false,
-// writing nothing, when a token of the group has a non-finite logit.
+// the K selected experts. kNarrowE, when not 0, is E, with the rows back to back (stride = E). Pure
+// throughput: no per-token chain of dependent steps. Returns false, writing nothing, when a token of
+// the group has a non-finite logit.
 // (GCC 12 reports column[used..) after narrow_columns, and the columns and best that the selection
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
@@ -680,7 +675,6 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
                                int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kNarrowE ? kNarrowE : c.E;
-  if (kNarrowE) stride = kNarrowE;  // (the caller checked; known here, narrow_columns is all that remains)
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
   Vec::I best[L];
@@ -697,7 +691,7 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   const bool count_keys = counts && E <= kColumnMaxE && E <= 6 * K;
   bool finite = false;
   if constexpr (kOneVector) {
-    finite = vector_keys<L>(base, E, stride, value_bits, columns, keys, best, row_max);
+    finite = vector_keys<L, kNarrowE>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
     if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
       if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
