@@ -33,6 +33,10 @@ constexpr int64_t kLogitsWork = 16;
 // the threads share (~0.1-0.2 us each on this VM), which chunks of ~1 us (logits-8x2 had 228 of 288
 // tokens) made a fifth of the time.
 constexpr int64_t kMinChunkWork = int64_t{1} << 17;
+// Logits that are widened (bf16, f16) or noised into scratch go in blocks of about this many bytes
+// of f32, a whole number of gate blocks: with E = 8 a gate block is three groups of tokens, whose
+// per-block costs made bf16 logits slower than f32 (measured flat from 32 to 128 KiB; NOTES item 16).
+constexpr int64_t kWidenedBlockBytes = int64_t{1} << 15;
 
 const Kernels* kernels_for(moe_backend kind) {
 #if defined(__x86_64__)
@@ -118,7 +122,7 @@ class SimdBackend final : public Backend {
     const bool by_panels = !p.is_logits && !dot(E) && chunks == 1 && panels > 1;
     const int threads = static_cast<int>(std::min<int64_t>(work < kParallelWork ? 1 : threads_, by_panels ? panels : chunks));
 
-    const int64_t u_words = kBlockTokens * std::max(gate_stride(E), padded(E));
+    const int64_t u_words = p.is_logits ? logits_block_tokens(E) * padded(E) : kBlockTokens * std::max(gate_stride(E), padded(E));
     const int64_t row_words = kRowArrays * padded(E) + kSlotArrays * padded(c.K);
     for (int slot = 0; slot < threads; ++slot) {
       ThreadScratch& s = scratch_[slot];
@@ -178,6 +182,11 @@ class SimdBackend final : public Backend {
     return experts <= k_.shape.dot_max_experts && experts % k_.shape.panel_experts != 0;
   }
 
+  // Tokens per block of widened logits.
+  static int64_t logits_block_tokens(int experts) {
+    return std::max<int64_t>(1, kWidenedBlockBytes / (kBlockTokens * 4 * padded(experts))) * kBlockTokens;
+  }
+
   // Row stride of a block's gate logits: the packed expert count.
   int64_t gate_stride(int experts) const {
     const int unit = dot(experts) ? k_.shape.dot_experts : k_.shape.panel_experts;
@@ -218,8 +227,9 @@ class SimdBackend final : public Backend {
                    reinterpret_cast<const float*>(static_cast<const char*>(p.input) + first * row_bytes), E, s, p_sum);
       return;
     }
-    for (int64_t t0 = first; t0 < end; t0 += kBlockTokens) {
-      const int rows = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0));
+    const int64_t block = p.is_logits ? logits_block_tokens(E) : kBlockTokens;
+    for (int64_t t0 = first; t0 < end; t0 += block) {
+      const int rows = static_cast<int>(std::min<int64_t>(block, end - t0));
       const char* in = static_cast<const char*>(p.input) + t0 * row_bytes;
       if (!p.is_logits) {
         GateBlock g = gate_block(p, t0, rows, s.u.data(), s);

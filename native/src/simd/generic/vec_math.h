@@ -75,11 +75,16 @@ struct LoadBF16 {
   static F tail(const T* p, int n) { return Vec::load_bf16_tail(p, n); }
 };
 
-// dst[0..n) = src[0..n) widened to f32.
+// dst[0..n) = src[0..n) widened to f32, while the next n elements (the caller's next span; a
+// prefetch never faults) are fetched into L2: the caller's work on this span then overlaps their
+// DRAM reads, which the hardware prefetcher, seeing short bursts, started too late.
 template <class L>
 inline void widen_span(const typename L::T* src, int64_t n, float* dst) {
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) Vec::store(dst + i, L::load(src + i));
+  for (; i + kLanes <= n; i += kLanes) {
+    __builtin_prefetch(src + n + i, 0, 2);
+    Vec::store(dst + i, L::load(src + i));
+  }
   if (i < n) Vec::store_tail(dst + i, L::tail(src + i, static_cast<int>(n - i)), static_cast<int>(n - i));
 }
 
