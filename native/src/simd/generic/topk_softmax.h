@@ -337,15 +337,18 @@ template <int N>
 
 // The columns of kLanes rows of E < kLanes experts (E a power of two) stored back to back, into
 // column[0..E): the rows are E whole vectors, which to_columns turns into columns, where loading
-// kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose (and
-// the next groups are prefetched as contiguous lines).
+// kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose. The
+// next group is fetched into L1, and the lines kNarrowAheadBytes on into L2 (the rows are one
+// stream; 4 KiB is eight groups of E = 8, where three (1.5 KiB) left the loads waiting on DRAM:
+// logits-8x2, two threads, 0.151 -> 0.134-0.142 ms; 3, 6, 8 and 12 groups: bench/NOTES.md item 17).
+constexpr int kNarrowAheadBytes = 4096;
 template <int E>
 [[gnu::always_inline]] inline void narrow_columns(const float* base, F* column) {
   static_assert(E < kLanes && (E & (E - 1)) == 0, "narrow rows: a power of two below kLanes");
 #pragma GCC unroll 8
   for (int i = 0; i < E; ++i) {
     __builtin_prefetch(base + (E + i) * kLanes);
-    __builtin_prefetch(base + (3 * E + i) * kLanes, 0, 2);
+    __builtin_prefetch(reinterpret_cast<const char*>(base + i * kLanes) + kNarrowAheadBytes, 0, 2);
     column[i] = Vec::load(base + i * kLanes);
   }
   to_columns<E>(column);
