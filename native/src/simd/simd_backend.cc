@@ -63,7 +63,7 @@ T* grown(std::vector<T>& v, int64_t n) {
 
 // What one thread works in; grown to the largest call seen, then reused.
 struct ThreadScratch {
-  std::vector<float> u;         // [kBlockTokens][u stride]: a block's logits
+  std::vector<float> u;         // a block's logits: [kBlockTokens or logits_block_tokens][u stride]
   std::vector<float> widened;   // GateBlock::widened
   std::vector<uint32_t> row;    // RowBlock::scratch
   std::vector<double> group_score;

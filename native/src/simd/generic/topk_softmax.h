@@ -340,7 +340,7 @@ template <int N>
 // kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose. The
 // next group is fetched into L1, and the lines kNarrowAheadBytes on into L2 (the rows are one
 // stream; 4 KiB is eight groups of E = 8, where three (1.5 KiB) left the loads waiting on DRAM:
-// logits-8x2, two threads, 0.151 -> 0.134-0.142 ms; 3, 6, 8 and 12 groups: bench/NOTES.md item 17).
+// logits-8x2 from DRAM, two threads, 0.164 -> 0.146 ms; 3 to 16 groups: bench/NOTES.md item 17).
 constexpr int kNarrowAheadBytes = 4096;
 template <int E>
 [[gnu::always_inline]] inline void narrow_columns(const float* base, F* column) {
