@@ -265,3 +265,32 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
     }
   });
 });
+
+// bf16 and f16 logits are widened into blocks of f32 (hundreds of rows for small E) and routed by the
+// same kernels as f32 logits, which go in whole chunks: a half-precision batch must route exactly as
+// the f32 logits it widens to, bit for bit, across every block boundary.
+describe('half-precision logits route as the f32 logits they widen to', () => {
+  it(`E = 8, 64, 256, 300, bf16 and f16 × [${backendNames.join(', ')}]`, () => {
+    const normal = normalGenerator(11);
+    for (const [E, K] of [[8, 2], [64, 8], [256, 8], [300, 4]] as const) {
+      const T = 2003;
+      const values = Float32Array.from({ length: T * E }, () => 2 * normal());
+      for (const backend of backendNames) {
+        const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName });
+        const routed = (x: Float32Array | Tensor) => {
+          const r = router.routeLogits(x);
+          const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
+          r.release();
+          return out;
+        };
+        for (const dtype of ['bf16', 'f16'] as const) {
+          const half = Tensor.from(values, [T, E], { dtype });
+          const where = `${backend} ${dtype} E=${E}`;
+          expect(routed(half), where).toEqual(routed(half.toFloat32()));
+          half.release();
+        }
+        router.dispose();
+      }
+    }
+  });
+});
