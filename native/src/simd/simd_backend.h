@@ -88,7 +88,7 @@ struct Kernels {
 // Each ISA folder defines, in its own namespace:
 //   kGateShape                      gate_<isa>.cc
 //   gate(block)                     gate_<isa>.cc
-//   widen(src, dtype, n, dst)       topk_softmax_<isa>.cc: a row of dtype widened to f32
+//   widen(src, dtype, n, dst)       topk_softmax_<isa>.cc: logits of dtype widened to f32, the next n fetched
 //   norm(row, dtype, n)             topk_softmax_<isa>.cc: ||row||_2 in double (strategy norm)
 //   rows(block)                     topk_softmax_<isa>.cc
 #define MOE_SIMD_DECLARE_KERNELS(isa)                                        \

@@ -10,12 +10,7 @@ namespace moe {
 namespace simd {
 namespace avx512 {
 
-void widen(const void* src, moe_dtype dtype, int64_t n, float* dst) {
-  with_loader(dtype, [&](auto loader) {
-    using L = decltype(loader);
-    widen_span<L>(static_cast<const typename L::T*>(src), n, dst);
-  });
-}
+void widen(const void* src, moe_dtype dtype, int64_t n, float* dst) { widen_block(src, dtype, n, dst); }
 
 double norm(const void* row, moe_dtype dtype, int64_t n) { return norm_of(row, dtype, n); }
 

@@ -75,14 +75,15 @@ struct LoadBF16 {
   static F tail(const T* p, int n) { return Vec::load_bf16_tail(p, n); }
 };
 
-// dst[0..n) = src[0..n) widened to f32, while the next n elements (the caller's next span; a
-// prefetch never faults) are fetched into L2: the caller's work on this span then overlaps their
-// DRAM reads, which the hardware prefetcher, seeing short bursts, started too late.
+// dst[0..n) = src[0..n) widened to f32. With `next` (a prefetch never faults), the n elements there
+// are fetched into L2 meanwhile: the logits path passes its next block, so that the block's
+// selection overlaps their DRAM reads, which the hardware prefetcher, seeing short bursts, started
+// too late (bench/NOTES.md item 16). The gate fetches its next slice itself and passes none.
 template <class L>
-inline void widen_span(const typename L::T* src, int64_t n, float* dst) {
+inline void widen_span(const typename L::T* src, int64_t n, float* dst, const typename L::T* next = nullptr) {
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    __builtin_prefetch(src + n + i, 0, 2);
+    if (next) __builtin_prefetch(next + i, 0, 2);
     Vec::store(dst + i, L::load(src + i));
   }
   if (i < n) Vec::store_tail(dst + i, L::tail(src + i, static_cast<int>(n - i)), static_cast<int>(n - i));
@@ -101,6 +102,16 @@ inline void with_loader(moe_dtype dtype, Body&& body) {
     default:
       body(LoadF32{});
   }
+}
+
+// The kernels' widen (simd_backend.h): n values of dtype at src, rows of logits back to back, into
+// dst as f32, with the next n values fetched into L2 meanwhile (the caller's next block).
+inline void widen_block(const void* src, moe_dtype dtype, int64_t n, float* dst) {
+  with_loader(dtype, [&](auto loader) {
+    using L = decltype(loader);
+    const auto* from = static_cast<const typename L::T*>(src);
+    widen_span<L>(from, n, dst, from + n);
+  });
 }
 
 }  // namespace MOE_SIMD_ISA
