@@ -261,6 +261,7 @@ class SimdBackend final : public Backend {
     rb.rows = rows;
     rb.u = u;
     rb.u_stride = u_stride;
+    rb.u_is_input = static_cast<const void*>(u) == in;  // f32 logits, read in place
     rb.sums.p_sum = p_sum;
     if (p.fused_out) {
       rb.sums.counts = s.counts.data();

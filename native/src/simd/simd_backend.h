@@ -62,6 +62,9 @@ struct RowBlock {
   int rows = 0;
   const float* u = nullptr;
   int64_t u_stride = 0;
+  // Whether u is the call's input itself (f32 logits), whose rows after the block are read next
+  // and worth fetching ahead; otherwise u is scratch, and nothing after it is.
+  bool u_is_input = false;
   ChunkSums sums;
   // Per-thread scratch: kRowArrays * padded(E) + kSlotArrays * padded(K) 4-byte words, and the
   // vectors of the shared helpers (group masking; selection for large K).

@@ -205,16 +205,16 @@ inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
 
 // Validation of one row: copies src[0..E) into u with every non-finite entry, and the padding up to a
 // whole vector, at -inf. Returns whether an entry was non-finite; *max gets the row's maximum.
-// Fetches the row at `ahead` (E floats, read later; a prefetch never faults) into L2, a line per
-// line of src: the token-by-token paths read rows one after another with a selection between them
-// that reads nothing, and the hardware prefetcher alone left a third of the time on this function's
-// loads (logits of E = 1024 from DRAM). rows_ahead() says how far. lane_max, unless null, gets the
-// lane-wise maxima of u (padding included).
+// Fetches the row at `ahead` unless null (E floats, read later; a prefetch never faults) into L2, a
+// line per line of src: the token-by-token paths read rows one after another with a selection
+// between them that reads nothing, and the hardware prefetcher alone left a third of the time on
+// this function's loads (logits of E = 1024 from DRAM). row_ahead() says which. lane_max, unless
+// null, gets the lane-wise maxima of u (padding included).
 inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead, F* lane_max) {
   F vmax = Vec::set1(-kInf);
   bool invalid = false;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
-    if (e0 % 16 == 0) __builtin_prefetch(ahead + e0, 0, 2);
+    if (ahead && e0 % 16 == 0) __builtin_prefetch(ahead + e0, 0, 2);
     const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
     const F x = lanes == kLanes ? Vec::load(src + e0) : Vec::load_tail(src + e0, lanes, 0.0f);
     const M finite = Vec::lt(Vec::abs(x), Vec::set1(kInf));
@@ -229,10 +229,15 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max, const 
   return invalid;
 }
 
-// How many rows of `stride` floats ahead sanitized_copy fetches: about 64 KiB (logits of E = 1024
-// from DRAM, one thread: 4 rows (16 KiB) into L1 1.38-1.40 ms, 16 rows into L2 0.98-1.06, none
-// 1.44-1.98; 32-64 rows measured the same as 16 within the noise).
-inline int64_t rows_ahead(int64_t stride) { return 1 + (int64_t{64} << 10) / (stride * static_cast<int64_t>(sizeof(float))); }
+// The row sanitized_copy fetches while it copies row i of a block: about 64 KiB on in the input
+// (logits of E = 1024 from DRAM, one thread: 4 rows (16 KiB) into L1 1.38-1.40 ms, 16 rows into L2
+// 0.98-1.06, none 1.44-1.98; 32-64 rows measured the same as 16 within the noise); none when the
+// block's u is scratch (a gate block, widened logits), which nothing follows.
+inline const float* row_ahead(const RowBlock& b, int i) {
+  if (!b.u_is_input) return nullptr;
+  const int64_t rows = 1 + (int64_t{64} << 10) / (b.u_stride * static_cast<int64_t>(sizeof(float)));
+  return b.u + (i + rows) * b.u_stride;
+}
 
 // Rows per phase of rows_by_logit_order.
 constexpr int kPhaseRows = 4;
@@ -874,7 +879,6 @@ inline void rows_by_logit_order(const RowBlock& b) {
   float* best = reinterpret_cast<float*>(cand + kPhaseRows * slot_words);
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M slots = Vec::first(K);
-  const int64_t ahead = rows_ahead(b.u_stride);
 
   // One phase: the rows phase_rows[0, n) token by token.
   int phase_rows[kPhaseRows];
@@ -886,7 +890,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
     for (int r = 0; r < n; ++r) {
       const int64_t t = b.first + phase_rows[r];
       invalid[r] = sanitized_copy(b.u + phase_rows[r] * b.u_stride, E, rows + r * row_words, &max[r],
-                                b.u + (phase_rows[r] + ahead) * b.u_stride, &lane_max[r]);
+                                row_ahead(b, phase_rows[r]), &lane_max[r]);
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
     }
@@ -979,14 +983,13 @@ inline void rows_block(const RowBlock& b) {
     }
   };
 
-  const int64_t ahead = rows_ahead(b.u_stride);
   for (int i = 0; i < b.rows; ++i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
 
     // 1. Validation; the row is copied with non-finite entries (and the padding) at -inf.
     float max;
-    const bool invalid = sanitized_copy(src, E, u, &max, src + ahead * b.u_stride, nullptr);
+    const bool invalid = sanitized_copy(src, E, u, &max, row_ahead(b, i), nullptr);
     out.invalid[t] = invalid ? 1 : 0;
     if (invalid && !sanitize) continue;
 
