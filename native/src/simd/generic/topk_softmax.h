@@ -401,6 +401,25 @@ inline void store_slots(const F* weight, const Vec::I* expert, float* weights_ou
   }
 }
 
+// Whether V has add_counts (AVX-512), which comes with kCountMaxE.
+template <class V, class = void>
+struct HasAddCounts : std::false_type {};
+template <class V>
+struct HasAddCounts<V, std::void_t<decltype(V::kCountMaxE)>> : std::true_type {};
+
+// counts[e] += how many lanes of expert[0..n) hold e, where no lane holds an expert twice.
+template <class V = Vec>
+inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts) {
+  if constexpr (HasAddCounts<V>::value) {
+    if (E <= V::kCountMaxE) return V::add_counts(expert, n, E, counts);
+  }
+  for (int j = 0; j < n; ++j) {
+    alignas(64) int32_t index[kLanes];
+    Vec::store_int(index, expert[j]);
+    for (int l = 0; l < kLanes; ++l) ++counts[index[l]];
+  }
+}
+
 // The packed int key of rows_across_tokens for a logit u of a token whose largest logit is max:
 //   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
 // smaller for a better expert, distinct within a token, and an exact tie goes to the lower expert as
@@ -411,42 +430,28 @@ inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
   return Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), expert);
 }
 
-// One level of knockout_keys' descent, and the levels below it: the round whose losers are M
-// vectors a token (stored at (N - 2M) * kLanes in each token's kLost words of `losers`). The L best
-// keys of the level are among the L best above it, best[0, L), and their losers, each at its
-// winner's position (expert index modulo the level's width, M * kLanes); the L-th best's loser is
-// worse than it, cannot enter, and is not fetched. The fetch, lane l = token l's loser at the
-// position in lane l of best[j], was a vpgatherdd per slot, ~38 cycles each on Zen 4 (a build with
-// plain loads in their place, wrong results, took logits E = 64 in cache 0.150 -> 0.110 ms and
-// E = 256 0.091 -> 0.072). Instead the positions are turned into rows (kLanes / L tokens a vector,
-// token t's L slots in lanes [tL, tL + L)), each token's lanes are picked from its own losers by
-// permutes (a masked one for M = 1; for more, two-source permutes over pairs of vectors and blends
-// on the position's higher bits), and the result is turned back into columns: in cache, one
-// thread, E = 64 -12%, E = 128 -13%, E = 256 unchanged (its row pass, from L3, dominates); from
-// DRAM, two threads, logits-64x8 1.47 -> 1.33 ms.
-template <int L, int N, int kLost, int M, class V>
-[[gnu::always_inline]] inline void descend(const int32_t* losers, Vec::I* best) {
+// For L slots of kLanes tokens held as rows (to_rows: kLanes / L tokens a vector, token t's slots in
+// lanes [tL, tL + L)), each lane's position `at` replaced by lane `at` of M vectors of its own
+// token's: the vectors load(token, 0..M) (M a power of two, positions below M * kLanes). Masked
+// permutes for M = 1; for more, two-source permutes over pairs of vectors and blends on the
+// position's higher bits. (V: descend's.)
+template <int L, int M, class V, class Load>
+[[gnu::always_inline]] inline void pick_in_rows(F* rows, Load&& load) {
   constexpr int kTokens = kLanes / L;  // tokens a vector of rows holds
-  const Vec::I position = Vec::int_set1(M * kLanes - 1);
-  F rows[L];
-#pragma GCC unroll 8
-  for (int j = 0; j < L; ++j) rows[j] = Vec::from_bits(Vec::int_and(best[j], position));
-  to_rows<L>(rows);
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
     const Vec::I at = Vec::to_bits(rows[i]);
     Vec::I fetched = at;  // every lane is replaced
 #pragma GCC unroll 16
     for (int t = 0; t < kTokens; ++t) {
-      const int32_t* own = losers + (i * kTokens + t) * kLost + (N - 2 * M) * kLanes;
+      const int token = i * kTokens + t;
       const uint32_t lanes = ((1u << L) - 1) << (t * L);
       if constexpr (M == 1) {
-        fetched = V::int_permute_masked(fetched, lanes, at, Vec::int_load(own));
+        fetched = V::int_permute_masked(fetched, lanes, at, load(token, 0));
       } else {
         Vec::I pick[M / 2];
 #pragma GCC unroll 8
-        for (int q = 0; q < M / 2; ++q)
-          pick[q] = V::int_permute2(Vec::int_load(own + 2 * q * kLanes), at, Vec::int_load(own + (2 * q + 1) * kLanes));
+        for (int q = 0; q < M / 2; ++q) pick[q] = V::int_permute2(load(token, 2 * q), at, load(token, 2 * q + 1));
 #pragma GCC unroll 4
         for (int span = 1; span < M / 2; span *= 2) {
           const uint32_t upper = Vec::bits(V::int_test(at, Vec::int_set1(2 * kLanes * span)));
@@ -458,6 +463,29 @@ template <int L, int N, int kLost, int M, class V>
     }
     rows[i] = Vec::from_bits(fetched);
   }
+}
+
+// One level of knockout_keys' descent, and the levels below it: the round whose losers are M
+// vectors a token (stored at (N - 2M) * kLanes in each token's kLost words of `losers`). The L best
+// keys of the level are among the L best above it, best[0, L), and their losers, each at its
+// winner's position (expert index modulo the level's width, M * kLanes); the L-th best's loser is
+// worse than it, cannot enter, and is not fetched. The fetch, lane l = token l's loser at the
+// position in lane l of best[j], was a vpgatherdd per slot, ~38 cycles each on Zen 4 (a build with
+// plain loads in their place, wrong results, took logits E = 64 in cache 0.150 -> 0.110 ms and
+// E = 256 0.091 -> 0.072). Instead the positions are turned into rows, each token's lanes are picked
+// from its own losers by permutes (pick_in_rows), and the result is turned back into columns: in
+// cache, one thread, E = 64 -12%, E = 128 -13%, E = 256 unchanged (its row pass, from L3,
+// dominates); from DRAM, two threads, logits-64x8 1.47 -> 1.33 ms.
+template <int L, int N, int kLost, int M, class V>
+[[gnu::always_inline]] inline void descend(const int32_t* losers, Vec::I* best) {
+  const Vec::I position = Vec::int_set1(M * kLanes - 1);
+  F rows[L];
+#pragma GCC unroll 8
+  for (int j = 0; j < L; ++j) rows[j] = Vec::from_bits(Vec::int_and(best[j], position));
+  to_rows<L>(rows);
+  pick_in_rows<L, M, V>(rows, [&](int token, int q) {
+    return Vec::int_load(losers + token * kLost + (N - 2 * M + q) * kLanes);
+  });
   to_columns<L>(rows);
   Vec::I partner[L];
 #pragma GCC unroll 8
@@ -666,6 +694,26 @@ template <int L>
   return true;
 }
 
+// The logits of experts chosen[1, K) (4 < K <= 8) of kLanes tokens (lane l: token l, whose E <= M *
+// kLanes logits are the row at base + l * stride) into weight[1, K): the experts turned into rows,
+// picked from the token's row (pick_in_rows) and turned back into columns. (V: descend's.)
+template <int K, int M, class V = Vec>
+[[gnu::always_inline]] inline void pick_logits(const float* base, int64_t stride, int E, const Vec::I* chosen, F* weight) {
+  constexpr int L = 8;
+  static_assert(K > 4 && K <= L, "slots: five to eight");
+  F rows[L];
+#pragma GCC unroll 8
+  for (int j = 0; j < L; ++j) rows[j] = Vec::from_bits(chosen[j < K ? j : 0]);
+  to_rows<L>(rows);
+  pick_in_rows<L, M, V>(rows, [&](int token, int q) {
+    const int left = E - q * kLanes;  // (the same masks for every token)
+    return Vec::to_bits(Vec::load_tail(base + token * stride + q * kLanes, left > 0 ? left : 0, 0.0f));
+  });
+  to_columns<L>(rows);
+#pragma GCC unroll 8
+  for (int j = 1; j < K; ++j) weight[j] = rows[j];
+}
+
 // rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
 // (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
@@ -708,11 +756,7 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   if (!finite) return false;
 
   Vec::I chosen[K];
-  alignas(64) int32_t index[K][kLanes];
-  for (int j = 0; j < K; ++j) {
-    chosen[j] = Vec::int_and(best[j], expert_bits);
-    Vec::store_int(index[j], chosen[j]);
-  }
+  for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
   if (count_keys) {
 #pragma GCC unroll 16
     for (int e = 0; e < kColumns; ++e) {
@@ -720,8 +764,7 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
       counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(keys[e]), best[K - 1])));
     }
   } else if (counts) {
-    for (int j = 0; j < K; ++j)
-      for (int l = 0; l < kLanes; ++l) ++counts[index[j][l]];
+    add_slot_counts(chosen, K, E, counts);
   }
 
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
@@ -739,7 +782,15 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
         weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), columns[e], weight[j]);
       }
     }
+  } else if (K > 4 && kLanes >= 16 && E <= 4 * kLanes) {
+    if constexpr (K > 4 && kLanes >= 16) {  // (AVX-512: V::int_permute2 and int_permute_masked)
+      if (E <= kLanes) pick_logits<K, 1>(base, stride, E, chosen, weight);
+      else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, chosen, weight);
+      else pick_logits<K, 4>(base, stride, E, chosen, weight);
+    }
   } else if (K > 1) {
+    alignas(64) int32_t index[K][kLanes];
+    for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
     alignas(64) float picked[K][kLanes];
     for (int l = 0; l < kLanes; ++l)
       for (int j = 1; j < K; ++j) picked[j][l] = base[l * stride + index[j][l]];
