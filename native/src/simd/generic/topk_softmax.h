@@ -770,8 +770,10 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
   // are 0 like those of the largest logit's, so (max - u)^2 < 2^(b-149) and exp(u - max) rounds to
   // 1 (the oracle's expf too). For E <= 8 in registers the logit of expert chosen[j] is picked from
-  // the columns by E - 1 selects, otherwise read by scalar loads (measured faster than a vgatherdps
-  // per slot on Zen 4).
+  // the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the rows by permutes
+  // (pick_logits); otherwise read by scalar loads (measured faster than a vgatherdps per slot on
+  // Zen 4).
+  constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
   F weight[K];
   if (kOneVector && E <= 8) {
     for (int j = 1; j < K; ++j) {
@@ -782,8 +784,8 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
         weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), columns[e], weight[j]);
       }
     }
-  } else if (K > 4 && kLanes >= 16 && E <= 4 * kLanes) {
-    if constexpr (K > 4 && kLanes >= 16) {  // (AVX-512: V::int_permute2 and int_permute_masked)
+  } else if (kPermutePicks && E <= 4 * kLanes) {
+    if constexpr (kPermutePicks) {
       if (E <= kLanes) pick_logits<K, 1>(base, stride, E, chosen, weight);
       else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, chosen, weight);
       else pick_logits<K, 4>(base, stride, E, chosen, weight);
