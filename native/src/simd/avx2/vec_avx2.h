@@ -156,6 +156,7 @@ struct Vec {
   static I int_set1(int32_t x) { return _mm256_set1_epi32(x); }
   static I int_and(I a, I b) { return _mm256_and_si256(a, b); }
   static I int_or(I a, I b) { return _mm256_or_si256(a, b); }
+  static I and_or(I a, I mask, I b) { return int_or(int_and(a, mask), b); }  // (a & mask) | b
   template <int kShift> static I shift_left(I a) { return _mm256_slli_epi32(a, kShift); }
   template <int kShift> static I shift_right(I a) { return _mm256_srli_epi32(a, kShift); }
 

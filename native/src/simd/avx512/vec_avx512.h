@@ -187,6 +187,7 @@ struct Vec {
   static I int_set1(int32_t x) { return _mm512_set1_epi32(x); }
   static I int_and(I a, I b) { return _mm512_and_si512(a, b); }
   static I int_or(I a, I b) { return _mm512_or_si512(a, b); }
+  static I and_or(I a, I mask, I b) { return _mm512_ternarylogic_epi32(a, mask, b, 0xea); }  // (a & mask) | b, one op
   template <int kShift> static I shift_left(I a) { return _mm512_slli_epi32(a, kShift); }
   template <int kShift> static I shift_right(I a) { return _mm512_srli_epi32(a, kShift); }
 

@@ -427,7 +427,7 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 // SPEC §10 for b <= 8 (docs/semantics.md §13). value_bits has the low b bits clear.
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
   const F w = Vec::sub(max, u);
-  return Vec::int_or(Vec::int_and(Vec::to_bits(Vec::mul(w, w)), value_bits), expert);
+  return Vec::and_or(Vec::to_bits(Vec::mul(w, w)), value_bits, expert);
 }
 
 // For L slots of kLanes tokens held as rows (to_rows: kLanes / L tokens a vector, token t's slots in
@@ -737,14 +737,18 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   F row_max;
   // The columns of E <= kColumnMaxE, for E <= kLanes in registers with their keys (the weights of
   // E <= 8 are picked from them), otherwise in memory; and for the counts of E <= 6K the keys, which
-  // are compared with the K-th smallest (about 6 operations an expert; otherwise one increment per
-  // selected slot, about 2 a slot: logits-256x8 spent a fifth of its operations on the first way).
-  // In memory the keys are written over their columns.
+  // are compared with the K-th smallest (about 6 operations an expert; otherwise add_slot_counts,
+  // about 2 a slot: logits-256x8 spent a fifth of its operations on the first way). Where
+  // add_slot_counts has its masks (AVX-512), the keys only up to E = kLanes: in cache, one thread,
+  // the masks took E = 24, K = 6 3% less time and E = 32, K = 8 5% less, E = 16 the same, and E = 4
+  // and 8 27% and 15% more (bench/NOTES.md item 20). In memory the keys are written over their
+  // columns.
   constexpr int kColumns = kOneVector ? kLanes : kColumnMaxE;
+  constexpr int kKeyCountMaxE = HasAddCounts<Vec>::value ? kLanes : kColumnMaxE;
   alignas(64) F columns[kColumns];
   F vector_key[kOneVector ? kLanes : 1];
   F* keys = kOneVector ? vector_key : columns;
-  const bool count_keys = counts && E <= kColumnMaxE && E <= 6 * K;
+  const bool count_keys = counts && E <= kKeyCountMaxE && E <= 6 * K;
   bool finite = false;
   if constexpr (kOneVector) {
     finite = vector_keys<L, kNarrowE>(base, E, stride, value_bits, columns, keys, best, row_max);

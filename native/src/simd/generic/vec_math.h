@@ -38,7 +38,7 @@ inline F vexp(F x) {
 inline F vlog(F x) {
   const Vec::I bits = Vec::to_bits(x);
   F e = Vec::to_float(Vec::int_sub(Vec::shift_right<23>(bits), Vec::int_set1(126)));
-  F m = Vec::from_bits(Vec::int_or(Vec::int_and(bits, Vec::int_set1(0x007fffff)), Vec::int_set1(0x3f000000)));
+  F m = Vec::from_bits(Vec::and_or(bits, Vec::int_set1(0x007fffff), Vec::int_set1(0x3f000000)));
   const M low = Vec::lt(m, Vec::set1(0.707106781186547524f));  // m in [0.5, 1): use 2m - 1 below sqrt(1/2)
   e = Vec::select(low, Vec::sub(e, Vec::set1(1.0f)), e);
   m = Vec::sub(Vec::select(low, Vec::add(m, m), m), Vec::set1(1.0f));

@@ -111,6 +111,7 @@ struct Vec {
   static I int_set1(int32_t x) { return vdupq_n_s32(x); }
   static I int_and(I a, I b) { return vandq_s32(a, b); }
   static I int_or(I a, I b) { return vorrq_s32(a, b); }
+  static I and_or(I a, I mask, I b) { return int_or(int_and(a, mask), b); }  // (a & mask) | b
   template <int kShift> static I shift_left(I a) { return vshlq_n_s32(a, kShift); }
   template <int kShift> static I shift_right(I a) {
     return vreinterpretq_s32_u32(vshrq_n_u32(vreinterpretq_u32_s32(a), kShift));
