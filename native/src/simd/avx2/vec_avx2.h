@@ -64,6 +64,8 @@ struct Vec {
   static F min(F a, F b) { return _mm256_min_ps(a, b); }
   static F abs(F a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
   static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // a * 2^n for integral n in [-126, 127]: a product with the power's bits.
+  static F times_pow2(F a, F n) { return mul(a, from_bits(shift_left<23>(int_add(to_int(n), int_set1(127))))); }
   static float reduce_add(F a) {
     const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));

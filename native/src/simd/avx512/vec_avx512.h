@@ -58,6 +58,7 @@ struct Vec {
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F abs(F a) { return _mm512_abs_ps(a); }
   static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F times_pow2(F a, F n) { return _mm512_scalef_ps(a, n); }  // a * 2^n, n integral, one rounding
   // Horizontal reductions, in a fixed order (halves, then quarters, ...).
   static float reduce_add(F a) {
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));

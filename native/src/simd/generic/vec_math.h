@@ -30,8 +30,7 @@ inline F vexp(F x) {
   y = Vec::fmadd(y, r, Vec::set1(1.6666665459e-1f));
   y = Vec::fmadd(y, r, Vec::set1(5.0000001201e-1f));
   y = Vec::add(Vec::fmadd(y, Vec::mul(r, r), r), Vec::set1(1.0f));
-  const Vec::I scale = Vec::shift_left<23>(Vec::int_add(Vec::to_int(n), Vec::int_set1(127)));
-  return Vec::select(tiny, Vec::zero(), Vec::mul(y, Vec::from_bits(scale)));
+  return Vec::select(tiny, Vec::zero(), Vec::times_pow2(y, n));
 }
 
 // ln x for normal x > 0 to about 1 ulp (Cephes logf).

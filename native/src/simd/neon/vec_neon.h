@@ -52,6 +52,8 @@ struct Vec {
   static F min(F a, F b) { return vminq_f32(a, b); }
   static F abs(F a) { return vabsq_f32(a); }
   static F round(F a) { return vrndnq_f32(a); }
+  // a * 2^n for integral n in [-126, 127]: a product with the power's bits.
+  static F times_pow2(F a, F n) { return mul(a, from_bits(shift_left<23>(int_add(to_int(n), int_set1(127))))); }
   // Horizontal reductions, in a fixed order (halves, then pairs).
   static float reduce_add(F a) {
     const float32x2_t h = vadd_f32(vget_low_f32(a), vget_high_f32(a));
