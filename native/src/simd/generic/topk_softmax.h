@@ -20,6 +20,11 @@ namespace MOE_SIMD_ISA {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 alignas(64) constexpr int32_t kLaneIndex[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
+// The finiteness check of the selection paths: an accumulator that x * 0 + acc keeps at 0 unless
+// some x is infinite or NaN (one FMA a vector), and whether every lane of it stayed 0.
+inline F add_to_check(F check, F x) { return Vec::fmadd(x, Vec::zero(), check); }
+inline bool check_passed(F check) { return Vec::bits(Vec::eq(check, Vec::zero())) == Vec::bits(Vec::first(kLanes)); }
+
 // An order-preserving int32 image of a float (no NaN): a larger float gives a larger int. The
 // same operation maps it back.
 inline Vec::I sortable(Vec::I bits) {
@@ -537,7 +542,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
       u[i] = i < N / 2 || whole || e0 + kLanes <= E ? Vec::load(row + e0)
              : e0 < E ? Vec::load_tail(row + e0, E - e0, std::numeric_limits<float>::lowest())
                       : Vec::set1(std::numeric_limits<float>::lowest());
-      check[i % 2] = Vec::fmadd(u[i], Vec::zero(), check[i % 2]);  // stays 0 unless u is not finite
+      check[i % 2] = add_to_check(check[i % 2], u[i]);
       top[i % 4] = i < 4 ? u[i] : Vec::max(top[i % 4], u[i]);
     }
     nonfinite = Vec::add(nonfinite, Vec::add(check[0], check[1]));
@@ -557,7 +562,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
       }
     Vec::store(winners[l], Vec::from_bits(key[0]));
   }
-  if (Vec::bits(Vec::eq(nonfinite, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
+  if (!check_passed(nonfinite)) return false;
   row_max = Vec::load(maxes);
 
   F column[kLanes];
@@ -592,9 +597,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   Vec::transpose(block);
 }
 
-// Each lane's maximum over columns, and whether every logit is finite (x * 0 + acc stays 0 unless
-// x is infinite or NaN); four accumulators each, so that no chain of E dependent steps bounds the
-// pass.
+// Each lane's maximum over columns, and whether every logit is finite (add_to_check); four
+// accumulators each, so that no chain of E dependent steps bounds the pass.
 struct ColumnCheck {
   F max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
   F nonfinite[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
@@ -605,13 +609,13 @@ struct ColumnCheck {
     for (int i = 0; i < kLanes; ++i) {
       if (i >= n) break;
       max[i % 4] = Vec::max(max[i % 4], block[i]);
-      nonfinite[i % 4] = Vec::fmadd(block[i], Vec::zero(), nonfinite[i % 4]);
+      nonfinite[i % 4] = add_to_check(nonfinite[i % 4], block[i]);
     }
   }
   // Whether every logit was finite; if so, each lane's maximum into row_max.
   [[gnu::always_inline]] bool finite(F& row_max) const {
     const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
-    if (Vec::bits(Vec::eq(check, Vec::zero())) != Vec::bits(Vec::first(kLanes))) return false;
+    if (!check_passed(check)) return false;
     row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
     return true;
   }
@@ -839,13 +843,13 @@ inline bool group_across_tokens(const Config& c, const float* base, int64_t stri
   return rows_across_tokens<K, true>(c, base, stride, weights_out, experts_out, counts);
 }
 
-// Whether every logit of a row is finite (x * 0 stays 0 unless x is infinite or NaN).
+// Whether every logit of a row is finite.
 inline bool finite_row(const float* row, int E) {
   F check = Vec::zero();
   int e = 0;
-  for (; e + kLanes <= E; e += kLanes) check = Vec::fmadd(Vec::load(row + e), Vec::zero(), check);
-  if (e < E) check = Vec::fmadd(Vec::load_tail(row + e, E - e, 0.0f), Vec::zero(), check);
-  return Vec::bits(Vec::eq(check, Vec::zero())) == Vec::bits(Vec::first(kLanes));
+  for (; e + kLanes <= E; e += kLanes) check = add_to_check(check, Vec::load(row + e));
+  if (e < E) check = add_to_check(check, Vec::load_tail(row + e, E - e, 0.0f));
+  return check_passed(check);
 }
 
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
