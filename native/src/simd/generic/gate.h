@@ -99,10 +99,11 @@ inline void dot_block(const GateBlock& g) {
 
 // Larger E: MR tokens x NP consecutive panels of NV vectors of experts each (ldb floats apart); per
 // d, one broadcast of each token's x and NP * NV loads of the packed panels feed MR * NP * NV FMAs.
-// c (+)= a . b over kc values of d, where a is MR f32 rows of stride lda.
+// c (+)= a . b over kc values of d, where a is MR f32 rows of stride lda. With `next`, each step
+// also fetches NR floats of it into L2: a whole panel slice of kc values over the tile.
 template <int MR, int NV, int NP = 1>
 inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, float* c, int64_t ldc,
-                       bool accumulate, int64_t ldb = 0) {
+                       bool accumulate, int64_t ldb = 0, const float* next = nullptr) {
   constexpr int NR = NV * kLanes;
   const float* ar[MR];
 #pragma GCC unroll 16
@@ -117,6 +118,10 @@ inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, floa
     F bv[NB];
 #pragma GCC unroll 8
     for (int v = 0; v < NB; ++v) bv[v] = Vec::load(b + v / NV * ldb + d * NR + v % NV * kLanes);
+    if (next) {
+#pragma GCC unroll 4
+      for (int i = 0; i < NR; i += 16) __builtin_prefetch(next + d * NR + i, 0, 2);
+    }
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
       const F av = Vec::set1(ar[m][d]);
@@ -136,17 +141,18 @@ inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, floa
 // panel_tile over the first of `rows` rows: whole tiles of MR, then of MR / 2, MR / 4, ... while
 // at least 4 rows, so that a short batch computes only its own rows (a decoding token once padded to
 // a tile of 8 paid for 8). Returns the rows done; the few left go two panels at a time
-// (rows_across_panels).
+// (rows_across_panels). The first tile fetches `next` (panel_tile).
 // Every (token, expert) gets the same chain of FMAs whatever tile it is in.
 template <int MR, int NV>
 inline int panel_rows(const float* a, int64_t lda, int rows, const float* b, int kc, float* c, int64_t ldc,
-                      bool accumulate) {
+                      bool accumulate, const float* next) {
   if constexpr (MR < 4) {
     return 0;
   } else {
     int m0 = 0;
-    for (; m0 + MR <= rows; m0 += MR) panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate);
-    return m0 + panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate);
+    for (; m0 + MR <= rows; m0 += MR, next = nullptr)
+      panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate, 0, next);
+    return m0 + panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate, next);
   }
 }
 
@@ -188,8 +194,18 @@ inline void panel_block(const GateBlock& g) {
     }
     const int64_t ldb = static_cast<int64_t>(D) * NR;
     int tiled = 0;
-    for (int p = g.panel_begin; p < g.panel_end; ++p)
-      tiled = panel_rows<MR, NV>(a, lda, g.rows, g.weight + p * ldb + d0 * NR, kc, g.u + p * NR, g.u_stride, d0 > 0);
+    // Each panel's first tile fetches the slice the next one will read: the next panel's, or the
+    // first panel's of the next d slice (whose few last values may lie past it: a prefetch never
+    // faults). Slices lie ldb floats apart, so no hardware prefetcher sees the jump coming, and
+    // where W does not stay in the caches (dsv3, E = 256 x D = 7168: 7.3 MB read again by every
+    // block) each first tile waited on DRAM (one thread -16%, two -12%; bench/NOTES.md item 22).
+    for (int p = g.panel_begin; p < g.panel_end; ++p) {
+      const float* next = p + 1 < g.panel_end ? g.weight + (p + 1) * ldb + d0 * NR
+                          : d0 + KC < D       ? g.weight + g.panel_begin * ldb + (d0 + KC) * NR
+                                              : nullptr;
+      tiled = panel_rows<MR, NV>(a, lda, g.rows, g.weight + p * ldb + d0 * NR, kc, g.u + p * NR, g.u_stride, d0 > 0,
+                                 next);
+    }
     // The rows left, in tiles of 2 and 1.
     const float* b = g.weight + g.panel_begin * ldb + d0 * NR;
     const int panels = g.panel_end - g.panel_begin;
