@@ -177,8 +177,8 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
 // the rest), the default routing selects across groups of 8 or 16 tokens (whole groups, then gathered
 // ones), and a token must get the same operations in any tile or group, and beside a sanitized
 // non-finite row. Checked bit for bit on every backend, for a small-E (dot) and two larger-E (panel)
-// gates, f32 and bf16, hidden states and logits, top-k and top-p: sub-batches against the same rows
-// of a whole batch.
+// gates, f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses on) and
+// top-p: sub-batches against the same rows of a whole batch.
 describe('a token is routed the same alone as in any batch', () => {
   it(`dot and panel gates, f32 and bf16, hidden and logits, top-k and top-p × [${backendNames.join(', ')}]`, () => {
     const shapes = [
@@ -194,7 +194,7 @@ describe('a token is routed the same alone as in any batch', () => {
       const normal = normalGenerator(E * 1000 + D);
       const weight = Float32Array.from({ length: E * D }, () => normal());
       for (const backend of backendNames) {
-        for (const [sanitize, strategy] of [[false, 'top-k'], [true, 'top-k'], [true, 'top-p']] as const) {
+        for (const [sanitize, strategy, losses] of [[false, 'top-k', false], [true, 'top-k', true], [true, 'top-p', false]] as const) {
           const router = new DynamicRouter({
             inputDim: D,
             numExperts: E,
@@ -204,6 +204,7 @@ describe('a token is routed the same alone as in any batch', () => {
             validation: sanitize ? 'sanitize' : 'reject',
             strategy,
             topP: 0.7,
+            losses,
           });
           for (const input of ['f32', 'bf16', 'logits'] as const) {
             const width = input === 'logits' ? E : D;

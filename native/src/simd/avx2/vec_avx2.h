@@ -168,6 +168,12 @@ struct Vec {
     const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
     add_to_double(acc, _mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi), n);
   }
+  // acc[0] + ... + acc[kLanes - 1].
+  static double reduce_add_double(const double* acc) {
+    const __m256d quad = _mm256_add_pd(_mm256_loadu_pd(acc), _mm256_loadu_pd(acc + 4));
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(quad), _mm256_extractf128_pd(quad, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
+  }
   // acc[0..n) += a[0..n) in double.
   static void add_to_double(double* acc, F a, int n) {
     add_to_double(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), n);

@@ -198,6 +198,10 @@ struct Vec {
     const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1));
     add_to_double(acc, _mm512_mul_pd(lo, lo), _mm512_mul_pd(hi, hi), n);
   }
+  // acc[0] + ... + acc[kLanes - 1].
+  static double reduce_add_double(const double* acc) {
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(acc), _mm512_loadu_pd(acc + 8)));
+  }
   // acc[0..n) += a[0..n) in double.
   static void add_to_double(double* acc, F a, int n) {
     add_to_double(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(a)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1)), n);

@@ -177,9 +177,7 @@ inline double sum_double(int n, Terms&& terms) {
     const int lanes = n - e0 < kLanes ? n - e0 : kLanes;
     Vec::add_to_double(acc, terms(e0, lanes), lanes);
   }
-  double total = 0;
-  for (int l = 0; l < kLanes; ++l) total += acc[l];
-  return total;
+  return Vec::reduce_add_double(acc);
 }
 
 // -sum x ln x over the entries 0 < x (subnormal x, whose terms are below 1e-36, count as 0).
@@ -190,6 +188,30 @@ inline double entropy(const float* x, int n) {
     const F safe = Vec::max(v, Vec::set1(std::numeric_limits<float>::min()));
     return Vec::select(positive, Vec::mul(v, vlog(safe)), Vec::zero());
   });
+}
+
+// exp(u - max) of each of the E entries of u (the padding up to a whole vector -inf) into e; returns
+// their sum.
+inline float softmax_numerators(const float* u, int E, float max, float* e) {
+  F sum = Vec::zero();
+  const F vm = Vec::set1(max);
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    const F x = vexp(Vec::sub(Vec::load(u + e0), vm));
+    Vec::store(e + e0, x);
+    sum = Vec::add(sum, x);
+  }
+  return Vec::reduce_add(sum);
+}
+
+// A valid token's loss terms (SPEC §7): its logsumexp, H(p) of its probabilities p[0, E), and p added
+// to the chunk's p_sum.
+inline void add_losses(const float* p, int E, double logsumexp, const TokenStage& out, int64_t t, double* p_sum) {
+  out.logsumexp[t] = logsumexp;
+  out.loss_entropy[t] = entropy(p, E);
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+    Vec::add_to_double(p_sum + e0, Vec::load(p + e0), lanes);
+  }
 }
 
 // ||row||_2 of a row of n elements of any input dtype, squares summed in double.
@@ -203,9 +225,7 @@ inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
       Vec::add_squares_to_double(acc, lanes == kLanes ? L::load(x + i) : L::tail(x + i, lanes), lanes);
     }
   });
-  double total = 0;
-  for (int l = 0; l < kLanes; ++l) total += acc[l];
-  return std::sqrt(total);
+  return std::sqrt(Vec::reduce_add_double(acc));
 }
 
 // Validation of one row: copies src[0..E) into u with every non-finite entry, and the padding up to a
@@ -914,8 +934,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   }
 }
 
-// Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias, groups or
-// losses (the default routing, and the logits workloads): softmax is monotone, so the K best scores
+// Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias or groups
+// (the default routing, with or without losses, and the logits workloads): softmax is monotone, so the K best scores
 // are the scores of the K best logits (the two orders differ only between equal scores: near-ties,
 // docs/semantics.md §13), and the weights s_j / sum_j s_j = exp(u_j - max) / sum_j exp(u_j - max)
 // need neither the other experts' scores nor their sum. So this path selects on u and takes K
@@ -924,7 +944,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
 // Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens (across_rows); the rest
 // token by token, in phases over kPhaseRows tokens, so that the selections of neighbouring tokens,
 // each a chain of dependent steps, overlap. (A block may hold any number of rows: a chunk of f32
-// logits comes as one.)
+// logits comes as one.) The losses, which need every expert's probability, take a pass of their own.
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
@@ -993,6 +1013,22 @@ inline void rows_by_logit_order(const RowBlock& b) {
     for (int i = 0; i < b.rows; ++i) token_row(i);
   }
   if (n > 0) phase();
+  if (!b.params->want_losses) return;
+  // The losses: a pass over the block's valid rows, the same operations as rows_block's (so the
+  // same losses bit for bit). They once sent the whole routing down rows_block's path, token by
+  // token: mixtral-prefill bf16 two threads 1.86 -> 1.66 ms without it (bench/NOTES.md item 23).
+  float* u = rows;
+  float* p = rows + row_words;
+  for (int i = 0; i < b.rows; ++i) {
+    const int64_t t = b.first + i;
+    if (out.invalid[t]) continue;
+    float max;
+    sanitized_copy(b.u + i * b.u_stride, E, u, &max, nullptr, nullptr);
+    const float exp_sum = softmax_numerators(u, E, max, p);
+    const F inv = Vec::set1(1.0f / exp_sum);
+    for (int e0 = 0; e0 < E; e0 += kLanes) Vec::store(p + e0, Vec::mul(Vec::load(p + e0), inv));
+    add_losses(p, E, max + std::log(static_cast<double>(exp_sum)), out, t, b.sums.p_sum);
+  }
 }
 
 inline void rows_block(const RowBlock& b) {
@@ -1007,7 +1043,7 @@ inline void rows_block(const RowBlock& b) {
   moe_route_outputs* fused = p.fused_out;
 
   bool logit_order = fused && softmax && !keys_from_logits && c.normalize && K <= kLanes &&
-                     c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0 && !p.want_losses;
+                     c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
   for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
   if (logit_order) {
     rows_by_logit_order(b);
@@ -1055,17 +1091,7 @@ inline void rows_block(const RowBlock& b) {
     if (invalid && !sanitize) continue;
 
     // 2. Scores and keys.
-    float exp_sum = 0;  // softmax: sum of exp(u - max)
-    if (softmax) {
-      F vsum = Vec::zero();
-      const F vm = Vec::set1(max == -kInf ? 0.0f : max);
-      for (int e0 = 0; e0 < E; e0 += kLanes) {
-        const F x = vexp(Vec::sub(Vec::load(u + e0), vm));
-        Vec::store(s + e0, x);
-        vsum = Vec::add(vsum, x);
-      }
-      exp_sum = Vec::reduce_add(vsum);
-    }
+    const float exp_sum = softmax ? softmax_numerators(u, E, max == -kInf ? 0.0f : max, s) : 0.0f;
     {
       const F inv = Vec::set1(exp_sum > 0 ? 1.0f / exp_sum : 0.0f);
       for (int e0 = 0; e0 < E; e0 += kLanes) {
@@ -1131,12 +1157,7 @@ inline void rows_block(const RowBlock& b) {
         for (int e0 = 0; e0 < E; e0 += kLanes) Vec::store(spare + e0, Vec::mul(Vec::load(s + e0), inv));
         prob = spare;
       }
-      out.logsumexp[t] = max + std::log(lse_sum);
-      out.loss_entropy[t] = entropy(prob, E);
-      for (int e0 = 0; e0 < E; e0 += kLanes) {
-        const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
-        Vec::add_to_double(b.sums.p_sum + e0, Vec::load(prob + e0), lanes);
-      }
+      add_losses(prob, E, max + std::log(lse_sum), out, t, b.sums.p_sum);
     }
     if (p.want_full) {
       for (int e0 = 0; e0 < E; e0 += kLanes) {

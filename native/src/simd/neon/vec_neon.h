@@ -143,6 +143,10 @@ struct Vec {
     vst1q_f32(values, a);
     for (int i = 0; i < n; ++i) acc[i] += static_cast<double>(values[i]) * values[i];
   }
+  // acc[0] + ... + acc[kLanes - 1].
+  static double reduce_add_double(const double* acc) {
+    return vaddvq_f64(vaddq_f64(vld1q_f64(acc), vld1q_f64(acc + 2)));
+  }
   // acc[0..n) += a[0..n) in double.
   static void add_to_double(double* acc, F a, int n) {
     float values[kLanes];
