@@ -935,16 +935,17 @@ inline void across_rows(const RowBlock& b, Left&& left) {
 }
 
 // Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias or groups
-// (the default routing, with or without losses, and the logits workloads): softmax is monotone, so the K best scores
-// are the scores of the K best logits (the two orders differ only between equal scores: near-ties,
-// docs/semantics.md §13), and the weights s_j / sum_j s_j = exp(u_j - max) / sum_j exp(u_j - max)
-// need neither the other experts' scores nor their sum. So this path selects on u and takes K
-// exponentials instead of E, and writes the token's assignment directly (k_t = K, every weight
-// normalized and scaled, exactly what assign_token gives for this configuration, rounded in f32).
-// Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens (across_rows); the rest
-// token by token, in phases over kPhaseRows tokens, so that the selections of neighbouring tokens,
-// each a chain of dependent steps, overlap. (A block may hold any number of rows: a chunk of f32
-// logits comes as one.) The losses, which need every expert's probability, take a pass of their own.
+// (the default routing, with or without losses, and the logits workloads): softmax is monotone, so
+// the K best scores are the scores of the K best logits (the two orders differ only between equal
+// scores: near-ties, docs/semantics.md §13), and the weights s_j / sum_j s_j = exp(u_j - max) /
+// sum_j exp(u_j - max) need neither the other experts' scores nor their sum. So this path selects on
+// u and takes K exponentials instead of E, and writes the token's assignment directly (k_t = K,
+// every weight normalized and scaled, exactly what assign_token gives for this configuration,
+// rounded in f32). Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
+// (across_rows); the rest token by token, in phases over kPhaseRows tokens, so that the selections
+// of neighbouring tokens, each a chain of dependent steps, overlap. (A block may hold any number of
+// rows: a chunk of f32 logits comes as one.) The losses, which need every expert's probability,
+// take a pass of their own.
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
