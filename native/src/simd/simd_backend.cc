@@ -66,6 +66,7 @@ struct ThreadScratch {
   std::vector<float> u;         // a block's logits: [kBlockTokens or logits_block_tokens][u stride]
   std::vector<float> widened;   // GateBlock::widened
   std::vector<uint32_t> row;    // RowBlock::scratch
+  std::vector<ScratchLine> loss;  // RowBlock::loss_scratch
   std::vector<double> group_score;
   std::vector<int32_t> group_order, order;
   std::vector<int64_t> counts, counts_valid, k_histogram;  // fused sums (integers: order-free)
@@ -128,6 +129,7 @@ class SimdBackend final : public Backend {
       ThreadScratch& s = scratch_[slot];
       grown(s.u, u_words);
       grown(s.row, row_words);
+      if (p.want_losses) grown(s.loss, kLossLines * padded(E));
       if (!p.is_logits)
         grown(s.widened, kBlockTokens * k_.shape.kc);
       if (p.fused_out) {
@@ -269,6 +271,7 @@ class SimdBackend final : public Backend {
       rb.sums.k_histogram = s.k_histogram.data();
     }
     rb.scratch = s.row.data();
+    rb.loss_scratch = s.loss.data();
     rb.group_score = &s.group_score;
     rb.group_order = &s.group_order;
     rb.order = &s.order;

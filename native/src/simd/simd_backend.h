@@ -53,6 +53,13 @@ struct ChunkSums {
   int64_t* k_histogram = nullptr;  // [K+1] fused
 };
 
+// 64 bytes, aligned: any ISA's vector of floats fits one.
+struct alignas(64) ScratchLine {
+  float f[16];
+};
+// RowBlock::loss_scratch holds kLossLines * padded(E) of them.
+constexpr int kLossLines = 3;
+
 // One block of tokens through the rest of the token stage, from their logits u (noise added).
 struct RowBlock {
   const Config* config = nullptr;
@@ -69,6 +76,8 @@ struct RowBlock {
   // Per-thread scratch: kRowArrays * padded(E) + kSlotArrays * padded(K) 4-byte words, and the
   // vectors of the shared helpers (group masking; selection for large K).
   void* scratch = nullptr;
+  // With losses: kLossLines * padded(E) ScratchLines, for the loss pass across tokens.
+  ScratchLine* loss_scratch = nullptr;
   std::vector<double>* group_score = nullptr;
   std::vector<int32_t>* group_order = nullptr;
   std::vector<int32_t>* order = nullptr;

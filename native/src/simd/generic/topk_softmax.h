@@ -872,6 +872,36 @@ inline bool finite_row(const float* row, int E) {
   return check_passed(check);
 }
 
+// A block's rows in groups of kLanes tokens, one per lane: each whole group to whole(base, t0) (its
+// first row and token), which returns whether it took the group; the rows of the groups it did not
+// take, and those after the last whole group, one by one to take(i), and the rows it accepts
+// gathered into groups of their own making, rows back to back (stride E) in `gathered` (kLanes * E
+// floats), each handed to part(gathered, n, tokens) with its n live rows' tokens when full, the last
+// one padded with copies of its first row.
+template <class Whole, class Take, class Part>
+inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& take, Part&& part) {
+  const int E = b.config->E;
+  int64_t tokens[kLanes];
+  int n = 0;
+  const auto flush = [&] {
+    for (int l = n; l < kLanes; ++l) std::memcpy(gathered + l * E, gathered, E * sizeof(float));
+    part(gathered, n, tokens);
+    n = 0;
+  };
+  const auto one_row = [&](int i) {
+    if (!take(i)) return;
+    std::memcpy(gathered + n * E, b.u + i * b.u_stride, E * sizeof(float));
+    tokens[n++] = b.first + i;
+    if (n == kLanes) flush();
+  };
+  int i0 = 0;
+  for (; i0 + kLanes <= b.rows; i0 += kLanes)
+    if (!whole(b.u + i0 * b.u_stride, b.first + i0))
+      for (int i = i0; i < i0 + kLanes; ++i) one_row(i);
+  for (int i = i0; i < b.rows; ++i) one_row(i);
+  if (n > 0) flush();
+}
+
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
 // straight from u; the rows of a group that holds a non-finite logit, and those after the last
 // whole group, one by one: each finite row is gathered into a group of its own making (the last one
@@ -886,14 +916,23 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
   int32_t counts[kAcrossMaxE] = {};  // the routed tokens' counts (all valid), added once
-  alignas(64) float gathered[kLanes * kAcrossMaxE];  // rows back to back (stride E)
+  alignas(64) float gathered[kLanes * kAcrossMaxE];
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
-  int64_t tokens[kLanes];
-  int n = 0;
-  const auto flush = [&] {
-    for (int l = n; l < kLanes; ++l) std::memcpy(gathered + l * E, gathered, E * sizeof(float));
-    group_across_tokens(c, gathered, E, weights, experts, nullptr);  // finite rows: cannot fail
+  const auto whole = [&](const float* base, int64_t t0) {
+    if (!group_across_tokens(c, base, b.u_stride, fused->weights + t0 * K, fused->experts + t0 * K, counts)) return false;
+    std::memset(b.out->invalid + t0, 0, kLanes);
+    Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
+    b.sums.k_histogram[K] += kLanes;
+    return true;
+  };
+  const auto take = [&](int i) {
+    if (finite_row(b.u + i * b.u_stride, E)) return true;
+    left(i);
+    return false;
+  };
+  const auto part = [&](const float* rows, int n, const int64_t* tokens) {
+    group_across_tokens(c, rows, E, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
       std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
@@ -903,35 +942,135 @@ inline void across_rows(const RowBlock& b, Left&& left) {
       for (int j = 0; j < K; ++j) ++counts[experts[l * K + j]];
     }
     b.sums.k_histogram[K] += n;
-    n = 0;
   };
-  const auto one_row = [&](int i) {
-    const float* row = b.u + i * b.u_stride;
-    if (!finite_row(row, E)) {
-      left(i);
-      return;
-    }
-    std::memcpy(gathered + n * E, row, E * sizeof(float));
-    tokens[n++] = b.first + i;
-    if (n == kLanes) flush();
-  };
-  int i0 = 0;
-  for (; i0 + kLanes <= b.rows; i0 += kLanes) {
-    const int64_t t0 = b.first + i0;
-    if (group_across_tokens(c, b.u + i0 * b.u_stride, b.u_stride, fused->weights + t0 * K, fused->experts + t0 * K, counts)) {
-      std::memset(b.out->invalid + t0, 0, kLanes);
-      Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
-      b.sums.k_histogram[K] += kLanes;
-    } else {
-      for (int i = i0; i < i0 + kLanes; ++i) one_row(i);
-    }
-  }
-  for (int i = i0; i < b.rows; ++i) one_row(i);
-  if (n > 0) flush();
+  by_groups(b, gathered, whole, take, part);
   for (int e = 0; e < E; ++e) {
     b.sums.counts[e] += counts[e];
     b.sums.counts_valid[e] += counts[e];
   }
+}
+
+// The sums of v[0, kLanes), lane j of the result that of v[j]'s lanes (v is overwritten): pairs
+// unzipped and added, log2(kLanes) rounds, kLanes - 1 unzips and adds in all.
+inline F sum_lanes(F* v) {
+  for (int n = kLanes; n > 1; n /= 2)
+    for (int i = 0; i < n / 2; ++i) {
+      F even, odd;
+      Vec::unzip(v[2 * i], v[2 * i + 1], even, odd);
+      v[i] = Vec::add(even, odd);
+    }
+  return v[0];
+}
+
+// The loss terms (SPEC §7) of kLanes tokens at once, one per lane: the rows at base (stride
+// `stride`), every logit finite, the live tokens in lanes [0, live). With m the row's maximum,
+// v_e = u_e - m, S = sum_e exp(v_e) and p_e = exp(v_e) / S: m, S and sum_e p_e v_e into max, sum
+// and p_dot_v (a lane each), and p_e added to p_lanes[e] lane by lane (the lanes past live add 0).
+// The caller takes the entropy -sum_e p_e ln p_e = sum_e p_e (ln S - v_e) = ln S - sum_e p_e v_e:
+// one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
+// scratch of padded(E) vectors. kNarrowE, when not 0, is E, a power of two below kLanes with the
+// rows back to back (narrow_columns).
+template <int kNarrowE = 0>
+inline void group_losses(const float* base, int E, int64_t stride, int live, F* columns, F* p_lanes, F& max,
+                         F& sum, F& p_dot_v) {
+  F lane_max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
+  if constexpr (kNarrowE > 0) {
+    narrow_columns<kNarrowE>(base, columns);
+#pragma GCC unroll 8
+    for (int e = 0; e < kNarrowE; ++e) lane_max[e % 4] = Vec::max(lane_max[e % 4], columns[e]);
+  } else {
+    if (stride == E) {
+      if constexpr (kLanes > 8)
+        if (E == 8) return group_losses<8>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+      if constexpr (kLanes > 4)
+        if (E == 4) return group_losses<4>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+      if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+    }
+    for (int e0 = 0; e0 < E; e0 += kLanes) {
+      load_columns(base, E, e0, stride, columns + e0);  // (past E: the lowest float)
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) lane_max[i % 4] = Vec::max(lane_max[i % 4], columns[e0 + i]);
+    }
+  }
+  max = Vec::max(Vec::max(lane_max[0], lane_max[1]), Vec::max(lane_max[2], lane_max[3]));
+  // exp(v) is 0 where it would not be a normal float (the token-by-token paths' entropy counts such
+  // p_e as 0 too), and v in exp(v) v is clamped there (it is even -inf where u - m overflows).
+  const F floor = Vec::set1(-88.0f);
+  const int n = kNarrowE > 0 ? kNarrowE : E;
+  F sums[2] = {Vec::zero(), Vec::zero()}, dot[2] = {Vec::zero(), Vec::zero()};
+  const auto term = [&](int e, int j) {  // (two accumulators, and j known: registers, no chain)
+    const F d = Vec::sub(columns[e], max);
+    const F x = vexp(d);
+    const F v = Vec::max(d, floor);
+    sums[j] = Vec::add(sums[j], x);
+    dot[j] = Vec::fmadd(x, v, dot[j]);
+    columns[e] = x;
+  };
+  int e = 0;
+  for (; e + 2 <= n; e += 2) {
+    term(e, 0);
+    term(e + 1, 1);
+  }
+  if (e < n) term(e, 0);
+  sum = Vec::add(sums[0], sums[1]);
+  const F inv = Vec::div(Vec::set1(1.0f), sum);
+  p_dot_v = Vec::mul(Vec::add(dot[0], dot[1]), inv);
+  const F inv_live = Vec::select(Vec::first(live), inv, Vec::zero());
+  for (int e = 0; e < n; ++e) p_lanes[e] = Vec::fmadd(columns[e], inv_live, p_lanes[e]);
+}
+
+// The losses of a block's valid rows, for the default routing after its selection: group_losses
+// over the groups of by_groups (whole groups of valid rows straight from u). Each token's logsumexp
+// and entropy, and the probabilities added to sums.p_sum: summed lane by lane in f32 over at most
+// kLossGroups groups, then in double. It replaced a pass token by token (a logarithm an expert and
+// three horizontal sums a token; bench/NOTES.md item 24).
+constexpr int kLossGroups = 8;
+inline void losses_across_tokens(const RowBlock& b) {
+  const TokenStage& out = *b.out;
+  const int E = b.config->E;
+  F* columns = reinterpret_cast<F*>(b.loss_scratch);
+  F* p_lanes = columns + padded(E);
+  float* gathered = reinterpret_cast<float*>(p_lanes + padded(E));  // kLanes rows of E
+  const int vectors = (E + kLanes - 1) / kLanes * kLanes;  // p_lanes past E stay 0
+  for (int e = 0; e < vectors; ++e) p_lanes[e] = Vec::zero();
+  int groups = 0;
+  const auto add_p = [&] {
+    for (int e0 = 0; e0 < E; e0 += kLanes) {
+      Vec::add_to_double(b.sums.p_sum + e0, sum_lanes(p_lanes + e0), E - e0 < kLanes ? E - e0 : kLanes);
+      for (int e = e0; e < e0 + kLanes; ++e) p_lanes[e] = Vec::zero();
+    }
+    groups = 0;
+  };
+  const auto group = [&](const float* base, int64_t stride, int live, const int64_t* tokens) {
+    F max, sum, p_dot_v;
+    group_losses(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+    alignas(64) float lane_max[kLanes], lane_sum[kLanes], lane_p_dot_v[kLanes];
+    Vec::store(lane_max, max);
+    Vec::store(lane_sum, sum);
+    Vec::store(lane_p_dot_v, p_dot_v);
+    for (int l = 0; l < live; ++l) {
+      // ln S in double, as the oracle takes it: an f32 ln S (an ulp is 2.4e-7 at S = 7) put the
+      // z-loss of uniform log-probability rows (logsumexp 0) at 5x the oracle's. (S itself is an f32
+      // sum: docs/semantics.md §13.)
+      const double log_sum = std::log(static_cast<double>(lane_sum[l]));
+      out.logsumexp[tokens[l]] = lane_max[l] + log_sum;
+      out.loss_entropy[tokens[l]] = log_sum - lane_p_dot_v[l];
+    }
+    if (++groups == kLossGroups) add_p();
+  };
+  const auto whole = [&](const float* base, int64_t t0) {
+    int64_t tokens[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      if (out.invalid[t0 + l]) return false;
+      tokens[l] = t0 + l;
+    }
+    group(base, b.u_stride, kLanes, tokens);
+    return true;
+  };
+  const auto take = [&](int i) { return !out.invalid[b.first + i]; };
+  const auto part = [&](const float* rows, int n, const int64_t* tokens) { group(rows, E, n, tokens); };
+  by_groups(b, gathered, whole, take, part);
+  if (groups > 0) add_p();
 }
 
 // Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias or groups
@@ -945,7 +1084,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
 // (across_rows); the rest token by token, in phases over kPhaseRows tokens, so that the selections
 // of neighbouring tokens, each a chain of dependent steps, overlap. (A block may hold any number of
 // rows: a chunk of f32 logits comes as one.) The losses, which need every expert's probability,
-// take a pass of their own.
+// take a pass of their own (losses_across_tokens).
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
@@ -1014,22 +1153,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
     for (int i = 0; i < b.rows; ++i) token_row(i);
   }
   if (n > 0) phase();
-  if (!b.params->want_losses) return;
-  // The losses: a pass over the block's valid rows, the same operations as rows_block's (so the
-  // same losses bit for bit). They once sent the whole routing down rows_block's path, token by
-  // token: mixtral-prefill bf16 two threads 1.86 -> 1.66 ms without it (bench/NOTES.md item 23).
-  float* u = rows;
-  float* p = rows + row_words;
-  for (int i = 0; i < b.rows; ++i) {
-    const int64_t t = b.first + i;
-    if (out.invalid[t]) continue;
-    float max;
-    sanitized_copy(b.u + i * b.u_stride, E, u, &max, nullptr, nullptr);
-    const float exp_sum = softmax_numerators(u, E, max, p);
-    const F inv = Vec::set1(1.0f / exp_sum);
-    for (int e0 = 0; e0 < E; e0 += kLanes) Vec::store(p + e0, Vec::mul(Vec::load(p + e0), inv));
-    add_losses(p, E, max + std::log(static_cast<double>(exp_sum)), out, t, b.sums.p_sum);
-  }
+  if (b.params->want_losses) losses_across_tokens(b);
 }
 
 inline void rows_block(const RowBlock& b) {
