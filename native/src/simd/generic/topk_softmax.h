@@ -446,13 +446,17 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 }
 
 // The packed int key of rows_across_tokens for a logit u of a token whose largest logit is max:
-//   (bits of (max - u)^2, low b bits cleared) | expert,  b = bits of E - 1,
-// smaller for a better expert, distinct within a token, and an exact tie goes to the lower expert as
-// in the oracle. Keys within b bits of each other compare by expert instead: near-ties, within
-// SPEC §10 for b <= 8 (docs/semantics.md §13). value_bits has the low b bits clear.
+//   (bits of w, low b bits cleared) | expert,  w = max - u, b = bits of E - 1,
+// and for E > kPlainKeyMaxE (b = 8) the bits of w^2 instead of w (kSquare): smaller for a better
+// expert, distinct within a token, and an exact tie goes to the lower expert as in the oracle. Keys
+// within b bits of each other compare by expert instead: near-ties, within SPEC §10 for b <= 7 on w
+// and b = 8 on w^2 (docs/semantics.md §13; the square was one operation of ~5 a logit: without it,
+// in cache, logits E = 8 -4%, E = 64 -3%, E = 128 -5%). value_bits has the low b bits clear.
+constexpr int kPlainKeyMaxE = 128;
+template <bool kSquare>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
   const F w = Vec::sub(max, u);
-  return Vec::and_or(Vec::to_bits(Vec::mul(w, w)), value_bits, expert);
+  return Vec::and_or(Vec::to_bits(kSquare ? Vec::mul(w, w) : w), value_bits, expert);
 }
 
 // For L slots of kLanes tokens held as rows (to_rows: kLanes / L tokens a vector, token t's slots in
@@ -570,7 +574,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     const F max = Vec::set1(maxes[l]);
     Vec::I key[N];
 #pragma GCC unroll 64
-    for (int i = 0; i < N; ++i) key[i] = logit_key(max, u[i], value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
+    for (int i = 0; i < N; ++i)
+      key[i] = logit_key<(N * kLanes > kPlainKeyMaxE)>(max, u[i], value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
     int32_t* lost = losers + l * kLost;
 #pragma GCC unroll 6
     for (int n = N; n > 1; lost += n / 2 * kLanes, n /= 2)
@@ -644,13 +649,13 @@ struct ColumnCheck {
 // The keys (logit_key) of columns [e0, e0 + L) into keys[e0, e0 + L) unless keys is null, sorted
 // by a network and merged into each lane's list of the L smallest, best[0, L) (with e0 = 0, the
 // list's start).
-template <int L>
+template <int L, bool kSquare = false>
 [[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
                                                    Vec::I* best) {
   Vec::I key[L];
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
-    key[i] = logit_key(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
+    key[i] = logit_key<kSquare>(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
   add_keys<L>(best, key, e0 == 0);
@@ -687,8 +692,8 @@ template <int L, int kNarrowE>
 // into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
 // loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
 // lane's maximum and check, the second their keys (into keys[0, E) unless null). False, with best
-// and row_max unset, when a logit of the group is not finite.
-template <int L>
+// and row_max unset, when a logit of the group is not finite. kSquare: E > kPlainKeyMaxE.
+template <int L, bool kSquare>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
   ColumnCheck check;
@@ -713,7 +718,7 @@ template <int L>
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
-    add_column_keys<L>(columns, e0, row_max, value_bits, keys, best);
+    add_column_keys<L, kSquare>(columns, e0, row_max, value_bits, keys, best);
   }
   return true;
 }
@@ -779,7 +784,14 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   } else {
     if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
       if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
-    if (E <= kColumnMaxE) finite = column_keys<L>(base, E, stride, value_bits, columns, count_keys ? keys : nullptr, best, row_max);
+    if (E <= kColumnMaxE) {
+      F* column_keys_out = count_keys ? keys : nullptr;
+      if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
+        if (E > kPlainKeyMaxE)
+          finite = column_keys<L, true>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if (E <= kPlainKeyMaxE)
+        finite = column_keys<L, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+    }
   }
   if (!finite) return false;
 
@@ -796,11 +808,11 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
   }
 
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
-  // are 0 like those of the largest logit's, so (max - u)^2 < 2^(b-149) and exp(u - max) rounds to
-  // 1 (the oracle's expf too). For E <= 8 in registers the logit of expert chosen[j] is picked from
-  // the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the rows by permutes
-  // (pick_logits); otherwise read by scalar loads (measured faster than a vgatherdps per slot on
-  // Zen 4).
+  // are 0 like those of the largest logit's, so max - u (or its square) < 2^(b-149) and
+  // exp(u - max) rounds to 1 (the oracle's expf too). For E <= 8 in registers the logit of expert
+  // chosen[j] is picked from the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the
+  // rows by permutes (pick_logits); otherwise read by scalar loads (measured faster than a
+  // vgatherdps per slot on Zen 4).
   constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
   F weight[K];
   if (kOneVector && E <= 8) {
