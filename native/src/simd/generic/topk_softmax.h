@@ -888,15 +888,19 @@ inline bool finite_row(const float* row, int E) {
 // first row and token), which returns whether it took the group; the rows of the groups it did not
 // take, and those after the last whole group, one by one to take(i), and the rows it accepts
 // gathered into groups of their own making, rows back to back (stride E) in `gathered` (kLanes * E
-// floats), each handed to part(gathered, n, tokens) with its n live rows' tokens when full, the last
-// one padded with copies of its first row.
+// floats), each handed to part(gathered, n, tokens) with its n live rows' tokens when full, and the
+// last one with fewer (rows [n, kLanes) unset: pad_group).
+// Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
+inline void pad_group(float* rows, int n, int E) {
+  for (int l = n; l < kLanes; ++l) std::memcpy(rows + l * E, rows, E * sizeof(float));
+}
+
 template <class Whole, class Take, class Part>
 inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& take, Part&& part) {
   const int E = b.config->E;
   int64_t tokens[kLanes];
   int n = 0;
   const auto flush = [&] {
-    for (int l = n; l < kLanes; ++l) std::memcpy(gathered + l * E, gathered, E * sizeof(float));
     part(gathered, n, tokens);
     n = 0;
   };
@@ -943,7 +947,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     left(i);
     return false;
   };
-  const auto part = [&](const float* rows, int n, const int64_t* tokens) {
+  const auto part = [&](float* rows, int n, const int64_t* tokens) {
+    pad_group(rows, n, E);
     group_across_tokens(c, rows, E, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
@@ -973,6 +978,10 @@ inline F sum_lanes(F* v) {
     }
   return v[0];
 }
+
+// In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
+// entropy counts such p_e as 0 too), and v is clamped there (it is even -inf where u - m overflows).
+constexpr float kLossFloor = -88.0f;
 
 // The loss terms (SPEC §7) of kLanes tokens at once, one per lane: the rows at base (stride
 // `stride`), every logit finite, the live tokens in lanes [0, live). With m the row's maximum,
@@ -1005,15 +1014,13 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
     }
   }
   max = Vec::max(Vec::max(lane_max[0], lane_max[1]), Vec::max(lane_max[2], lane_max[3]));
-  // exp(v) is 0 where it would not be a normal float (the token-by-token paths' entropy counts such
-  // p_e as 0 too), and v in exp(v) v is clamped there (it is even -inf where u - m overflows).
-  const F floor = Vec::set1(-88.0f);
+
   const int n = kNarrowE > 0 ? kNarrowE : E;
   F sums[2] = {Vec::zero(), Vec::zero()}, dot[2] = {Vec::zero(), Vec::zero()};
   const auto term = [&](int e, int j) {  // (two accumulators, and j known: registers, no chain)
     const F d = Vec::sub(columns[e], max);
     const F x = vexp(d);
-    const F v = Vec::max(d, floor);
+    const F v = Vec::max(d, Vec::set1(kLossFloor));
     sums[j] = Vec::add(sums[j], x);
     dot[j] = Vec::fmadd(x, v, dot[j]);
     columns[e] = x;
@@ -1037,15 +1044,15 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
 // kLossGroups groups, then in double. It replaced a pass token by token (a logarithm an expert and
 // three horizontal sums a token; bench/NOTES.md item 24).
 constexpr int kLossGroups = 8;
+constexpr int kLossTokenRows = 4;
 inline void losses_across_tokens(const RowBlock& b) {
   const TokenStage& out = *b.out;
   const int E = b.config->E;
   F* columns = reinterpret_cast<F*>(b.loss_scratch);
   F* p_lanes = columns + padded(E);
   float* gathered = reinterpret_cast<float*>(p_lanes + padded(E));  // kLanes rows of E
-  const int vectors = (E + kLanes - 1) / kLanes * kLanes;  // p_lanes past E stay 0
-  for (int e = 0; e < vectors; ++e) p_lanes[e] = Vec::zero();
   int groups = 0;
+  bool zeroed = false;  // p_lanes, on the first group (past E they stay 0)
   const auto add_p = [&] {
     for (int e0 = 0; e0 < E; e0 += kLanes) {
       Vec::add_to_double(b.sums.p_sum + e0, sum_lanes(p_lanes + e0), E - e0 < kLanes ? E - e0 : kLanes);
@@ -1053,21 +1060,26 @@ inline void losses_across_tokens(const RowBlock& b) {
     }
     groups = 0;
   };
+  // Token t's logsumexp m + ln S and entropy ln S - sum_e p_e v_e. ln S in double, as the oracle takes
+  // it: an f32 ln S (an ulp is 2.4e-7 at S = 7) put the z-loss of uniform log-probability rows
+  // (logsumexp 0) at 5x the oracle's. (S itself is an f32 sum: docs/semantics.md §13.)
+  const auto write = [&](int64_t t, float max, float sum, float p_dot_v) {
+    const double log_sum = std::log(static_cast<double>(sum));
+    out.logsumexp[t] = max + log_sum;
+    out.loss_entropy[t] = log_sum - p_dot_v;
+  };
   const auto group = [&](const float* base, int64_t stride, int live, const int64_t* tokens) {
+    if (!zeroed) {
+      for (int e = 0; e < (E + kLanes - 1) / kLanes * kLanes; ++e) p_lanes[e] = Vec::zero();
+      zeroed = true;
+    }
     F max, sum, p_dot_v;
     group_losses(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
     alignas(64) float lane_max[kLanes], lane_sum[kLanes], lane_p_dot_v[kLanes];
     Vec::store(lane_max, max);
     Vec::store(lane_sum, sum);
     Vec::store(lane_p_dot_v, p_dot_v);
-    for (int l = 0; l < live; ++l) {
-      // ln S in double, as the oracle takes it: an f32 ln S (an ulp is 2.4e-7 at S = 7) put the
-      // z-loss of uniform log-probability rows (logsumexp 0) at 5x the oracle's. (S itself is an f32
-      // sum: docs/semantics.md §13.)
-      const double log_sum = std::log(static_cast<double>(lane_sum[l]));
-      out.logsumexp[tokens[l]] = lane_max[l] + log_sum;
-      out.loss_entropy[tokens[l]] = log_sum - lane_p_dot_v[l];
-    }
+    for (int l = 0; l < live; ++l) write(tokens[l], lane_max[l], lane_sum[l], lane_p_dot_v[l]);
     if (++groups == kLossGroups) add_p();
   };
   const auto whole = [&](const float* base, int64_t t0) {
@@ -1080,7 +1092,30 @@ inline void losses_across_tokens(const RowBlock& b) {
     return true;
   };
   const auto take = [&](int i) { return !out.invalid[b.first + i]; };
-  const auto part = [&](const float* rows, int n, const int64_t* tokens) { group(rows, E, n, tokens); };
+  const auto part = [&](float* rows, int n, const int64_t* tokens) {
+    if (n > kLossTokenRows) {
+      pad_group(rows, n, E);
+      return group(rows, E, n, tokens);
+    }
+    // A few rows: each on its own, a vector of experts at a time (a group costs the exponentials
+    // of kLanes rows: a lone token of E = 64 took 2.5 us instead of 1.7), by the same formulas.
+    float* u = reinterpret_cast<float*>(columns);  // (free between groups)
+    float* x = u + padded(E);
+    for (int l = 0; l < n; ++l) {
+      float max;
+      sanitized_copy(rows + l * E, E, u, &max, nullptr, nullptr);  // (padding: -inf, x = 0)
+      const float sum = softmax_numerators(u, E, max, x);
+      F dot = Vec::zero();
+      for (int e0 = 0; e0 < E; e0 += kLanes) {
+        const F v = Vec::max(Vec::sub(Vec::load(u + e0), Vec::set1(max)), Vec::set1(kLossFloor));
+        dot = Vec::fmadd(Vec::load(x + e0), v, dot);
+      }
+      const F inv = Vec::set1(1.0f / sum);
+      for (int e0 = 0; e0 < E; e0 += kLanes)
+        Vec::add_to_double(b.sums.p_sum + e0, Vec::mul(Vec::load(x + e0), inv), E - e0 < kLanes ? E - e0 : kLanes);
+      write(tokens[l], max, sum, Vec::reduce_add(dot) / sum);
+    }
+  };
   by_groups(b, gathered, whole, take, part);
   if (groups > 0) add_p();
 }
