@@ -25,6 +25,15 @@ alignas(64) constexpr int32_t kLaneIndex[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 inline F add_to_check(F check, F x) { return Vec::fmadd(x, Vec::zero(), check); }
 inline bool check_passed(F check) { return Vec::bits(Vec::eq(check, Vec::zero())) == Vec::bits(Vec::first(kLanes)); }
 
+// Whether every logit of a row is finite.
+inline bool finite_row(const float* row, int E) {
+  F check = Vec::zero();
+  int e = 0;
+  for (; e + kLanes <= E; e += kLanes) check = add_to_check(check, Vec::load(row + e));
+  if (e < E) check = add_to_check(check, Vec::load_tail(row + e, E - e, 0.0f));
+  return check_passed(check);
+}
+
 // An order-preserving int32 image of a float (no NaN): a larger float gives a larger int. The
 // same operation maps it back.
 inline Vec::I sortable(Vec::I bits) {
@@ -550,7 +559,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   alignas(64) float maxes[kLanes];
   const Vec::I lane = Vec::int_load(kLaneIndex);
   const bool whole = E == N * kLanes;
-  F nonfinite = Vec::zero();
+  Vec::I worst = Vec::int_set1(0);  // each lane's largest key, as unsigned
   for (int l = 0; l < kLanes; ++l) {
     const float* row = base + l * stride;
     // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
@@ -558,7 +567,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     // losers the descent reads (logits-256x8 in cache 0.091 -> 0.080 ms without it; from DRAM, two
     // threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
     const float* next = row + kLanes * stride;
-    F u[N], top[4], check[2] = {Vec::zero(), Vec::zero()};
+    F u[N], top[4];
 #pragma GCC unroll 64
     for (int i = 0; i < N; ++i) {
       __builtin_prefetch(next + i * kLanes, 0, 2);
@@ -566,10 +575,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
       u[i] = i < N / 2 || whole || e0 + kLanes <= E ? Vec::load(row + e0)
              : e0 < E ? Vec::load_tail(row + e0, E - e0, std::numeric_limits<float>::lowest())
                       : Vec::set1(std::numeric_limits<float>::lowest());
-      check[i % 2] = add_to_check(check[i % 2], u[i]);
       top[i % 4] = i < 4 ? u[i] : Vec::max(top[i % 4], u[i]);
     }
-    nonfinite = Vec::add(nonfinite, Vec::add(check[0], check[1]));
     maxes[l] = Vec::reduce_max(Vec::max(Vec::max(top[0], top[1]), Vec::max(top[2], top[3])));
     const F max = Vec::set1(maxes[l]);
     Vec::I key[N];
@@ -582,12 +589,22 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
 #pragma GCC unroll 32
       for (int i = 0; i < N / 2; ++i) {
         if (i >= n / 2) break;
-        Vec::store_int(lost + i * kLanes, Vec::int_max(key[i], key[i + n / 2]));
-        key[i] = Vec::int_min(key[i], key[i + n / 2]);
+        const Vec::I loser = V::uint_max(key[i], key[i + n / 2]);
+        Vec::store_int(lost + i * kLanes, loser);
+        if (n == N) worst = V::uint_max(worst, loser);  // the first round's losers hold the largest key
+        key[i] = V::uint_min(key[i], key[i + n / 2]);
       }
     Vec::store(winners[l], Vec::from_bits(key[0]));
   }
-  if (!check_passed(nonfinite)) return false;
+  // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
+  // row's) +inf or NaN, and its key, as unsigned, at least +inf's bits (a NaN's sign bit too; hence
+  // the unsigned rounds above, which agree with the signed order below on every key of finite
+  // logits). So does a w (or w^2) that overflows from finite logits: keys of +inf's bits | e, which
+  // order as the oracle's scores of 0 do (ties to the lower expert). Only then are the rows checked
+  // one by one. (It replaces an FMA a vector and a sum a token: bench/NOTES.md item 26.)
+  if (Vec::bits(V::uint_ge(worst, Vec::int_set1(0x7f800000))) != 0)
+    for (int l = 0; l < kLanes; ++l)
+      if (!finite_row(base + l * stride, E)) return false;
   row_max = Vec::load(maxes);
 
   F column[kLanes];
@@ -873,15 +890,6 @@ inline bool group_across_tokens(const Config& c, const float* base, int64_t stri
       if (c.E == 2) return rows_across_tokens<K, true, 2>(c, base, stride, weights_out, experts_out, counts);
   }
   return rows_across_tokens<K, true>(c, base, stride, weights_out, experts_out, counts);
-}
-
-// Whether every logit of a row is finite.
-inline bool finite_row(const float* row, int E) {
-  F check = Vec::zero();
-  int e = 0;
-  for (; e + kLanes <= E; e += kLanes) check = add_to_check(check, Vec::load(row + e));
-  if (e < E) check = add_to_check(check, Vec::load_tail(row + e, E - e, 0.0f));
-  return check_passed(check);
 }
 
 // A block's rows in groups of kLanes tokens, one per lane: each whole group to whole(base, t0) (its
