@@ -100,10 +100,13 @@ inline void dot_block(const GateBlock& g) {
 // Larger E: MR tokens x NP consecutive panels of NV vectors of experts each (ldb floats apart); per
 // d, one broadcast of each token's x and NP * NV loads of the packed panels feed MR * NP * NV FMAs.
 // c (+)= a . b over kc values of d, where a is MR f32 rows of stride lda. With `next`, each step
-// also fetches NR floats of it into L2: a whole panel slice of kc values over the tile.
-template <int MR, int NV, int NP = 1>
+// also fetches NR floats of it into L2: a whole panel slice of kc values over the tile. With
+// kRowLines, the tile also fetches kRowLines lines of each of its rows at rows_next (row_bytes
+// apart) into L1, one line every kSteps / (MR * kRowLines) steps of a slice of kSteps.
+template <int MR, int NV, int NP = 1, int kRowLines = 0, int kSteps = 0>
 inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, float* c, int64_t ldc,
-                       bool accumulate, int64_t ldb = 0, const float* next = nullptr) {
+                       bool accumulate, int64_t ldb = 0, const float* next = nullptr,
+                       const char* rows_next = nullptr, int64_t row_bytes = 0) {
   constexpr int NR = NV * kLanes;
   const float* ar[MR];
 #pragma GCC unroll 16
@@ -121,6 +124,12 @@ inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, floa
     if (next) {
 #pragma GCC unroll 4
       for (int i = 0; i < NR; i += 16) __builtin_prefetch(next + d * NR + i, 0, 2);
+    }
+    if constexpr (kRowLines > 0) {
+      constexpr int kEvery = kSteps / (MR * kRowLines) > 0 ? kSteps / (MR * kRowLines) : 1;
+      const int line = d / kEvery;
+      if (d % kEvery == 0 && line < MR * kRowLines)
+        __builtin_prefetch(rows_next + line / kRowLines * row_bytes + line % kRowLines * 64);
     }
 #pragma GCC unroll 16
     for (int m = 0; m < MR; ++m) {
@@ -141,18 +150,21 @@ inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, floa
 // panel_tile over the first of `rows` rows: whole tiles of MR, then of MR / 2, MR / 4, ... while
 // at least 4 rows, so that a short batch computes only its own rows (a decoding token once padded to
 // a tile of 8 paid for 8). Returns the rows done; the few left go two panels at a time
-// (rows_across_panels). The first tile fetches `next` (panel_tile).
-// Every (token, expert) gets the same chain of FMAs whatever tile it is in.
-template <int MR, int NV>
+// (rows_across_panels). The first tile fetches `next`, and with kRowLines every tile fetches its
+// rows' lines at rows_next (panel_tile). Every (token, expert) gets the same chain of FMAs whatever
+// tile it is in.
+template <int MR, int NV, int kRowLines = 0, int kSteps = 0>
 inline int panel_rows(const float* a, int64_t lda, int rows, const float* b, int kc, float* c, int64_t ldc,
-                      bool accumulate, const float* next) {
+                      bool accumulate, const float* next, const char* rows_next = nullptr, int64_t row_bytes = 0) {
   if constexpr (MR < 4) {
     return 0;
   } else {
     int m0 = 0;
     for (; m0 + MR <= rows; m0 += MR, next = nullptr)
-      panel_tile<MR, NV>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate, 0, next);
-    return m0 + panel_rows<MR / 2, NV>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc, accumulate, next);
+      panel_tile<MR, NV, 1, kRowLines, kSteps>(a + m0 * lda, lda, b, kc, c + m0 * ldc, ldc, accumulate, 0, next,
+                                               rows_next + m0 * row_bytes, row_bytes);
+    return m0 + panel_rows<MR / 2, NV, kRowLines, kSteps>(a + m0 * lda, lda, rows - m0, b, kc, c + m0 * ldc, ldc,
+                                                          accumulate, next, rows_next + m0 * row_bytes, row_bytes);
   }
 }
 
@@ -173,6 +185,10 @@ inline void panel_block(const GateBlock& g) {
   using T = typename L::T;
   constexpr int NR = NV * kLanes;
   constexpr bool kWiden = !std::is_same<T, float>::value;
+  // A widened slice's rows lie D values apart: its tiles on the first panel fetch the next slice of
+  // their rows into L1 as they go. (Fetched all at the widening, ~200 lines at once for 48 rows,
+  // the widening still waited on DRAM: a fifth of olmoe-prefill bf16's time; bench/NOTES.md item 27.)
+  constexpr int kRowLines = kWiden ? KC * static_cast<int>(sizeof(T)) / 64 : 0;
   const T* x = static_cast<const T*>(g.input);
   const int D = g.dim;
   for (int d0 = 0; d0 < D; d0 += KC) {
@@ -180,12 +196,8 @@ inline void panel_block(const GateBlock& g) {
     const float* a;
     int64_t lda;
     if constexpr (kWiden) {
-      // The rows are far apart: fetch the next slice while this one is widened and used.
-      for (int r = 0; r < g.rows; ++r) {
-        const T* row = x + static_cast<int64_t>(r) * D + d0;
-        for (int i = KC; i < 2 * KC && d0 + i < D; i += 64 / sizeof(T)) __builtin_prefetch(row + i);
-        widen_span<L>(row, kc, g.widened + static_cast<int64_t>(r) * KC);
-      }
+      for (int r = 0; r < g.rows; ++r)
+        widen_span<L>(x + static_cast<int64_t>(r) * D + d0, kc, g.widened + static_cast<int64_t>(r) * KC);
       a = g.widened;
       lda = KC;
     } else {
@@ -203,8 +215,17 @@ inline void panel_block(const GateBlock& g) {
       const float* next = p + 1 < g.panel_end ? g.weight + (p + 1) * ldb + d0 * NR
                           : d0 + KC < D       ? g.weight + g.panel_begin * ldb + (d0 + KC) * NR
                                               : nullptr;
-      tiled = panel_rows<MR, NV>(a, lda, g.rows, g.weight + p * ldb + d0 * NR, kc, g.u + p * NR, g.u_stride, d0 > 0,
-                                 next);
+      const float* b = g.weight + p * ldb + d0 * NR;
+      float* c = g.u + p * NR;
+      if constexpr (kRowLines > 0) {
+        if (p == g.panel_begin && d0 + KC < D) {
+          const int64_t row_bytes = static_cast<int64_t>(D) * sizeof(T);
+          tiled = panel_rows<MR, NV, kRowLines, KC>(a, lda, g.rows, b, kc, c, g.u_stride, d0 > 0, next,
+                                                    reinterpret_cast<const char*>(x + d0 + KC), row_bytes);
+          continue;
+        }
+      }
+      tiled = panel_rows<MR, NV>(a, lda, g.rows, b, kc, c, g.u_stride, d0 > 0, next);
     }
     // The rows left, in tiles of 2 and 1.
     const float* b = g.weight + g.panel_begin * ldb + d0 * NR;
