@@ -773,7 +773,7 @@ template <int K, int M, class V = Vec>
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K, bool kOneVector, int kNarrowE = 0>
-inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
+[[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
                                int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kNarrowE ? kNarrowE : c.E;
@@ -874,27 +874,55 @@ inline bool rows_across_tokens(const Config& c, const float* base, int64_t strid
 // columns stay in registers from the load on (otherwise its path and load_columns' met in a stack
 // array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
 // threads, 0.250 -> 0.220).
-template <int K = 1>
-inline bool group_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
-                                int32_t* experts_out, int32_t* counts) {
-  if constexpr (K < kAcrossMaxK) {
-    if (c.K != K) return group_across_tokens<K + 1>(c, base, stride, weights_out, experts_out, counts);
-  }
-  if (c.E > kLanes) return rows_across_tokens<K, false>(c, base, stride, weights_out, experts_out, counts);
-  if (stride == c.E) {
-    if constexpr (kLanes > 8 && K <= 8)
-      if (c.E == 8) return rows_across_tokens<K, true, 8>(c, base, stride, weights_out, experts_out, counts);
-    if constexpr (kLanes > 4 && K <= 4)
-      if (c.E == 4) return rows_across_tokens<K, true, 4>(c, base, stride, weights_out, experts_out, counts);
-    if constexpr (K <= 2)
-      if (c.E == 2) return rows_across_tokens<K, true, 2>(c, base, stride, weights_out, experts_out, counts);
-  }
-  return rows_across_tokens<K, true>(c, base, stride, weights_out, experts_out, counts);
+// rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
+template <int K, int kNarrowE>
+[[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, float* weights_out,
+                                               int32_t* experts_out, int32_t* counts) {
+  return rows_across_tokens<K, false, kNarrowE>(c, base, stride, weights_out, experts_out, counts);
 }
 
-// A block's rows in groups of kLanes tokens, one per lane: each whole group to whole(base, t0) (its
-// first row and token), which returns whether it took the group; the rows of the groups it did not
-// take, and those after the last whole group, one by one to take(i), and the rows it accepts
+// rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
+// once for the run: the choice, the call and the selection's constants were paid a group, a tenth
+// of a group of logits E = 8 in cache. Inlined into the loop for E <= kLanes, a call for more (its
+// knockout or columns inlined measured 2-5% slower; bench/NOTES.md item 28). Returns the groups
+// routed before the first that holds a non-finite logit (which, like those after it, is left
+// unwritten).
+template <int K, bool kOneVector, int kNarrowE = 0>
+inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, float* weights_out,
+                             int32_t* experts_out, int32_t* counts) {
+  for (int g = 0; g < groups; ++g) {
+    const float* rows = base + g * kLanes * stride;
+    float* weights = weights_out + g * kLanes * K;
+    int32_t* experts = experts_out + g * kLanes * K;
+    const bool routed = kOneVector ? rows_across_tokens<K, true, kNarrowE>(c, rows, stride, weights, experts, counts)
+                                   : rows_across_tokens_call<K, kNarrowE>(c, rows, stride, weights, experts, counts);
+    if (!routed) return g;
+  }
+  return groups;
+}
+
+template <int K = 1>
+inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, float* weights_out,
+                                int32_t* experts_out, int32_t* counts) {
+  if constexpr (K < kAcrossMaxK) {
+    if (c.K != K) return groups_across_tokens<K + 1>(c, base, stride, groups, weights_out, experts_out, counts);
+  }
+  if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, weights_out, experts_out, counts);
+  if (stride == c.E) {
+    if constexpr (kLanes > 8 && K <= 8)
+      if (c.E == 8) return run_across_tokens<K, true, 8>(c, base, stride, groups, weights_out, experts_out, counts);
+    if constexpr (kLanes > 4 && K <= 4)
+      if (c.E == 4) return run_across_tokens<K, true, 4>(c, base, stride, groups, weights_out, experts_out, counts);
+    if constexpr (K <= 2)
+      if (c.E == 2) return run_across_tokens<K, true, 2>(c, base, stride, groups, weights_out, experts_out, counts);
+  }
+  return run_across_tokens<K, true>(c, base, stride, groups, weights_out, experts_out, counts);
+}
+
+// A block's rows in groups of kLanes tokens, one per lane: runs of whole groups to whole(base, t0,
+// groups) (the run's first row and token), which returns how many it took from the start; the rows
+// of a group it did not take, and those after the last whole group, one by one to take(i), and the
+// rows it accepts
 // gathered into groups of their own making, rows back to back (stride E) in `gathered` (kLanes * E
 // floats), each handed to part(gathered, n, tokens) with its n live rows' tokens when full, and the
 // last one with fewer (rows [n, kLanes) unset: pad_group).
@@ -918,11 +946,14 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
     tokens[n++] = b.first + i;
     if (n == kLanes) flush();
   };
-  int i0 = 0;
-  for (; i0 + kLanes <= b.rows; i0 += kLanes)
-    if (!whole(b.u + i0 * b.u_stride, b.first + i0))
-      for (int i = i0; i < i0 + kLanes; ++i) one_row(i);
-  for (int i = i0; i < b.rows; ++i) one_row(i);
+  const int whole_groups = b.rows / kLanes;
+  for (int g = 0; g < whole_groups;) {
+    g += whole(b.u + g * kLanes * b.u_stride, b.first + g * kLanes, whole_groups - g);
+    if (g == whole_groups) break;
+    for (int i = g * kLanes; i < (g + 1) * kLanes; ++i) one_row(i);  // a group not taken
+    ++g;
+  }
+  for (int i = whole_groups * kLanes; i < b.rows; ++i) one_row(i);
   if (n > 0) flush();
 }
 
@@ -943,12 +974,12 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) float gathered[kLanes * kAcrossMaxE];
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
-  const auto whole = [&](const float* base, int64_t t0) {
-    if (!group_across_tokens(c, base, b.u_stride, fused->weights + t0 * K, fused->experts + t0 * K, counts)) return false;
-    std::memset(b.out->invalid + t0, 0, kLanes);
-    Vec::store_int(fused->experts_per_token + t0, Vec::int_set1(K));
-    b.sums.k_histogram[K] += kLanes;
-    return true;
+  const auto whole = [&](const float* base, int64_t t0, int groups) {
+    const int done = groups_across_tokens(c, base, b.u_stride, groups, fused->weights + t0 * K, fused->experts + t0 * K, counts);
+    std::memset(b.out->invalid + t0, 0, done * kLanes);
+    for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
+    b.sums.k_histogram[K] += done * kLanes;
+    return done;
   };
   const auto take = [&](int i) {
     if (finite_row(b.u + i * b.u_stride, E)) return true;
@@ -957,7 +988,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
     pad_group(rows, n, E);
-    group_across_tokens(c, rows, E, weights, experts, nullptr);  // finite rows: cannot fail
+    groups_across_tokens(c, rows, E, 1, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
       std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
@@ -1090,14 +1121,16 @@ inline void losses_across_tokens(const RowBlock& b) {
     for (int l = 0; l < live; ++l) write(tokens[l], lane_max[l], lane_sum[l], lane_p_dot_v[l]);
     if (++groups == kLossGroups) add_p();
   };
-  const auto whole = [&](const float* base, int64_t t0) {
-    int64_t tokens[kLanes];
-    for (int l = 0; l < kLanes; ++l) {
-      if (out.invalid[t0 + l]) return false;
-      tokens[l] = t0 + l;
+  const auto whole = [&](const float* base, int64_t t0, int groups) {
+    for (int g = 0; g < groups; ++g, t0 += kLanes) {
+      int64_t tokens[kLanes];
+      for (int l = 0; l < kLanes; ++l) {
+        if (out.invalid[t0 + l]) return g;
+        tokens[l] = t0 + l;
+      }
+      group(base + g * kLanes * b.u_stride, b.u_stride, kLanes, tokens);
     }
-    group(base, b.u_stride, kLanes, tokens);
-    return true;
+    return groups;
   };
   const auto take = [&](int i) { return !out.invalid[b.first + i]; };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
