@@ -773,8 +773,8 @@ template <int K, int M, class V = Vec>
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K, bool kOneVector, int kNarrowE = 0>
-[[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, float* weights_out,
-                               int32_t* experts_out, int32_t* counts) {
+[[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride,
+                                                      float* weights_out, int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kNarrowE ? kNarrowE : c.E;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
@@ -868,17 +868,11 @@ template <int K, bool kOneVector, int kNarrowE = 0>
 }
 #pragma GCC diagnostic pop
 
-// rows_across_tokens for c.K, instantiated with K known at compile time, so that its lists live in
-// registers, and with whether E <= kLanes, so that the columns of such E do too. Rows of 2, 4 or 8
-// experts back to back (logits) get E itself: with narrow_columns' shape and every loop known, the
-// columns stay in registers from the load on (otherwise its path and load_columns' met in a stack
-// array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
-// threads, 0.250 -> 0.220).
 // rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
-template <int K, int kNarrowE>
+template <int K>
 [[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, float* weights_out,
                                                int32_t* experts_out, int32_t* counts) {
-  return rows_across_tokens<K, false, kNarrowE>(c, base, stride, weights_out, experts_out, counts);
+  return rows_across_tokens<K, false>(c, base, stride, weights_out, experts_out, counts);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -894,13 +888,20 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     const float* rows = base + g * kLanes * stride;
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
-    const bool routed = kOneVector ? rows_across_tokens<K, true, kNarrowE>(c, rows, stride, weights, experts, counts)
-                                   : rows_across_tokens_call<K, kNarrowE>(c, rows, stride, weights, experts, counts);
+    bool routed;
+    if constexpr (kOneVector) routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, weights, experts, counts);
+    else routed = rows_across_tokens_call<K>(c, rows, stride, weights, experts, counts);
     if (!routed) return g;
   }
   return groups;
 }
 
+// run_across_tokens for c.K, instantiated with K known at compile time, so that its lists live in
+// registers, and with whether E <= kLanes, so that the columns of such E do too. Rows of 2, 4 or 8
+// experts back to back (logits) get E itself: with narrow_columns' shape and every loop known, the
+// columns stay in registers from the load on (otherwise its path and load_columns' met in a stack
+// array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
+// threads, 0.250 -> 0.220).
 template <int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, float* weights_out,
                                 int32_t* experts_out, int32_t* counts) {
@@ -922,10 +923,9 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
 // A block's rows in groups of kLanes tokens, one per lane: runs of whole groups to whole(base, t0,
 // groups) (the run's first row and token), which returns how many it took from the start; the rows
 // of a group it did not take, and those after the last whole group, one by one to take(i), and the
-// rows it accepts
-// gathered into groups of their own making, rows back to back (stride E) in `gathered` (kLanes * E
-// floats), each handed to part(gathered, n, tokens) with its n live rows' tokens when full, and the
-// last one with fewer (rows [n, kLanes) unset: pad_group).
+// rows it accepts gathered into groups of their own making, rows back to back (stride E) in
+// `gathered` (kLanes * E floats), each handed to part(gathered, n, tokens) with its n live rows'
+// tokens when full, and the last one with fewer (rows [n, kLanes) unset: pad_group).
 // Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
 inline void pad_group(float* rows, int n, int E) {
   for (int l = n; l < kLanes; ++l) std::memcpy(rows + l * E, rows, E * sizeof(float));
@@ -975,7 +975,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
   const auto whole = [&](const float* base, int64_t t0, int groups) {
-    const int done = groups_across_tokens(c, base, b.u_stride, groups, fused->weights + t0 * K, fused->experts + t0 * K, counts);
+    const int done =
+        groups_across_tokens(c, base, b.u_stride, groups, fused->weights + t0 * K, fused->experts + t0 * K, counts);
     std::memset(b.out->invalid + t0, 0, done * kLanes);
     for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
     b.sums.k_histogram[K] += done * kLanes;
