@@ -212,15 +212,19 @@ inline float softmax_numerators(const float* u, int E, float max, float* e) {
   return Vec::reduce_add(sum);
 }
 
+// p_sum[0, E) += the vectors probabilities(e0) (experts [e0, e0 + kLanes)), in double.
+template <class Probabilities>
+inline void add_to_p_sum(double* p_sum, int E, Probabilities&& probabilities) {
+  for (int e0 = 0; e0 < E; e0 += kLanes)
+    Vec::add_to_double(p_sum + e0, probabilities(e0), E - e0 < kLanes ? E - e0 : kLanes);
+}
+
 // A valid token's loss terms (SPEC §7): its logsumexp, H(p) of its probabilities p[0, E), and p added
 // to the chunk's p_sum.
 inline void add_losses(const float* p, int E, double logsumexp, const TokenStage& out, int64_t t, double* p_sum) {
   out.logsumexp[t] = logsumexp;
   out.loss_entropy[t] = entropy(p, E);
-  for (int e0 = 0; e0 < E; e0 += kLanes) {
-    const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
-    Vec::add_to_double(p_sum + e0, Vec::load(p + e0), lanes);
-  }
+  add_to_p_sum(p_sum, E, [&](int e0) { return Vec::load(p + e0); });
 }
 
 // ||row||_2 of a row of n elements of any input dtype, squares summed in double.
@@ -1094,10 +1098,11 @@ inline void losses_across_tokens(const RowBlock& b) {
   int groups = 0;
   bool zeroed = false;  // p_lanes, on the first group (past E they stay 0)
   const auto add_p = [&] {
-    for (int e0 = 0; e0 < E; e0 += kLanes) {
-      Vec::add_to_double(b.sums.p_sum + e0, sum_lanes(p_lanes + e0), E - e0 < kLanes ? E - e0 : kLanes);
+    add_to_p_sum(b.sums.p_sum, E, [&](int e0) {
+      const F p = sum_lanes(p_lanes + e0);
       for (int e = e0; e < e0 + kLanes; ++e) p_lanes[e] = Vec::zero();
-    }
+      return p;
+    });
     groups = 0;
   };
   // Token t's logsumexp m + ln S and entropy ln S - sum_e p_e v_e. ln S in double, as the oracle takes
@@ -1153,8 +1158,7 @@ inline void losses_across_tokens(const RowBlock& b) {
         dot = Vec::fmadd(Vec::load(x + e0), v, dot);
       }
       const F inv = Vec::set1(1.0f / sum);
-      for (int e0 = 0; e0 < E; e0 += kLanes)
-        Vec::add_to_double(b.sums.p_sum + e0, Vec::mul(Vec::load(x + e0), inv), E - e0 < kLanes ? E - e0 : kLanes);
+      add_to_p_sum(b.sums.p_sum, E, [&](int e0) { return Vec::mul(Vec::load(x + e0), inv); });
       write(tokens[l], max, sum, Vec::reduce_add(dot) / sum);
     }
   };
