@@ -14,7 +14,7 @@ constexpr auto kSpin = std::chrono::microseconds(50);
 // more runnable threads than cores, a polling caller can hold the very core a worker waits for.
 constexpr auto kFinishSpin = std::chrono::microseconds(20);
 
-// chunks_ packs [job:24][chunks:20][next chunk:20].
+// A region's word packs [job:24][back:20][front:20].
 constexpr int kChunkBits = 20;
 constexpr uint64_t kChunkMask = (uint64_t{1} << kChunkBits) - 1;
 constexpr uint64_t kJobMask = (uint64_t{1} << 24) - 1;
@@ -45,25 +45,37 @@ int ThreadPool::resolve_threads(int threads) {
 }
 
 void ThreadPool::start_workers() {
+  region_.reset(new Region[hardware_threads()]);
   for (int i = 1; i < hardware_threads(); ++i) workers_.emplace_back([this] { worker_loop(); });
   started_ = true;
 }
 
-void ThreadPool::take_chunks(uint64_t job, int slot) {
-  uint64_t word = chunks_.load(std::memory_order_acquire);
+int64_t ThreadPool::claim(uint64_t job, int region, bool front) {
+  std::atomic<uint64_t>& word = region_[region].word;
+  uint64_t value = word.load(std::memory_order_acquire);
   for (;;) {
-    const int64_t count = static_cast<int64_t>((word >> kChunkBits) & kChunkMask);
-    const int64_t next = static_cast<int64_t>(word & kChunkMask);
-    if ((word >> (2 * kChunkBits)) != (job & kJobMask) || next >= count) return;
-    if (!chunks_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel, std::memory_order_acquire))
-      continue;
-    // The job cannot end before this chunk is done, so its fields stay put meanwhile.
-    function_(context_, next, slot);
-    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == count && slot != 0) {
-      std::lock_guard<std::mutex> lock(finish_mutex_);
-      if (caller_sleeps_) finished_.notify_one();
+    const int64_t first = static_cast<int64_t>(value & kChunkMask);
+    const int64_t end = static_cast<int64_t>((value >> kChunkBits) & kChunkMask);
+    if ((value >> (2 * kChunkBits)) != (job & kJobMask) || first >= end) return -1;
+    const uint64_t taken = front ? value + 1 : value - (uint64_t{1} << kChunkBits);
+    if (word.compare_exchange_weak(value, taken, std::memory_order_acq_rel, std::memory_order_acquire))
+      return front ? first : end - 1;
+  }
+}
+
+void ThreadPool::take_chunks(uint64_t job, int slot) {
+  // (A worker late for its job may read a later job's count: the claims, tagged, then all fail.)
+  const int regions = regions_.load(std::memory_order_relaxed);
+  for (int i = 0; i < regions; ++i) {
+    const int region = (slot + i) % regions;
+    for (int64_t chunk; (chunk = claim(job, region, i == 0)) >= 0;) {
+      // The job cannot end before this chunk is done, so its fields stay put meanwhile.
+      function_(context_, chunk, slot);
+      if (left_.fetch_sub(1, std::memory_order_acq_rel) == 1 && slot != 0) {
+        std::lock_guard<std::mutex> lock(finish_mutex_);
+        if (caller_sleeps_) finished_.notify_one();
+      }
     }
-    word = chunks_.load(std::memory_order_acquire);
   }
 }
 
@@ -82,9 +94,15 @@ void ThreadPool::run_job(int64_t chunks, int threads, Function function, void* c
   const uint64_t job = generation_.load(std::memory_order_relaxed) + 1;
   function_ = function;
   context_ = context;
-  done_.store(0, std::memory_order_relaxed);
-  chunks_.store(((job & kJobMask) << (2 * kChunkBits)) | (static_cast<uint64_t>(chunks) << kChunkBits),
-                std::memory_order_release);
+  left_.store(chunks, std::memory_order_relaxed);
+  const int regions = static_cast<int>(helpers) + 1;
+  regions_.store(regions, std::memory_order_relaxed);
+  for (int r = 0; r < regions; ++r) {
+    const uint64_t first = static_cast<uint64_t>(chunks * r / regions);
+    const uint64_t end = static_cast<uint64_t>(chunks * (r + 1) / regions);
+    region_[r].word.store(((job & kJobMask) << (2 * kChunkBits)) | (end << kChunkBits) | first,
+                          std::memory_order_release);
+  }
   seats_.store((job << 32) | helpers, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lock(wake_mutex_);
@@ -96,12 +114,12 @@ void ThreadPool::run_job(int64_t chunks, int threads, Function function, void* c
 
   // Wait for the chunks other threads took: poll a little, then sleep until the last one is done.
   const auto spin_until = std::chrono::steady_clock::now() + kFinishSpin;
-  for (int polls = 1; done_.load(std::memory_order_acquire) < chunks; ++polls) {
+  for (int polls = 1; left_.load(std::memory_order_acquire) > 0; ++polls) {
     cpu_relax();
     if (polls % 64 == 0 && std::chrono::steady_clock::now() > spin_until) {
       std::unique_lock<std::mutex> lock(finish_mutex_);
       caller_sleeps_ = true;
-      finished_.wait(lock, [&] { return done_.load(std::memory_order_acquire) >= chunks; });
+      finished_.wait(lock, [&] { return left_.load(std::memory_order_acquire) == 0; });
       caller_sleeps_ = false;
     }
   }
