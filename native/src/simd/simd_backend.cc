@@ -235,7 +235,8 @@ class SimdBackend final : public Backend {
       const char* in = static_cast<const char*>(p.input) + t0 * row_bytes;
       if (!p.is_logits) {
         GateBlock g = gate_block(p, t0, rows, s.u.data(), s);
-        g.rows_after = static_cast<int>(std::min<int64_t>(kBlockTokens, end - t0 - rows));
+        // Past this chunk's end too: a thread takes the chunks of its region of the pool in order.
+        g.rows_after = static_cast<int>(std::min<int64_t>(kBlockTokens, p.tokens - t0 - rows));
         k_.gate(g);
         finish_block(p, out, t0, rows, s.u.data(), gate_stride(E), s, p_sum);
       } else {  // logits to widen, or to add noise to: copied, rows back to back

@@ -33,7 +33,7 @@ struct GateBlock {
   const void* input = nullptr;  // [rows, D] of dtype
   moe_dtype dtype = MOE_DTYPE_F32;
   int rows = 0;
-  int rows_after = 0;  // rows right after these that the same thread gates next (the dot kernel fetches them)
+  int rows_after = 0;  // rows right after these that this thread most likely gates next (the dot kernel fetches them)
   int dim = 0, experts = 0;
   const float* weight = nullptr;  // packed
   const float* bias = nullptr;    // [E] or nullptr
