@@ -384,7 +384,8 @@ export function validateConfig(file: string): string[] {
   try {
     createRouter(config).dispose();
   } catch (error) {
-    return [error instanceof RouterError ? `${error.code}: ${error.message}` : String(error)];
+    // Option errors name every problem, a line each: one entry a problem.
+    return error instanceof RouterError ? error.message.split('\n').map((line) => `${error.code}: ${line}`) : [String(error)];
   }
   return [];
 }

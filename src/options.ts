@@ -55,90 +55,117 @@ export interface RouterOptions {
   exactF32?: boolean;
 }
 
-function pick<T extends string>(name: string, value: T | undefined, allowed: readonly T[], fallback: T): number {
-  const chosen = value ?? fallback;
-  const index = allowed.indexOf(chosen);
-  if (index < 0) {
-    throw new RouterError('E_CONFIG', `option ${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${JSON.stringify(value)})`);
-  }
-  return index;
+/** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
+function shown(value: unknown): string {
+  return typeof value === 'number' ? String(value) : JSON.stringify(value);
 }
 
-function integer(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v)) {
-    throw new RouterError('E_CONFIG', `option ${name} must be an integer (got ${JSON.stringify(value)})`);
+/**
+ * The type problems of one options object, a line each, so that one E_CONFIG names them all (the
+ * engine then lists its range problems the same way). Each reader notes what is wrong and returns a
+ * stand-in (NaN for a number, which no later check takes for a second problem), so that the rest of
+ * the object is still read.
+ */
+class OptionProblems {
+  private readonly lines: string[] = [];
+
+  note(line: string): void {
+    this.lines.push(`option ${line}`);
   }
-  return v;
+
+  pick<T extends string>(name: string, value: T | undefined, allowed: readonly T[], fallback: T): number {
+    const index = allowed.indexOf(value ?? fallback);
+    if (index >= 0) return index;
+    this.note(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${shown(value)})`);
+    return 0;
+  }
+
+  integer(name: string, value: number | undefined, fallback: number): number {
+    const v = value ?? fallback;
+    if (typeof v === 'number' && Number.isInteger(v)) return v;
+    this.note(`${name} must be an integer (got ${shown(value)})`);
+    return NaN;
+  }
+
+  real(name: string, value: number | undefined, fallback: number): number {
+    const v = value ?? fallback;
+    if (typeof v === 'number' && !Number.isNaN(v)) return v;
+    this.note(`${name} must be a number (got ${shown(value)})`);
+    return NaN;
+  }
+
+  boolean(name: string, value: unknown): void {
+    if (value !== undefined && typeof value !== 'boolean') this.note(`${name} must be a boolean (got ${shown(value)})`);
+  }
+
+  /** Throws E_CONFIG listing every problem noted, if there is one. */
+  raise(): void {
+    if (this.lines.length > 0) throw new RouterError('E_CONFIG', this.lines.join('\n'));
+  }
 }
 
-function real(name: string, value: number | undefined, fallback: number): number {
-  const v = value ?? fallback;
-  if (typeof v !== 'number' || Number.isNaN(v)) {
-    throw new RouterError('E_CONFIG', `option ${name} must be a number (got ${JSON.stringify(value)})`);
-  }
-  return v;
-}
-
-/** Checks the option types and maps names to engine codes; the engine checks the ranges. */
+/**
+ * Checks the option types and maps names to engine codes; the engine checks the ranges. Throws
+ * E_CONFIG naming every problem it found, a line each.
+ */
 export function toNativeOptions(o: RouterOptions): NativeOptions {
   if (o === null || typeof o !== 'object') {
     throw new RouterError('E_CONFIG', 'DynamicRouter needs an options object with inputDim, numExperts, topK and weight');
   }
+  const check = new OptionProblems();
   for (const name of ['inputDim', 'numExperts', 'topK'] as const) {
-    if (o[name] === undefined) throw new RouterError('E_CONFIG', `option ${name} is required`);
+    if (o[name] === undefined) check.note(`${name} is required`);
   }
   const dispatch = o.dispatch ?? false;
-  if (typeof dispatch === 'object' && dispatch !== null && dispatch.blockSize === undefined) {
-    throw new RouterError('E_CONFIG', 'option dispatch.blockSize is required when dispatch is an object');
+  if (typeof dispatch === 'object' && dispatch.blockSize === undefined) {
+    check.note('dispatch.blockSize is required when dispatch is an object');
   }
-  const groups = o.groups;
+  let groups = o.groups;
   if (groups !== undefined && (groups === null || typeof groups !== 'object')) {
-    throw new RouterError('E_CONFIG', 'option groups must be { count, select }');
+    check.note('groups must be { count, select }');
+    groups = undefined;
   }
+  const groupCount = groups ? check.integer('groups.count', groups.count, 0) : 0;
   // The engine reads count 0 as "no groups"; a groups object asks for them, so 0 is a mistake here.
-  if (groups && !(Number.isInteger(groups.count) && groups.count >= 1)) {
-    throw new RouterError('E_CONFIG', `option groups.count must be an integer >= 1 (got ${JSON.stringify(groups.count)})`);
-  }
-  const noise = o.noise;
+  if (groups && groupCount < 1) check.note(`groups.count must be an integer >= 1 (got ${shown(groups.count)})`);
+  let noise = o.noise;
   if (noise !== undefined && (noise === null || typeof noise !== 'object')) {
-    throw new RouterError('E_CONFIG', 'option noise must be { std, seed }');
+    check.note('noise must be { std, seed }');
+    noise = undefined;
   }
-  const seed = noise ? integer('noise.seed', noise.seed, 0) : 0;
-  if (seed < 0) throw new RouterError('E_CONFIG', `option noise.seed must be a non-negative integer (got ${seed})`);
-  if (o.exactF32 !== undefined && typeof o.exactF32 !== 'boolean') {
-    throw new RouterError('E_CONFIG', `option exactF32 must be a boolean (got ${JSON.stringify(o.exactF32)})`);
-  }
-  if (o.normalize !== undefined && typeof o.normalize !== 'boolean') {
-    throw new RouterError('E_CONFIG', `option normalize must be a boolean (got ${JSON.stringify(o.normalize)})`);
-  }
-  return {
-    inputDim: integer('inputDim', o.inputDim, 0),
-    numExperts: integer('numExperts', o.numExperts, 0),
-    topK: integer('topK', o.topK, 0),
-    minExperts: integer('minExperts', o.minExperts, 1),
-    strategy: pick('strategy', o.strategy, STRATEGIES, 'top-k'),
-    topP: real('topP', o.topP, 0.9),
-    threshold: real('threshold', o.threshold, 0.1),
-    scoring: pick('scoring', o.scoring, SCORINGS, 'softmax'),
-    order: pick('order', o.order, ORDERS, 'softmax-then-select'),
+  const seed = noise ? check.integer('noise.seed', noise.seed, 0) : 0;
+  if (seed < 0) check.note(`noise.seed must be a non-negative integer (got ${seed})`);
+  check.boolean('exactF32', o.exactF32);
+  check.boolean('normalize', o.normalize);
+  const options: NativeOptions = {
+    inputDim: check.integer('inputDim', o.inputDim, 0),
+    numExperts: check.integer('numExperts', o.numExperts, 0),
+    topK: check.integer('topK', o.topK, 0),
+    minExperts: check.integer('minExperts', o.minExperts, 1),
+    strategy: check.pick('strategy', o.strategy, STRATEGIES, 'top-k'),
+    topP: check.real('topP', o.topP, 0.9),
+    threshold: check.real('threshold', o.threshold, 0.1),
+    scoring: check.pick('scoring', o.scoring, SCORINGS, 'softmax'),
+    order: check.pick('order', o.order, ORDERS, 'softmax-then-select'),
     normalize: o.normalize === undefined ? -1 : o.normalize ? 1 : 0,
-    scale: real('scale', o.scale, 1),
-    groupCount: groups ? integer('groups.count', groups.count, 0) : 0,
-    groupSelect: groups ? integer('groups.select', groups.select, 0) : 0,
-    biasUpdateRate: real('biasUpdateRate', o.biasUpdateRate, 0),
-    capacityFactor: real('capacityFactor', o.capacityFactor, 0),
-    minCapacity: integer('minCapacity', o.minCapacity, 4),
-    dropPolicy: pick('dropPolicy', o.dropPolicy, DROP_POLICIES, 'position'),
-    noiseStd: noise ? real('noise.std', noise.std, 0) : 0,
+    scale: check.real('scale', o.scale, 1),
+    groupCount,
+    groupSelect: groups ? check.integer('groups.select', groups.select, 0) : 0,
+    biasUpdateRate: check.real('biasUpdateRate', o.biasUpdateRate, 0),
+    capacityFactor: check.real('capacityFactor', o.capacityFactor, 0),
+    minCapacity: check.integer('minCapacity', o.minCapacity, 4),
+    dropPolicy: check.pick('dropPolicy', o.dropPolicy, DROP_POLICIES, 'position'),
+    noiseStd: noise ? check.real('noise.std', noise.std, 0) : 0,
     noiseSeed: seed,
     dispatch: dispatch ? 1 : 0,
-    blockSize: typeof dispatch === 'object' ? integer('dispatch.blockSize', dispatch.blockSize, 1) : 1,
+    blockSize: typeof dispatch === 'object' ? check.integer('dispatch.blockSize', dispatch.blockSize, 1) : 1,
     losses: o.losses ? 1 : 0,
-    validation: pick('validation', o.validation, VALIDATIONS, 'reject'),
-    backend: pick('backend', o.backend, BACKENDS, 'auto'),
-    device: pick('device', o.device, DEVICES, 'auto'),
-    threads: integer('threads', o.threads, 0),
+    validation: check.pick('validation', o.validation, VALIDATIONS, 'reject'),
+    backend: check.pick('backend', o.backend, BACKENDS, 'auto'),
+    device: check.pick('device', o.device, DEVICES, 'auto'),
+    threads: check.integer('threads', o.threads, 0),
     exactF32: o.exactF32 ? 1 : 0,
   };
+  check.raise();
+  return options;
 }

@@ -168,6 +168,10 @@ describe('config problems', () => {
   it('validateConfig also builds the router, so range errors show too', () => {
     expect(validateConfig(file('good.json', { ...shape, seed: 3 }))).toEqual([]);
     expect(validateConfig(file('k.json', { ...shape, topK: 65, seed: 3 }))[0]).toMatch(/^E_CONFIG: .*topK/);
+    expect(validateConfig(file('k2.json', { ...shape, topK: 65, minExperts: 66, seed: 3 }))).toEqual([
+      'E_CONFIG: option topK must be an integer in [1, numExperts] (got 65)',
+      'E_CONFIG: option minExperts must be an integer in [1, topK] (got 66)',
+    ]);
     expect(validateConfig(file('tok.json', { ...shape, seed: 3, strategy: 'expert-choice', cache: { mode: 'token' } }))[0]).toMatch(
       /cache mode 'token' cannot be used with this router: strategy 'expert-choice'/,
     );

@@ -91,6 +91,37 @@ describe('E_CONFIG: options out of range', () => {
     expectCode(() => new DynamicRouter({ inputDim: D, numExperts: E, weight: W } as any), 'E_CONFIG', /topK/);
   });
 
+  it('lists every bad option at once, a line each: the types, then the ranges', () => {
+    const lines = (patch: Record<string, unknown>) => {
+      const e = caught(() => make(patch));
+      if (!(e instanceof RouterError)) throw new Error(`expected a RouterError, got ${String(e)}`);
+      expect(e.code).toBe('E_CONFIG');
+      return e.message.split('\n');
+    };
+    const types = lines({ topK: 1.5, strategy: 'bogus', noise: 3, exactF32: 'yes', scale: NaN, groups: { count: 2.5, select: 1 } });
+    expect(types).toHaveLength(6);
+    for (const [i, pattern] of [/groups\.count .*2\.5/, /noise/, /exactF32 .*"yes"/, /topK .*1\.5/, /strategy .*"bogus"/, /scale .*NaN/].entries()) {
+      expect(types[i]).toMatch(pattern);
+    }
+    expect(lines({ topK: 5, minExperts: 6, capacityFactor: -1 })).toEqual([
+      'option topK must be an integer in [1, numExperts] (got 5)',
+      'option minExperts must be an integer in [1, topK] (got 6)',
+      'option capacityFactor must be finite and >= 0 (got -1)',
+    ]);
+    // More than the engine's 512-byte message holds: whole lines, then how many were left out.
+    const ranges = {
+      ...{ topK: 5, minExperts: 6, topP: 2, threshold: Infinity, scale: Infinity, biasUpdateRate: -1 },
+      ...{ capacityFactor: -1, minCapacity: -1, noise: { std: -1, seed: 1 }, dispatch: { blockSize: 0 } },
+      ...{ threads: -1, groups: { count: 3, select: 0 } },
+    };
+    const many = lines(ranges);
+    const untold = /^\(and (\d+) more\)$/.exec(many[many.length - 1]);
+    expect(untold).not.toBeNull();
+    expect(many.length - 1 + Number(untold![1])).toBe(13);
+    for (const line of many.slice(0, -1)) expect(line).toMatch(/^option \S+ must be .* \(got \S+\)$/);
+    expect(many.join('\n').length).toBeLessThan(512);
+  });
+
   it('step must be a non-negative integer', () => {
     const r = make();
     expectCode(() => (r.step = -1), 'E_CONFIG', /step/, /-1/);

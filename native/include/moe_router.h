@@ -174,7 +174,8 @@ MOE_API int moe_backend_available(moe_backend backend);
 MOE_API int moe_backend_compiled(moe_backend backend);
 
 /* Creates a router. weight is [E, D] f32 (nn.Linear layout); bias [E] and selection_bias [E] are
- * optional (NULL). All three are copied (and the weight packed) before the call returns. */
+ * optional (NULL). All three are copied (and the weight packed) before the call returns. Invalid
+ * options: MOE_E_CONFIG, whose message names every invalid option, a line each. */
 MOE_API moe_status moe_router_create(const moe_router_options *options, const float *weight,
                                      const float *bias, const float *selection_bias,
                                      moe_router **out, moe_error *err);

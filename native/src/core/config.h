@@ -17,7 +17,8 @@ struct Config {
   int group_size = 0;           // E / G when groups are on, else 0
 };
 
-// Resolves defaults and checks every option; throws Failure(MOE_E_CONFIG) naming the first bad one.
+// Resolves defaults and checks every option; throws Failure(MOE_E_CONFIG) naming every bad one,
+// a line each.
 Config resolve_config(const moe_router_options& options);
 
 // Token-choice capacity per expert for a batch of `tokens` (SPEC §5), or the expert-choice capacity.
