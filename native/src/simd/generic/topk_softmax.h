@@ -494,8 +494,10 @@ template <int L, int M, class V, class Load>
         Vec::I pick[M / 2];
 #pragma GCC unroll 8
         for (int q = 0; q < M / 2; ++q) pick[q] = V::int_permute2(load(token, 2 * q), at, load(token, 2 * q + 1));
+        // (A counted loop: GCC left the one over span *= 2 rolled, pick[] on the stack.)
 #pragma GCC unroll 4
-        for (int span = 1; span < M / 2; span *= 2) {
+        for (int level = 0; (2 << level) < M; ++level) {
+          const int span = 1 << level;
           const uint32_t upper = Vec::bits(V::int_test(at, Vec::int_set1(2 * kLanes * span)));
 #pragma GCC unroll 4
           for (int q = 0; q < M / 2; q += 2 * span) pick[q] = Vec::blend_bits(upper, pick[q + span], pick[q]);
