@@ -4,12 +4,13 @@
 # first quartile and minimum of the per-run medians.
 #
 #   bench/ab-time.sh [-n alternations] [-t threads] [-d dtypes] [-b backend] [-r runs] [-w workloads.json]
-#                    WORKLOAD TOOL...
+#                    [-c copies] WORKLOAD TOOL...
 #   e.g. cp build-tools/moe_router_time /tmp/old; (change, rebuild);
 #        bench/ab-time.sh -n 12 -t 2 -d f32,bf16 mixtral-prefill /tmp/old build-tools/moe_router_time
+#   -c 2 measures in cache (two copies of the input) a shape small enough for it (-w a file of such).
 set -euo pipefail
-alternations=10 threads=2 dtypes=f32 backend=avx512 runs=15 workloads=
-while getopts n:t:d:b:r:w: opt; do
+alternations=10 threads=2 dtypes=f32 backend=avx512 runs=15 workloads= copies=()
+while getopts n:t:d:b:r:w:c: opt; do
   case $opt in
     n) alternations=$OPTARG ;;
     t) threads=$OPTARG ;;
@@ -17,6 +18,7 @@ while getopts n:t:d:b:r:w: opt; do
     b) backend=$OPTARG ;;
     r) runs=$OPTARG ;;
     w) workloads=$OPTARG ;;
+    c) copies=(--copies "$OPTARG") ;;
     *) exit 2 ;;
   esac
 done
@@ -32,7 +34,7 @@ fi
 for _ in $(seq "$alternations"); do
   for tool in "$@"; do
     "$tool" --workloads "$workloads" --only "$workload" --backends "$backend" --dtypes "$dtypes" \
-      --threads "$threads" --runs "$runs" | awk -v tool="$tool" -v w="$workload" '$1 == w { print tool, $2, $3, $4 }'
+      --threads "$threads" --runs "$runs" "${copies[@]}" | awk -v tool="$tool" -v w="$workload" '$1 == w { print tool, $2, $3, $4 }'
   done
 done | awk '
   { key = $2 " " $3 " " $1; n[key]++; v[key, n[key]] = $4 }

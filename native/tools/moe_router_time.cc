@@ -8,7 +8,9 @@
 //
 //   moe_router_time [--workloads path/to/workloads.json] [--backends scalar,avx2,avx512]
 //                   [--dtypes f32,bf16] [--threads N] [--runs N] [--only name]
-//                   [--gflops 150] [--gbps 28]
+//                   [--gflops 150] [--gbps 28] [--copies N]
+// --copies N rotates over N copies of the input instead (--copies 2: a shape small enough for the
+// caches is measured in them, where the kernels' own cost shows; bench/NOTES.md's "in cache").
 // Gate workloads route hidden states with losses on (scores, top-k, renormalize, aux loss, as the
 // workloads file describes them); logits workloads route logits. Both are top-k with softmax.
 #include <algorithm>
@@ -113,7 +115,7 @@ struct Rng {
 
 int main(int argc, char** argv) {
   std::string workloads_path = "../shared/workloads.json", backends = "avx2,avx512", dtypes = "f32,bf16", only;
-  int threads = 0, runs = 31;
+  int threads = 0, runs = 31, copies_given = 0;
   double gflops = 150, gbps = 28;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
@@ -125,6 +127,7 @@ int main(int argc, char** argv) {
     else if (flag == "--only") only = value;
     else if (flag == "--gflops") gflops = std::atof(value.c_str());
     else if (flag == "--gbps") gbps = std::atof(value.c_str());
+    else if (flag == "--copies") copies_given = std::atoi(value.c_str());
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -143,8 +146,9 @@ int main(int argc, char** argv) {
       const moe_dtype dtype = dtype_name == "bf16" ? MOE_DTYPE_BF16 : MOE_DTYPE_F32;
       const size_t element = dtype == MOE_DTYPE_F32 ? 4 : 2;
       const size_t input_bytes = static_cast<size_t>(w.T) * row * element;
-      // Copies of the input, together at least 96 MiB (beyond any last-level cache here).
-      const size_t copies = std::max<size_t>(2, (size_t{96} << 20) / std::max<size_t>(input_bytes, 1) + 1);
+      // Copies of the input, unless given together at least 96 MiB (beyond any last-level cache here).
+      const size_t copies = copies_given > 0 ? static_cast<size_t>(copies_given)
+                            : std::max<size_t>(2, (size_t{96} << 20) / std::max<size_t>(input_bytes, 1) + 1);
       std::vector<std::vector<uint8_t>> inputs(std::min<size_t>(copies, 64));
       for (auto& input : inputs) {
         input.resize(input_bytes);
