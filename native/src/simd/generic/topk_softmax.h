@@ -926,17 +926,17 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
   return run_across_tokens<K, true>(c, base, stride, groups, weights_out, experts_out, counts);
 }
 
+// Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
+inline void pad_group(float* rows, int n, int E) {
+  for (int l = n; l < kLanes; ++l) std::memcpy(rows + l * E, rows, E * sizeof(float));
+}
+
 // A block's rows in groups of kLanes tokens, one per lane: runs of whole groups to whole(base, t0,
 // groups) (the run's first row and token), which returns how many it took from the start; the rows
 // of a group it did not take, and those after the last whole group, one by one to take(i), and the
 // rows it accepts gathered into groups of their own making, rows back to back (stride E) in
 // `gathered` (kLanes * E floats), each handed to part(gathered, n, tokens) with its n live rows'
 // tokens when full, and the last one with fewer (rows [n, kLanes) unset: pad_group).
-// Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
-inline void pad_group(float* rows, int n, int E) {
-  for (int l = n; l < kLanes; ++l) std::memcpy(rows + l * E, rows, E * sizeof(float));
-}
-
 template <class Whole, class Take, class Part>
 inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& take, Part&& part) {
   const int E = b.config->E;
