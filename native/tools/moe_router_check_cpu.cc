@@ -85,7 +85,7 @@ const char* strategy_name(moe_strategy s) {
 }
 
 Case make_case(Rng& r, int index) {
-  static const int experts[] = {1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 24, 31, 32, 61, 64, 97, 128, 211, 256, 257, 509, 512, 1021, 1024};
+  static const int experts[] = {1, 2, 3, 4, 5, 7, 8, 11, 13, 16, 17, 24, 31, 32, 33, 61, 64, 97, 128, 211, 256, 257, 300, 509, 512, 1000, 1021, 1024};
   static const int dims[] = {1, 2, 3, 7, 15, 16, 17, 31, 33, 64, 100, 127, 255, 256, 511, 1024, 2048};
   static const int token_counts[] = {0, 1, 2, 3, 5, 8, 13, 31, 47, 48, 49, 97, 200, 257, 700, 2000, 4099};
   Case c;

@@ -281,8 +281,9 @@ inline const float* row_ahead(const RowBlock& b, int i) {
 constexpr int kPhaseRows = 4;
 
 // Up to these E and K, rows_by_logit_order works across tokens: E so that an expert index fits in
-// the 8 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost).
-constexpr int kAcrossMaxE = 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+// the 10 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost), and on
+// the ISAs without knockout_keys (see kColumnMaxE) up to what column_keys holds.
+constexpr int kAcrossMaxE = kLanes >= 16 ? 1024 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -459,17 +460,25 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 }
 
 // The packed int key of rows_across_tokens for a logit u of a token whose largest logit is max:
-//   (bits of w, low b bits cleared) | expert,  w = max - u, b = bits of E - 1,
-// and for E > kPlainKeyMaxE (b = 8) the bits of w^2 instead of w (kSquare): smaller for a better
-// expert, distinct within a token, and an exact tie goes to the lower expert as in the oracle. Keys
-// within b bits of each other compare by expert instead: near-ties, within SPEC §10 for b <= 7 on w
-// and b = 8 on w^2 (docs/semantics.md §13; the square was one operation of ~5 a logit: without it,
-// in cache, logits E = 8 -4%, E = 64 -3%, E = 128 -5%). value_bits has the low b bits clear.
+//   (bits of w^p, low b bits cleared) | expert,  w = max - u, b = bits of E - 1,
+//   p = key_power(E): 1 up to b = 7 (E <= 128), then 2, 4, 8 for b = 8, 9, 10,
+// smaller for a better expert, distinct within a token, and an exact tie goes to the lower expert as
+// in the oracle. Keys within b bits of each other compare by expert instead: near-ties, within SPEC
+// §10 because each index bit more comes with a power twice as high, |w1 - w2| < 2^(b-23)/p w
+// (docs/semantics.md §13; the square was one operation of ~5 a logit: without it, in cache, logits
+// E = 8 -4%, E = 64 -3%, E = 128 -5%). The eighth power is taken of 16w (exact): w^8 is subnormal
+// below w = 1.9e-5, and its keys tie below 5.9e-6 (below 1.9e-5 where a thread flushes subnormals to
+// zero), where those of (16w)^8 tie below 3.7e-7 and overflow above w = 4096, whose scores are 0
+// (the multiply cost E = 1024 in cache ~4%). value_bits has the low b bits clear.
 constexpr int kPlainKeyMaxE = 128;
-template <bool kSquare>
+constexpr int key_power(int width) { return width <= kPlainKeyMaxE ? 1 : width <= 256 ? 2 : width <= 512 ? 4 : 8; }
+template <int kPower>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
-  const F w = Vec::sub(max, u);
-  return Vec::and_or(Vec::to_bits(kSquare ? Vec::mul(w, w) : w), value_bits, expert);
+  F w = Vec::sub(max, u);
+  if (kPower == 8) w = Vec::mul(w, Vec::set1(16.0f));
+#pragma GCC unroll 3
+  for (int p = 1; p < kPower; p *= 2) w = Vec::mul(w, w);
+  return Vec::and_or(Vec::to_bits(w), value_bits, expert);
 }
 
 // For L slots of kLanes tokens held as rows (to_rows: kLanes / L tokens a vector, token t's slots in
@@ -492,14 +501,14 @@ template <int L, int M, class V, class Load>
         fetched = V::int_permute_masked(fetched, lanes, at, load(token, 0));
       } else {
         Vec::I pick[M / 2];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int q = 0; q < M / 2; ++q) pick[q] = V::int_permute2(load(token, 2 * q), at, load(token, 2 * q + 1));
         // (A counted loop: GCC left the one over span *= 2 rolled, pick[] on the stack.)
 #pragma GCC unroll 4
         for (int level = 0; (2 << level) < M; ++level) {
           const int span = 1 << level;
           const uint32_t upper = Vec::bits(V::int_test(at, Vec::int_set1(2 * kLanes * span)));
-#pragma GCC unroll 4
+#pragma GCC unroll 16
           for (int q = 0; q < M / 2; q += 2 * span) pick[q] = Vec::blend_bits(upper, pick[q + span], pick[q]);
         }
         fetched = Vec::blend_bits(lanes, pick[0], fetched);
@@ -541,71 +550,116 @@ template <int L, int N, int kLost, int M, class V>
 
 // The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N
 // a power of two, at least 4), sorted, into best[0..L), and each token's largest logit into
-// row_max. Per token, in its row's own layout: the keys of N vectors (padding: keys of the lowest
-// float, above every real key; N * kLanes <= 2^b, so every position is an index the keys can hold),
-// then a knockout: vector i against vector i + n/2, the smaller key of each position going on and
-// the larger stored as that position's loser, until one vector of kLanes winners is left. Only the
-// winners are transposed, and networks take the L smallest of their kLanes columns. Then level by
-// level back down (descend): the L best keys of a level are among the L best of the level above and
-// their L losers (a key among the L best that lost did so to a key among them), each at its
-// winner's position (its expert index modulo the level's width). Exactly the L smallest keys,
-// as column_keys gives them: a vector of keys costs a min, a max and a store, where the columns
-// cost a quarter of a transpose, a store, a load and ~9 network operations (19 comparators sort 8
-// keys, 8 mins and 12 comparators merge them). False, with best and row_max unset, when a logit of
-// the group is not finite. (V is Vec, a parameter so that the ISAs that never instantiate this, for
-// want of V::int_permute2, can compile it.)
+// row_max. Per token, in its row's own layout: the keys of N vectors, then a knockout: vector i
+// against vector i + n/2, the smaller key of each position going on and the larger stored as that
+// position's loser, until one vector of kLanes winners is left. Only the winners are transposed, and
+// networks take the L smallest of their kLanes columns. Then level by level back down (descend): the
+// L best keys of a level are among the L best of the level above and their L losers (a key among
+// the L best that lost did so to a key among them), each at its winner's position (its expert index
+// modulo the level's width). Exactly the L smallest keys, as column_keys gives them: a vector of
+// keys costs a min, a max and a store, where the columns cost a quarter of a transpose, a store, a
+// load and ~9 network operations (19 comparators sort 8 keys, 8 mins and 12 comparators merge them).
+// The first N/2 vectors hold whole experts; positions past E (N * kLanes <= 2^b, so every position is
+// an index the keys can hold) get keys above every real key (+inf's bits | position, where a real key
+// is at most +inf's bits | a lower expert), and meet only the first round, as the second of a pair
+// (round_one, which also keys the row's vectors). Of N = 64 the first two rounds go a position at a
+// time (i, i + 16, i + 32, i + 48), so that only sixteen vectors of keys are live. False, with best
+// and row_max unset, when a logit of the group is not finite. (V is Vec, a parameter so that the ISAs
+// that never instantiate this, for want of V::int_permute2, can compile it.)
 template <int L, int N = 4, class V = Vec>
 inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value_bits, Vec::I* best, F& row_max) {
   if constexpr (N * kLanes < kAcrossMaxE) {
     if (N * kLanes < E) return knockout_keys<L, 2 * N, V>(base, E, stride, value_bits, best, row_max);
   }
+  constexpr int kPower = key_power(N * kLanes);  // (that of every E it takes)
+  constexpr int H = N / 2;                    // vectors after the first round
+  constexpr int R = H < kLanes ? H : kLanes;  // of them, those kept in registers
+  static_assert(H == R || H == 2 * R, "N up to 4 * kLanes");
   constexpr int kLost = (N - 1) * kLanes;  // a token's losers, level by level: N/2 vectors, N/4, .. 1
   alignas(64) int32_t losers[kLanes * kLost];
   alignas(64) float winners[kLanes][kLanes];
   alignas(64) float maxes[kLanes];
   const Vec::I lane = Vec::int_load(kLaneIndex);
-  const bool whole = E == N * kLanes;
-  Vec::I worst = Vec::int_set1(0);  // each lane's largest key, as unsigned
-  for (int l = 0; l < kLanes; ++l) {
-    const float* row = base + l * stride;
-    // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
-    // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted the
-    // losers the descent reads (logits-256x8 in cache 0.091 -> 0.080 ms without it; from DRAM, two
-    // threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
-    const float* next = row + kLanes * stride;
-    F u[N], top[4];
+  const int whole = E / kLanes, tail = E % kLanes, real = whole + (tail > 0);  // vectors holding experts
+  const Vec::I tail_lanes = Vec::blend_bits(Vec::bits(Vec::first(tail)), Vec::int_set1(-1), Vec::int_set1(0));
+  Vec::I worst = Vec::int_set1(0);  // each lane's largest key of its experts, as unsigned
+  // The rows, instantiated apart for E = N * kLanes (kWhole), whose pairs all hold experts: the
+  // tests for the padding in round_one took E = 256 in cache 10% longer.
+  const auto rows = [&](auto whole_rows) {
+    constexpr bool kWhole = decltype(whole_rows)::value;
+    for (int l = 0; l < kLanes; ++l) {
+      const float* row = base + l * stride;
+      // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
+      // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted
+      // the losers the descent reads (logits-256x8 in cache 0.091 -> 0.080 ms without it; from
+      // DRAM, two threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
+      const float* next = row + kLanes * stride;
+      // The row's vector i, loaded again from L1 for its keys.
+      const auto load = [&](int i) {
+        return kWhole || i < H || i < whole
+                   ? Vec::load(row + i * kLanes)
+                   : Vec::load_tail(row + i * kLanes, tail, std::numeric_limits<float>::lowest());
+      };
+      F top[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};  // (N = 4: 3 vectors)
 #pragma GCC unroll 64
-    for (int i = 0; i < N; ++i) {
-      __builtin_prefetch(next + i * kLanes, 0, 2);
-      const int e0 = i * kLanes;  // whole for i < N/2
-      u[i] = i < N / 2 || whole || e0 + kLanes <= E ? Vec::load(row + e0)
-             : e0 < E ? Vec::load_tail(row + e0, E - e0, std::numeric_limits<float>::lowest())
-                      : Vec::set1(std::numeric_limits<float>::lowest());
-      top[i % 4] = i < 4 ? u[i] : Vec::max(top[i % 4], u[i]);
-    }
-    maxes[l] = Vec::reduce_max(Vec::max(Vec::max(top[0], top[1]), Vec::max(top[2], top[3])));
-    const F max = Vec::set1(maxes[l]);
-    Vec::I key[N];
-#pragma GCC unroll 64
-    for (int i = 0; i < N; ++i)
-      key[i] = logit_key<(N * kLanes > kPlainKeyMaxE)>(max, u[i], value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
-    int32_t* lost = losers + l * kLost;
-#pragma GCC unroll 6
-    for (int n = N; n > 1; lost += n / 2 * kLanes, n /= 2)
-#pragma GCC unroll 32
-      for (int i = 0; i < N / 2; ++i) {
-        if (i >= n / 2) break;
-        const Vec::I loser = V::uint_max(key[i], key[i + n / 2]);
-        Vec::store_int(lost + i * kLanes, loser);
-        if (n == N) worst = V::uint_max(worst, loser);  // the first round's losers hold the largest key
-        key[i] = V::uint_min(key[i], key[i + n / 2]);
+      for (int i = 0; i < N; ++i) {
+        if (!kWhole && i >= H && i >= real) break;
+        __builtin_prefetch(next + i * kLanes, 0, 2);
+        top[i % 4] = i < 4 ? load(i) : Vec::max(top[i % 4], load(i));
       }
-    Vec::store(winners[l], Vec::from_bits(key[0]));
+      maxes[l] = Vec::reduce_max(Vec::max(Vec::max(top[0], top[1]), Vec::max(top[2], top[3])));
+      const F max = Vec::set1(maxes[l]);
+      const auto key = [&](int i) {
+        return logit_key<kPower>(max, load(i), value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
+      };
+      int32_t* lost = losers + l * kLost;
+      // Vector x against x + H: the loser into lost[x], the winner returned; `worst` takes the
+      // larger key of each pair, or the real one of a pair with padding.
+      const auto round_one = [&](int x) {
+        const Vec::I a = key(x);
+        const int y = x + H;
+        if (!kWhole && y >= real) {
+          const Vec::I padding = Vec::int_or(Vec::int_set1(0x7f800000), Vec::int_add(lane, Vec::int_set1(y * kLanes)));
+          Vec::store_int(lost + x * kLanes, padding);
+          worst = V::uint_max(worst, a);
+          return a;
+        }
+        const Vec::I b = key(y), loser = V::uint_max(a, b);
+        Vec::store_int(lost + x * kLanes, loser);
+        worst = V::uint_max(worst, kWhole || y < whole ? loser : V::uint_max(a, Vec::int_and(b, tail_lanes)));
+        return V::uint_min(a, b);
+      };
+      Vec::I winner[R];
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        winner[i] = round_one(i);
+        if constexpr (H > R) {
+          const Vec::I other = round_one(i + R);
+          Vec::store_int(lost + (H + i) * kLanes, V::uint_max(winner[i], other));
+          winner[i] = V::uint_min(winner[i], other);
+        }
+      }
+      lost += (H > R ? H + R : H) * kLanes;
+#pragma GCC unroll 6
+      for (int n = R; n > 1; lost += n / 2 * kLanes, n /= 2)
+#pragma GCC unroll 16
+        for (int i = 0; i < R / 2; ++i) {
+          if (i >= n / 2) break;
+          Vec::store_int(lost + i * kLanes, V::uint_max(winner[i], winner[i + n / 2]));
+          winner[i] = V::uint_min(winner[i], winner[i + n / 2]);
+        }
+      Vec::store(winners[l], Vec::from_bits(winner[0]));
+    }
+  };
+  if (E == N * kLanes) {
+    rows(std::true_type{});
+  } else {
+    rows(std::false_type{});
   }
   // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
   // row's) +inf or NaN, and its key, as unsigned, at least +inf's bits (a NaN's sign bit too; hence
   // the unsigned rounds above, which agree with the signed order below on every key of finite
-  // logits). So does a w (or w^2) that overflows from finite logits: keys of +inf's bits | e, which
+  // logits). So does a w^p that overflows from finite logits: keys of +inf's bits | e, which
   // order as the oracle's scores of 0 do (ties to the lower expert). Only then are the rows checked
   // one by one. (It replaces an FMA a vector and a sum a token: bench/NOTES.md item 26.)
   if (Vec::bits(V::uint_ge(worst, Vec::int_set1(0x7f800000))) != 0)
@@ -672,13 +726,13 @@ struct ColumnCheck {
 // The keys (logit_key) of columns [e0, e0 + L) into keys[e0, e0 + L) unless keys is null, sorted
 // by a network and merged into each lane's list of the L smallest, best[0, L) (with e0 = 0, the
 // list's start).
-template <int L, bool kSquare = false>
+template <int L, int kPower = 1>
 [[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
                                                    Vec::I* best) {
   Vec::I key[L];
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
-    key[i] = logit_key<kSquare>(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
+    key[i] = logit_key<kPower>(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
   add_keys<L>(best, key, e0 == 0);
@@ -715,8 +769,8 @@ template <int L, int kNarrowE>
 // into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
 // loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
 // lane's maximum and check, the second their keys (into keys[0, E) unless null). False, with best
-// and row_max unset, when a logit of the group is not finite. kSquare: E > kPlainKeyMaxE.
-template <int L, bool kSquare>
+// and row_max unset, when a logit of the group is not finite. kPower: key_power(E).
+template <int L, int kPower>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
   ColumnCheck check;
@@ -741,7 +795,7 @@ template <int L, bool kSquare>
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
-    add_column_keys<L, kSquare>(columns, e0, row_max, value_bits, keys, best);
+    add_column_keys<L, kPower>(columns, e0, row_max, value_bits, keys, best);
   }
   return true;
 }
@@ -811,9 +865,9 @@ template <int K, bool kOneVector, int kNarrowE = 0>
       F* column_keys_out = count_keys ? keys : nullptr;
       if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
         if (E > kPlainKeyMaxE)
-          finite = column_keys<L, true>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+          finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       if (E <= kPlainKeyMaxE)
-        finite = column_keys<L, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+        finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
   if (!finite) return false;
