@@ -5,15 +5,11 @@
 #include <cstring>
 #include <limits>
 
+#include "scratch.h"
+
 namespace moe {
 
 namespace {
-
-template <typename T>
-T* sized(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 // The first k_t candidates of a token in its slots, -1 after them. Returns k_t.
 int select_slots(const Config& c, const TokenRow& row, const KParams& kp, int32_t* experts) {
@@ -225,34 +221,34 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
   const int64_t T = p.tokens, K = c.K, E = c.E;
   stage_ = TokenStage{};
-  stage_.invalid = sized(invalid_, T);
-  counts_before.assign(static_cast<size_t>(E), 0);
-  counts_before_valid.assign(static_cast<size_t>(E), 0);
-  k_histogram.assign(static_cast<size_t>(K + 1), 0);
-  cursor.assign(static_cast<size_t>(E + 1), 0);
+  stage_.invalid = grown(invalid_, T);
+  zeroed(counts_before, E);
+  zeroed(counts_before_valid, E);
+  zeroed(k_histogram, K + 1);
+  grown(cursor, E + 1);  // (each user sets it)
   if (p.fused_out) {
     stage_.counts = counts_before.data();
     stage_.counts_valid = counts_before_valid.data();
     stage_.k_histogram = k_histogram.data();
   } else {
-    stage_.candidate_expert = sized(candidate_expert_, T * K);
-    stage_.candidate_score = sized(candidate_score_, T * K);
-    stage_.candidate_logit = sized(candidate_logit_, T * K);
-    if (p.want_top_scores) stage_.top_scores = sized(top_scores_, T * K);
-    if (p.want_score_entropy) stage_.score_entropy = sized(score_entropy_, T);
+    stage_.candidate_expert = grown(candidate_expert_, T * K);
+    stage_.candidate_score = grown(candidate_score_, T * K);
+    stage_.candidate_logit = grown(candidate_logit_, T * K);
+    if (p.want_top_scores) stage_.top_scores = grown(top_scores_, T * K);
+    if (p.want_score_entropy) stage_.score_entropy = grown(score_entropy_, T);
   }
-  if (p.want_norm) stage_.norm = sized(norm_, T);
+  if (p.want_norm) stage_.norm = grown(norm_, T);
   if (p.want_losses) {
-    stage_.logsumexp = sized(logsumexp_, T);
-    stage_.loss_entropy = sized(loss_entropy_, T);
-    stage_.p_sum = sized(p_sum_, E);
+    stage_.logsumexp = grown(logsumexp_, T);
+    stage_.loss_entropy = grown(loss_entropy_, T);
+    stage_.p_sum = grown(p_sum_, E);
   }
   if (p.want_full) {
-    stage_.full_key = sized(full_key_, T * E);
-    stage_.full_score = sized(full_score_, T * E);
-    stage_.full_logit = sized(full_logit_, T * E);
-    sized(slot_score, K);
-    sized(slot_logit, K);
+    stage_.full_key = grown(full_key_, T * E);
+    stage_.full_score = grown(full_score_, T * E);
+    stage_.full_logit = grown(full_logit_, T * E);
+    grown(slot_score, K);
+    grown(slot_logit, K);
   }
   return stage_;
 }

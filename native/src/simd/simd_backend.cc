@@ -11,6 +11,7 @@
 #include "../core/failure.h"
 #include "../core/half.h"
 #include "../core/philox.h"
+#include "../core/scratch.h"
 #include "../core/thread_pool.h"
 #include "simd.h"
 
@@ -53,12 +54,6 @@ const Kernels* kernels_for(moe_backend kind) {
 #endif
   (void)kind;
   return nullptr;
-}
-
-template <typename T>
-T* grown(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
 }
 
 // What one thread works in; grown to the largest call seen, then reused.
@@ -133,9 +128,9 @@ class SimdBackend final : public Backend {
       if (!p.is_logits)
         grown(s.widened, kBlockTokens * k_.shape.kc);
       if (p.fused_out) {
-        s.counts.assign(E, 0);
-        s.counts_valid.assign(E, 0);
-        s.k_histogram.assign(c.K + 1, 0);
+        zeroed(s.counts, E);
+        zeroed(s.counts_valid, E);
+        zeroed(s.k_histogram, c.K + 1);
       }
     }
     double* chunk_p_sum = p.want_losses ? grown(chunk_p_sum_, chunks * E) : nullptr;
