@@ -528,16 +528,17 @@ template <int L, int M, class V, class Load>
 // E = 256 0.091 -> 0.072). Instead the positions are turned into rows, each token's lanes are picked
 // from its own losers by permutes (pick_in_rows), and the result is turned back into columns: in
 // cache, one thread, E = 64 -12%, E = 128 -13%, E = 256 unchanged (its row pass, from L3,
-// dominates); from DRAM, two threads, logits-64x8 1.47 -> 1.33 ms.
-template <int L, int N, int kLost, int M, class V>
-[[gnu::always_inline]] inline void descend(const int32_t* losers, Vec::I* best) {
+// dominates); from DRAM, two threads, logits-64x8 1.47 -> 1.33 ms. kPartial: tokens [live, kLanes)
+// read token 0's losers (see knockout_keys).
+template <int L, int N, int kLost, int M, bool kPartial, class V>
+[[gnu::always_inline]] inline void descend(const int32_t* losers, int live, Vec::I* best) {
   const Vec::I position = Vec::int_set1(M * kLanes - 1);
   F rows[L];
 #pragma GCC unroll 8
   for (int j = 0; j < L; ++j) rows[j] = Vec::from_bits(Vec::int_and(best[j], position));
   to_rows<L>(rows);
   pick_in_rows<L, M, V>(rows, [&](int token, int q) {
-    return Vec::int_load(losers + token * kLost + (N - 2 * M + q) * kLanes);
+    return Vec::int_load(losers + (kPartial && token >= live ? 0 : token) * kLost + (N - 2 * M + q) * kLanes);
   });
   to_columns<L>(rows);
   Vec::I partner[L];
@@ -545,32 +546,36 @@ template <int L, int N, int kLost, int M, class V>
   for (int j = 0; j < L - 1; ++j) partner[j] = Vec::to_bits(rows[j]);
   partner[L - 1] = Vec::int_set1(std::numeric_limits<int32_t>::max());
   add_keys<L>(best, partner, false);
-  if constexpr (2 * M < N) descend<L, N, kLost, 2 * M, V>(losers, best);
+  if constexpr (2 * M < N) descend<L, N, kLost, 2 * M, kPartial, V>(losers, live, best);
 }
 
-// The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N
-// a power of two, at least 4), sorted, into best[0..L), and each token's largest logit into
-// row_max. Per token, in its row's own layout: the keys of N vectors, then a knockout: vector i
-// against vector i + n/2, the smaller key of each position going on and the larger stored as that
-// position's loser, until one vector of kLanes winners is left. Only the winners are transposed, and
-// networks take the L smallest of their kLanes columns. Then level by level back down (descend): the
-// L best keys of a level are among the L best of the level above and their L losers (a key among
-// the L best that lost did so to a key among them), each at its winner's position (its expert index
-// modulo the level's width). Exactly the L smallest keys, as column_keys gives them: a vector of
-// keys costs a min, a max and a store, where the columns cost a quarter of a transpose, a store, a
-// load and ~9 network operations (19 comparators sort 8 keys, 8 mins and 12 comparators merge them).
-// The first N/2 vectors hold whole experts; positions past E (N * kLanes <= 2^b, so every position is
-// an index the keys can hold) get keys above every real key (+inf's bits | position, where a real key
-// is at most +inf's bits | a lower expert), and meet only the first round, as the second of a pair
-// (round_one, which also keys the row's vectors). Of N = 64 the first two rounds go a position at a
-// time (i, i + 16, i + 32, i + 48), so that only sixteen vectors of keys are live. False, with best
-// and row_max unset, when a logit of the group is not finite. (V is Vec, a parameter so that the ISAs
-// that never instantiate this, for want of V::int_permute2, can compile it.)
-template <int L, int N = 4, class V = Vec>
-inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value_bits, Vec::I* best, F& row_max) {
+// The L smallest keys of kLanes tokens (one per lane) of N/2 * kLanes < E <= N * kLanes experts (N a power
+// of two, at least 4), sorted, into best[0..L), and each token's largest logit into row_max. Per token, in
+// its row's own layout: the keys of N vectors, then a knockout: vector i against vector i + n/2, the
+// smaller key of each position going on and the larger stored as that position's loser, until one vector of
+// kLanes winners is left. Only the winners are transposed, and networks take the L smallest of their kLanes
+// columns. Then level by level back down (descend): the L best keys of a level are among the L best of the
+// level above and their L losers (a key among the L best that lost did so to a key among them), each at its
+// winner's position (its expert index modulo the level's width). Exactly the L smallest keys, as
+// column_keys gives them: a vector of keys costs a min, a max and a store, where the columns cost a quarter
+// of a transpose, a store, a load and ~9 network operations (19 comparators sort 8 keys, 8 mins and 12
+// comparators merge them). The first N/2 vectors hold whole experts; positions past E (N * kLanes <= 2^b,
+// so every position is an index the keys can hold) get keys above every real key (+inf's bits | position,
+// where a real key is at most +inf's bits | a lower expert), and meet only the first round, as the second
+// of a pair (round_one, which also keys the row's vectors). Of N = 64 the first two rounds go a position at
+// a time (i, i + 16, i + 32, i + 48), so that only sixteen vectors of keys are live. kPartial (a gathered
+// group of fewer tokens, across_rows): only rows [0, live) are read, the lanes past them get row 0's
+// winners and losers, and their answers are dropped (a whole group's instantiation has no test of live:
+// with it, logits-256x8 in cache took 5-9% longer). False, with best and row_max unset, when a logit of the
+// group is not finite. (V is Vec, a parameter so that the ISAs that never instantiate this, for want of
+// V::int_permute2, can compile it.)
+template <int L, bool kPartial, int N = 4, class V = Vec>
+inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Vec::I value_bits, Vec::I* best,
+                          F& row_max) {
   if constexpr (N * kLanes < kAcrossMaxE) {
-    if (N * kLanes < E) return knockout_keys<L, 2 * N, V>(base, E, stride, value_bits, best, row_max);
+    if (N * kLanes < E) return knockout_keys<L, kPartial, 2 * N, V>(base, E, stride, live, value_bits, best, row_max);
   }
+  const int rows_read = kPartial ? live : kLanes;
   constexpr int kPower = key_power(N * kLanes);  // (that of every E it takes)
   constexpr int H = N / 2;                    // vectors after the first round
   constexpr int R = H < kLanes ? H : kLanes;  // of them, those kept in registers
@@ -587,7 +592,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   // tests for the padding in round_one took E = 256 in cache 10% longer.
   const auto rows = [&](auto whole_rows) {
     constexpr bool kWhole = decltype(whole_rows)::value;
-    for (int l = 0; l < kLanes; ++l) {
+    for (int l = 0; l < rows_read; ++l) {
       const float* row = base + l * stride;
       // The same line of the next group's row into L2 (a prefetch never faults). Not into L1, as
       // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted
@@ -656,6 +661,10 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   } else {
     rows(std::false_type{});
   }
+  for (int l = rows_read; l < kLanes; ++l) {
+    std::memcpy(winners[l], winners[0], sizeof winners[0]);
+    maxes[l] = maxes[0];
+  }
   // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
   // row's) +inf or NaN, and its key, as unsigned, at least +inf's bits (a NaN's sign bit too; hence
   // the unsigned rounds above, which agree with the signed order below on every key of finite
@@ -663,7 +672,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
   // order as the oracle's scores of 0 do (ties to the lower expert). Only then are the rows checked
   // one by one. (It replaces an FMA a vector and a sum a token: bench/NOTES.md item 26.)
   if (Vec::bits(V::uint_ge(worst, Vec::int_set1(0x7f800000))) != 0)
-    for (int l = 0; l < kLanes; ++l)
+    for (int l = 0; l < rows_read; ++l)
       if (!finite_row(base + l * stride, E)) return false;
   row_max = Vec::load(maxes);
 
@@ -678,7 +687,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, Vec::I value
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
     add_keys<L>(best, key, c0 == 0);
   }
-  if constexpr (L > 1) descend<L, N, kLost, 1, V>(losers, best);  // (the best key of all is the best winner)
+  if constexpr (L > 1) descend<L, N, kLost, 1, kPartial, V>(losers, live, best);  // (the best key of all is the best winner)
   return true;
 }
 
@@ -801,10 +810,12 @@ template <int L, int kPower>
 }
 
 // The logits of experts chosen[1, K) (4 < K <= 8) of kLanes tokens (lane l: token l, whose E <= M *
-// kLanes logits are the row at base + l * stride) into weight[1, K): the experts turned into rows,
-// picked from the token's row (pick_in_rows) and turned back into columns. (V: descend's.)
+// kLanes logits are the row at base + l * stride; tokens [live, kLanes) read row 0) into weight[1, K):
+// the experts turned into rows, picked from the token's row (pick_in_rows) and turned back into
+// columns. (V: descend's.)
 template <int K, int M, class V = Vec>
-[[gnu::always_inline]] inline void pick_logits(const float* base, int64_t stride, int E, const Vec::I* chosen, F* weight) {
+[[gnu::always_inline]] inline void pick_logits(const float* base, int64_t stride, int E, int live, const Vec::I* chosen,
+                                               F* weight) {
   constexpr int L = 8;
   static_assert(K > 4 && K <= L, "slots: five to eight");
   F rows[L];
@@ -813,7 +824,8 @@ template <int K, int M, class V = Vec>
   to_rows<L>(rows);
   pick_in_rows<L, M, V>(rows, [&](int token, int q) {
     const int left = E - q * kLanes;  // (the same masks for every token)
-    return Vec::to_bits(Vec::load_tail(base + token * stride + q * kLanes, left > 0 ? left : 0, 0.0f));
+    const float* row = base + (token < live ? token : 0) * stride;
+    return Vec::to_bits(Vec::load_tail(row + q * kLanes, left > 0 ? left : 0, 0.0f));
   });
   to_columns<L>(rows);
 #pragma GCC unroll 8
@@ -827,13 +839,14 @@ template <int K, int M, class V = Vec>
 // rounded up to a power of two) smallest of each lane, and the weights come from the exact logits of
 // the K selected experts. kNarrowE, when not 0, is E, with the rows back to back (stride = E). Pure
 // throughput: no per-token chain of dependent steps. Returns false, writing nothing, when a token of
-// the group has a non-finite logit.
+// the group has a non-finite logit. Rows [live, kLanes) of a gathered group stand for copies of row
+// 0: the knockout and the picks of the weights do not read them; the columns do (across_rows).
 // (GCC 12 reports column[used..) after narrow_columns, and the columns and best that the selection
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K, bool kOneVector, int kNarrowE = 0>
-[[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride,
+[[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kNarrowE ? kNarrowE : c.E;
@@ -860,7 +873,9 @@ template <int K, bool kOneVector, int kNarrowE = 0>
     finite = vector_keys<L, kNarrowE>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
     if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
-      if (E > kColumnMaxE) finite = knockout_keys<L>(base, E, stride, value_bits, best, row_max);
+      if (E > kColumnMaxE)
+        finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
+                               : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
     if (E <= kColumnMaxE) {
       F* column_keys_out = count_keys ? keys : nullptr;
       if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
@@ -903,16 +918,16 @@ template <int K, bool kOneVector, int kNarrowE = 0>
     }
   } else if (kPermutePicks && E <= 4 * kLanes) {
     if constexpr (kPermutePicks) {
-      if (E <= kLanes) pick_logits<K, 1>(base, stride, E, chosen, weight);
-      else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, chosen, weight);
-      else pick_logits<K, 4>(base, stride, E, chosen, weight);
+      if (E <= kLanes) pick_logits<K, 1>(base, stride, E, live, chosen, weight);
+      else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, live, chosen, weight);
+      else pick_logits<K, 4>(base, stride, E, live, chosen, weight);
     }
   } else if (K > 1) {
     alignas(64) int32_t index[K][kLanes];
     for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
     alignas(64) float picked[K][kLanes];
     for (int l = 0; l < kLanes; ++l)
-      for (int j = 1; j < K; ++j) picked[j][l] = base[l * stride + index[j][l]];
+      for (int j = 1; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
     for (int j = 1; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
   weight[0] = Vec::set1(1.0f);
@@ -930,9 +945,9 @@ template <int K, bool kOneVector, int kNarrowE = 0>
 
 // rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
 template <int K>
-[[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, float* weights_out,
-                                               int32_t* experts_out, int32_t* counts) {
-  return rows_across_tokens<K, false>(c, base, stride, weights_out, experts_out, counts);
+[[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, int live,
+                                               float* weights_out, int32_t* experts_out, int32_t* counts) {
+  return rows_across_tokens<K, false>(c, base, stride, live, weights_out, experts_out, counts);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -940,17 +955,17 @@ template <int K>
 // of a group of logits E = 8 in cache. Inlined into the loop for E <= kLanes, a call for more (its
 // knockout or columns inlined measured 2-5% slower; bench/NOTES.md item 28). Returns the groups
 // routed before the first that holds a non-finite logit (which, like those after it, is left
-// unwritten).
+// unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group).
 template <int K, bool kOneVector, int kNarrowE = 0>
-inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, float* weights_out,
-                             int32_t* experts_out, int32_t* counts) {
+inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
+                             float* weights_out, int32_t* experts_out, int32_t* counts) {
   for (int g = 0; g < groups; ++g) {
     const float* rows = base + g * kLanes * stride;
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
     bool routed;
-    if constexpr (kOneVector) routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, weights, experts, counts);
-    else routed = rows_across_tokens_call<K>(c, rows, stride, weights, experts, counts);
+    if constexpr (kOneVector) routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, live, weights, experts, counts);
+    else routed = rows_across_tokens_call<K>(c, rows, stride, live, weights, experts, counts);
     if (!routed) return g;
   }
   return groups;
@@ -963,21 +978,21 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 // array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
 // threads, 0.250 -> 0.220).
 template <int K = 1>
-inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, float* weights_out,
-                                int32_t* experts_out, int32_t* counts) {
+inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
+                                float* weights_out, int32_t* experts_out, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
-    if (c.K != K) return groups_across_tokens<K + 1>(c, base, stride, groups, weights_out, experts_out, counts);
+    if (c.K != K) return groups_across_tokens<K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
-  if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, weights_out, experts_out, counts);
+  if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
   if (stride == c.E) {
     if constexpr (kLanes > 8 && K <= 8)
-      if (c.E == 8) return run_across_tokens<K, true, 8>(c, base, stride, groups, weights_out, experts_out, counts);
+      if (c.E == 8) return run_across_tokens<K, true, 8>(c, base, stride, groups, live, weights_out, experts_out, counts);
     if constexpr (kLanes > 4 && K <= 4)
-      if (c.E == 4) return run_across_tokens<K, true, 4>(c, base, stride, groups, weights_out, experts_out, counts);
+      if (c.E == 4) return run_across_tokens<K, true, 4>(c, base, stride, groups, live, weights_out, experts_out, counts);
     if constexpr (K <= 2)
-      if (c.E == 2) return run_across_tokens<K, true, 2>(c, base, stride, groups, weights_out, experts_out, counts);
+      if (c.E == 2) return run_across_tokens<K, true, 2>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
-  return run_across_tokens<K, true>(c, base, stride, groups, weights_out, experts_out, counts);
+  return run_across_tokens<K, true>(c, base, stride, groups, live, weights_out, experts_out, counts);
 }
 
 // Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
@@ -1020,7 +1035,9 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
 // straight from u; the rows of a group that holds a non-finite logit, and those after the last
 // whole group, one by one: each finite row is gathered into a group of its own making (the last one
-// padded with copies of its first row, whose answers are dropped), and the others are handed to
+// with fewer rows: the lanes past them are copies of its first row, whose answers are dropped; the
+// knockout and the weights' picks take them as such without reading them, which saved a lone token
+// of E = 1024 the keys of 15 rows, the columns read them, copied there), and the others are handed to
 // left(row) for the token-by-token path (sanitize mode; reject mode only marks them). So every
 // finite token gets the same lane-wise operations, and the same answer bit for bit, whatever batch
 // or place in it it comes in: the token-by-token path sums its weights in another order and breaks
@@ -1036,7 +1053,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
   const auto whole = [&](const float* base, int64_t t0, int groups) {
     const int done =
-        groups_across_tokens(c, base, b.u_stride, groups, fused->weights + t0 * K, fused->experts + t0 * K, counts);
+        groups_across_tokens(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K, fused->experts + t0 * K, counts);
     std::memset(b.out->invalid + t0, 0, done * kLanes);
     for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
     b.sums.k_histogram[K] += done * kLanes;
@@ -1048,8 +1065,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     return false;
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
-    pad_group(rows, n, E);
-    groups_across_tokens(c, rows, E, 1, weights, experts, nullptr);  // finite rows: cannot fail
+    if (E <= kColumnMaxE) pad_group(rows, n, E);
+    groups_across_tokens(c, rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
       std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
