@@ -605,7 +605,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
                    ? Vec::load(row + i * kLanes)
                    : Vec::load_tail(row + i * kLanes, tail, std::numeric_limits<float>::lowest());
       };
-      F top[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};  // (N = 4: 3 vectors)
+      // (Four accumulators, each set: a knockout of four vectors may hold three.)
+      F top[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
 #pragma GCC unroll 64
       for (int i = 0; i < N; ++i) {
         if (!kWhole && i >= H && i >= real) break;
@@ -687,7 +688,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
     add_keys<L>(best, key, c0 == 0);
   }
-  if constexpr (L > 1) descend<L, N, kLost, 1, kPartial, V>(losers, live, best);  // (the best key of all is the best winner)
+  // (The best key of all is the best winner.)
+  if constexpr (L > 1) descend<L, N, kLost, 1, kPartial, V>(losers, live, best);
   return true;
 }
 
@@ -964,8 +966,10 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
     bool routed;
-    if constexpr (kOneVector) routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, live, weights, experts, counts);
-    else routed = rows_across_tokens_call<K>(c, rows, stride, live, weights, experts, counts);
+    if constexpr (kOneVector)
+      routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, live, weights, experts, counts);
+    else
+      routed = rows_across_tokens_call<K>(c, rows, stride, live, weights, experts, counts);
     if (!routed) return g;
   }
   return groups;
@@ -986,11 +990,14 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
   if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
   if (stride == c.E) {
     if constexpr (kLanes > 8 && K <= 8)
-      if (c.E == 8) return run_across_tokens<K, true, 8>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      if (c.E == 8)
+        return run_across_tokens<K, true, 8>(c, base, stride, groups, live, weights_out, experts_out, counts);
     if constexpr (kLanes > 4 && K <= 4)
-      if (c.E == 4) return run_across_tokens<K, true, 4>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      if (c.E == 4)
+        return run_across_tokens<K, true, 4>(c, base, stride, groups, live, weights_out, experts_out, counts);
     if constexpr (K <= 2)
-      if (c.E == 2) return run_across_tokens<K, true, 2>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      if (c.E == 2)
+        return run_across_tokens<K, true, 2>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
   return run_across_tokens<K, true>(c, base, stride, groups, live, weights_out, experts_out, counts);
 }
@@ -1052,8 +1059,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
   const auto whole = [&](const float* base, int64_t t0, int groups) {
-    const int done =
-        groups_across_tokens(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K, fused->experts + t0 * K, counts);
+    const int done = groups_across_tokens(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K,
+                                          fused->experts + t0 * K, counts);
     std::memset(b.out->invalid + t0, 0, done * kLanes);
     for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
     b.sums.k_histogram[K] += done * kLanes;
