@@ -598,6 +598,11 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
       // column_keys does: a group of E = 256 is 16 KiB, and fetching the next one into L1 evicted
       // the losers the descent reads (logits-256x8 in cache 0.091 -> 0.080 ms without it; from
       // DRAM, two threads, the next group 1.12-1.23 ms, two groups ahead 1.25-1.39, four 1.19-1.24).
+      // Each line is asked for twice, in the maximum pass and again in the first round: one request
+      // (in either place) left rows read from DRAM at 2/3 of the rate (one thread, E = 512 1.87-2.03
+      // ms against 1.33-1.54, E = 1024 1.00 -> 0.77, E = 300 1.52 -> 1.07, E = 256 0.73-0.84 ->
+      // 0.66-0.72; two threads logits-64x8 1.12 -> 1.07 ms; bench/NOTES.md item 33), as if many a
+      // first request were dropped.
       const float* next = row + kLanes * stride;
       // The row's vector i, loaded again from L1 for its keys.
       const auto load = [&](int i) {
@@ -622,6 +627,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
       // Vector x against x + H: the loser into lost[x], the winner returned; `worst` takes the
       // larger key of each pair, or the real one of a pair with padding.
       const auto round_one = [&](int x) {
+        __builtin_prefetch(next + x * kLanes, 0, 2);
         const Vec::I a = key(x);
         const int y = x + H;
         if (!kWhole && y >= real) {
@@ -630,6 +636,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
           worst = V::uint_max(worst, a);
           return a;
         }
+        __builtin_prefetch(next + y * kLanes, 0, 2);
         const Vec::I b = key(y), loser = V::uint_max(a, b);
         Vec::store_int(lost + x * kLanes, loser);
         worst = V::uint_max(worst, kWhole || y < whole ? loser : V::uint_max(a, Vec::int_and(b, tail_lanes)));
