@@ -1061,7 +1061,8 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   const Config& c = *b.config;
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
-  int32_t counts[kAcrossMaxE] = {};  // the routed tokens' counts (all valid), added once
+  int32_t counts[kAcrossMaxE];  // the routed tokens' counts (all valid), added once; E of them used
+  std::memset(counts, 0, E * sizeof(int32_t));  // (not all kAcrossMaxE: 4 KiB a block on AVX-512)
   alignas(64) float gathered[kLanes * kAcrossMaxE];
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
