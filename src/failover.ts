@@ -211,12 +211,7 @@ export class FailoverRouter extends RouterWrapper implements Routable {
     try {
       result = call(this.primary);
     } catch (error) {
-      if (!isCudaFailure(error)) {
-        this.passThrough();
-        throw error;
-      }
-      this.failed(error);
-      return call(this.fallback);
+      return this.recover(error, () => call(this.fallback));
     }
     this.succeeded();
     return result;
@@ -228,14 +223,19 @@ export class FailoverRouter extends RouterWrapper implements Routable {
     try {
       result = await call(this.primary);
     } catch (error) {
-      if (!isCudaFailure(error)) {
-        this.passThrough();
-        throw error;
-      }
-      this.failed(error);
-      return call(this.fallback);
+      return this.recover(error, () => call(this.fallback));
     }
     this.succeeded();
     return result;
+  }
+
+  /** After the primary threw: an E_CUDA failure counts against it and the fallback answers; anything else is rethrown. */
+  private recover<R>(error: unknown, fallback: () => R): R {
+    if (!isCudaFailure(error)) {
+      this.passThrough();
+      throw error;
+    }
+    this.failed(error);
+    return fallback();
   }
 }

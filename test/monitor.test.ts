@@ -317,12 +317,13 @@ describe('FailoverRouter (GPU→CPU breaker)', () => {
     expect(breaker.state).toBe('closed');
   });
 
-  it('passes other errors through without counting them', () => {
+  it('passes other errors through without counting them, sync and async', async () => {
     const { primary, breaker, x } = setup({ failures: 1 });
     expect(() => breaker.route(new Float32Array(D + 1))).toThrow(/multiple of inputDim/);
     primary.broken = true;
     primary.failWith = 'E_NONFINITE';
     expect(() => breaker.route(x)).toThrow(/E_NONFINITE/);
+    await expect(breaker.routeAsync(x)).rejects.toThrow(/E_NONFINITE/);
     expect(breaker.state).toBe('closed');
   });
 
