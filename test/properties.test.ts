@@ -175,6 +175,46 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
   });
 });
 
+// SPEC §3: ties go to the lower expert. §10 lets backends differ at near-ties, but an exact tie is
+// no near-tie to the user who reads "lower expert first": -0 and +0 are one value, and a row whose
+// largest logit is a zero of either sign (a max over both may give either) must rank its zeros by
+// expert, as the oracle does (the across-tokens keys of E <= 128 once put +0 before every -0).
+describe('exact ties go to the lower expert on every backend, signed zeros included', () => {
+  it(`E = 2 to 1100, logits of a few values, -0 and +0 among them × [${backendNames.join(', ')}]`, () => {
+    const normal = normalGenerator(20261123);
+    const values = [-0, 0, -0, 0, -1, -2, -3.5];
+    for (const E of [2, 8, 16, 33, 64, 100, 128, 256, 300, 1024, 1100]) {
+      for (const K of [1, 2, 8]) {
+        if (K > E) continue;
+        const T = 16 * 2 + 5; // whole groups and a gathered one
+        const logits = new Float32Array(T * E);
+        for (let i = 0; i < logits.length; i++) logits[i] = values[Math.floor(Math.abs(normal()) * 1e6) % values.length]!;
+        // and rows whose only zeros are one of each sign, the -0 at the lower expert or the higher
+        for (let t = 0; t < T; t += 3) {
+          const row = logits.subarray(t * E, (t + 1) * E);
+          row.fill(-1);
+          const a = Math.floor(Math.abs(normal()) * 1e6) % E, b = (a + 1 + (t % (E - 1 || 1))) % E;
+          row[Math.min(a, b)] = t % 2 ? -0 : 0;
+          row[Math.max(a, b)] = t % 2 ? 0 : -0;
+        }
+        const want: number[] = [];
+        for (let t = 0; t < T; t++) {
+          const row = Array.from(logits.subarray(t * E, (t + 1) * E));
+          // Array.prototype.sort is stable: equal values keep the lower expert first (-0 - 0 === 0).
+          want.push(...row.map((_, e) => e).sort((a, b) => row[b]! - row[a]!).slice(0, K));
+        }
+        for (const backend of backendNames) {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName });
+          const r = router.routeLogits(logits);
+          expect(Array.from(r.experts), `${backend} E=${E} K=${K}`).toEqual(want);
+          r.release();
+          router.dispose();
+        }
+      }
+    }
+  });
+});
+
 // A token's answer must not depend on the batch it came in (the token-mode cache stores rows of one
 // batch and serves them in another): the gate kernels tile tokens (whole tiles, then smaller ones for
 // the rest), the default routing selects across groups of 8 or 16 tokens (whole groups, then gathered

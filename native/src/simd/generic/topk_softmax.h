@@ -81,8 +81,10 @@ inline Vec::I sort_descending(Vec::I v) {
 // their keys into best[0..kLanes) (whole vectors; lanes past k are don't-care). Each key's sortable
 // image with its low bits replaced by the lane (a lower lane ranks first) is sorted; keys that differ
 // only in those bits (2^-19 relative at most) may come out in lane order, a near-tie that
-// docs/semantics.md §13 allows. Exact ties resolve exactly as the oracle's.
+// docs/semantics.md §13 allows. Exact ties resolve exactly as the oracle's: -0 is made +0 first (x + 0),
+// since the sortable image puts -0 below +0 (u - max is -0 for a -0 logit where the max came out +0).
 inline void select_in_vector(F keys, Vec::I index, int32_t* out, float* best) {
+  keys = Vec::add(keys, Vec::zero());
   alignas(64) static constexpr int32_t kReversedLane[16] = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
   const Vec::I lane_bits = Vec::int_set1(kLanes - 1);
   const Vec::I reversed = Vec::int_load(kReversedLane + 16 - kLanes);  // kLanes - 1 - lane
@@ -469,7 +471,10 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 // E = 8 -4%, E = 64 -3%, E = 128 -5%). The eighth power is taken of 16w (exact): w^8 is subnormal
 // below w = 1.9e-5, and its keys tie below 5.9e-6 (below 1.9e-5 where a thread flushes subnormals to
 // zero), where those of (16w)^8 tie below 3.7e-7 and overflow above w = 4096, whose scores are 0
-// (the multiply cost E = 1024 in cache ~4%). value_bits has the low b bits clear.
+// (the multiply cost E = 1024 in cache ~4%). value_bits has the low b bits clear, and the sign bit:
+// w is -0 where the row's largest logit is -0 and u is +0 (a max of -0 and +0 may give either), and
+// its key must tie with those of the row's other zeros, lower expert first, as the oracle's equal
+// scores do (with the sign, a +0 logit ranked before every -0 one, whatever the experts).
 constexpr int kPlainKeyMaxE = 128;
 constexpr int key_power(int width) { return width <= kPlainKeyMaxE ? 1 : width <= 256 ? 2 : width <= 512 ? 4 : 8; }
 template <int kPower>
@@ -674,11 +679,11 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     maxes[l] = maxes[0];
   }
   // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
-  // row's) +inf or NaN, and its key, as unsigned, at least +inf's bits (a NaN's sign bit too; hence
-  // the unsigned rounds above, which agree with the signed order below on every key of finite
-  // logits). So does a w^p that overflows from finite logits: keys of +inf's bits | e, which
-  // order as the oracle's scores of 0 do (ties to the lower expert). Only then are the rows checked
-  // one by one. (It replaces an FMA a vector and a sum a token: bench/NOTES.md item 26.)
+  // row's) +inf or NaN, and its key at least +inf's bits (keys have the sign bit clear, value_bits,
+  // so the unsigned rounds above and the signed order below agree). So does a w^p that overflows
+  // from finite logits: keys of +inf's bits | e, which order as the oracle's scores of 0 do (ties to
+  // the lower expert). Only then are the rows checked one by one. (It replaces an FMA a vector and a
+  // sum a token: bench/NOTES.md item 26.)
   if (Vec::bits(V::uint_ge(worst, Vec::int_set1(0x7f800000))) != 0)
     for (int l = 0; l < rows_read; ++l)
       if (!finite_row(base + l * stride, E)) return false;
@@ -860,7 +865,7 @@ template <int K, bool kOneVector, int kNarrowE = 0>
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kNarrowE ? kNarrowE : c.E;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
-  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(~((1 << bits) - 1));
+  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1));
   Vec::I best[L];
   F row_max;
   // The columns of E <= kColumnMaxE, for E <= kLanes in registers with their keys (the weights of
