@@ -34,8 +34,9 @@ inline bool finite_row(const float* row, int E) {
   return check_passed(check);
 }
 
-// An order-preserving int32 image of a float (no NaN): a larger float gives a larger int. The
-// same operation maps it back.
+// An order-preserving int32 image of a float (no NaN): a larger float gives a larger int, and -0 a
+// smaller one than +0 (select_in_vector, where that would break a tie, makes its -0 keys +0 first).
+// The same operation maps it back.
 inline Vec::I sortable(Vec::I bits) {
   return Vec::int_xor(bits, Vec::int_and(Vec::shift_right_arith<31>(bits), Vec::int_set1(0x7fffffff)));
 }
