@@ -70,6 +70,11 @@ bool optional_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, 
   return typed_view(env, value, type, min_length, name, out);
 }
 
+// A boolean argument, read without coercion: ToBoolean is a JavaScript operation, which fails in an
+// environment that is being torn down (a Worker terminated while it routes), and the empty value it
+// then returns is fatal to read (node-addon-api's Error::New of a null env aborts the process).
+bool flag(Napi::Value value) { return value.IsBoolean() && value.As<Napi::Boolean>().Value(); }
+
 double number_field(Napi::Object object, const char* name, double fallback) {
   Napi::Value v = object.Get(name);
   return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
@@ -168,7 +173,7 @@ bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* 
   moe_router_get_options(router, &options);
   call->dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
   call->tokens = info[2].As<Napi::Number>().Int64Value();
-  call->is_logits = info[3].ToBoolean().Value();
+  call->is_logits = flag(info[3]);
   if (call->tokens < 0) {
     make_error(env, MOE_E_SHAPE, "tokens must be >= 0").ThrowAsJavaScriptException();
     return false;
@@ -235,37 +240,35 @@ void write_scalars(const RouteCall& call) {
   s[6] = o.flop_reduction;
 }
 
-// Runs one route on a libuv worker; holds references to every array it touches until it settles.
+// Runs one route on a libuv worker; holds references to every array it touches until it settles
+// the promise of `deferred`. (Settling fails only in an environment being torn down, where nothing
+// waits for it.)
 class RouteWorker : public Napi::AsyncWorker {
  public:
-  RouteWorker(Napi::Env env, RouterHandle router, const RouteCall& call, const Napi::CallbackInfo& info)
-      : Napi::AsyncWorker(env, "moe-router:route"),
-        router_(std::move(router)),
-        call_(call),
-        deferred_(Napi::Promise::Deferred::New(env)) {
+  RouteWorker(Napi::Env env, RouterHandle router, const RouteCall& call, const Napi::CallbackInfo& info,
+              napi_deferred deferred)
+      : Napi::AsyncWorker(env, "moe-router:route"), router_(std::move(router)), call_(call), deferred_(deferred) {
     for (size_t i = 0; i < 5; ++i)
       if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
-
-  Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override { status_ = run_route(router_.get(), &call_, &error_); }
 
   void OnOK() override {
     if (status_ != MOE_OK) {
-      deferred_.Reject(make_error(Env(), status_, error_.message).Value());
+      napi_reject_deferred(Env(), deferred_, make_error(Env(), status_, error_.message).Value());
       return;
     }
     write_scalars(call_);
-    deferred_.Resolve(Env().Undefined());
+    napi_resolve_deferred(Env(), deferred_, Env().Undefined());
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override { napi_reject_deferred(Env(), deferred_, e.Value()); }
 
  private:
   RouterHandle router_;
   RouteCall call_;
-  Napi::Promise::Deferred deferred_;
+  napi_deferred deferred_;
   std::vector<Napi::ObjectReference> keep_;
   moe_status status_ = MOE_OK;
   moe_error error_{};
@@ -414,10 +417,14 @@ Napi::Value RouterWrap::RouteAsync(const Napi::CallbackInfo& info) {
   moe_router* router = Live(env);
   RouteCall call;
   if (!router || !parse_route(info, router, &call)) return env.Undefined();
-  auto* worker = new RouteWorker(env, router_, call, info);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+  // The promise by hand: node-addon-api's Promise::Deferred leaves its handles unset when creating
+  // it fails, as it does in an environment being torn down (a Worker terminated while it routes),
+  // and returning that garbage crashed the process. Then nothing is queued.
+  napi_deferred deferred = nullptr;
+  napi_value promise = nullptr;
+  if (napi_create_promise(env, &deferred, &promise) != napi_ok) return env.Undefined();
+  (new RouteWorker(env, router_, call, info, deferred))->Queue();
+  return Napi::Value(env, promise);
 }
 
 Napi::Value RouterWrap::Calibrate(const Napi::CallbackInfo& info) {
@@ -428,7 +435,7 @@ Napi::Value RouterWrap::Calibrate(const Napi::CallbackInfo& info) {
   moe_router_get_options(router, &options);
   const auto dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
   const int64_t tokens = info[2].As<Napi::Number>().Int64Value();
-  const bool is_logits = info[3].ToBoolean().Value();
+  const bool is_logits = flag(info[3]);
   const double target = info[4].As<Napi::Number>().DoubleValue();
   const size_t row = is_logits ? options.num_experts : options.input_dim;
   View sample;
