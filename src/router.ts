@@ -206,11 +206,17 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
     return this.run(logits, true);
   }
 
-  /** route() off the event loop; the input must not change until the promise settles. */
+  /**
+   * route() off the event loop. The engine reads the input's memory while the promise is pending, as
+   * Node's own asynchronous calls read a buffer: do not write it, nor transfer its ArrayBuffer
+   * (postMessage, structuredClone), until the promise settles; a transfer whose new owner is then
+   * collected frees memory the route is reading.
+   */
   routeAsync(hidden: Input): Promise<Routing> {
     return this.runAsync(hidden, false);
   }
 
+  /** routeLogits() off the event loop; the input's contract is routeAsync's. */
   routeLogitsAsync(logits: Input): Promise<Routing> {
     return this.runAsync(logits, true);
   }
