@@ -1,6 +1,10 @@
 // Module entry: the RouterWrap class and a few engine-wide queries.
 #include <napi.h>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 #include "moe_router.h"
 #include "router_wrap.h"
 
@@ -74,7 +78,23 @@ Napi::Value BackendCompiled(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), moe_backend_compiled(static_cast<moe_backend>(code)) != 0);
 }
 
+// Keeps this library loaded for the rest of the process. Node unloads an addon when the last
+// environment that loaded it (a Worker) exits, and the engine's thread pool, whose threads run this
+// library's code, lives as long as the process. (Windows would pin it with GetModuleHandleEx; no
+// Windows build exists.)
+void pin_library() {
+#if defined(__unix__) || defined(__APPLE__)
+  static const bool pinned = [] {
+    Dl_info self{};
+    return dladdr(reinterpret_cast<void*>(&pin_library), &self) != 0 && self.dli_fname != nullptr &&
+           dlopen(self.dli_fname, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE) != nullptr;
+  }();
+  (void)pinned;
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  pin_library();
   exports.Set("Router", moe_addon::RouterWrap::Define(env));
   exports.Set("DeviceBuffer", moe_addon::DeviceWrap::Define(env));
   exports.Set("version", Napi::Function::New(env, Version));
