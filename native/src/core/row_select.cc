@@ -46,20 +46,6 @@ double log_sum_exp(const float* u, int n) {
   return max + std::log(sum);
 }
 
-double shannon_entropy(const float* x, int n) {
-  double h = 0;
-  for (int e = 0; e < n; ++e)
-    if (x[e] > 0) h -= static_cast<double>(x[e]) * std::log(static_cast<double>(x[e]));
-  return h;
-}
-
-double shannon_entropy(const std::vector<double>& x, int n) {
-  double h = 0;
-  for (int e = 0; e < n; ++e)
-    if (x[e] > 0) h -= x[e] * std::log(x[e]);
-  return h;
-}
-
 void mask_groups(float* key, int n, int groups, int group_size, int select,
                  std::vector<double>& group_score, std::vector<int32_t>& group_order) {
   (void)n;

@@ -3,6 +3,7 @@
 // definition sums.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -23,9 +24,14 @@ void probabilities(moe_scoring scoring, const float* s, int n, std::vector<doubl
 // log(sum exp(u)) in double.
 double log_sum_exp(const float* u, int n);
 
-// -sum x ln x over x > 0.
-double shannon_entropy(const float* x, int n);
-double shannon_entropy(const std::vector<double>& x, int n);
+// -sum x ln x over x > 0 (x float or double), in double.
+template <class T>
+double shannon_entropy(const T* x, int n) {
+  double h = 0;
+  for (int e = 0; e < n; ++e)
+    if (x[e] > 0) h -= static_cast<double>(x[e]) * std::log(static_cast<double>(x[e]));
+  return h;
+}
 
 // Group-limited routing: keeps the `select` groups whose two largest keys sum highest (ties: lower
 // group) and sets every other key to -inf.

@@ -92,7 +92,7 @@ class ScalarBackend final : public Backend {
       if (p.want_losses && !invalid) {
         probabilities(c.options.scoring, s_.data(), E, prob_);
         out.logsumexp[t] = log_sum_exp(u_.data(), E);
-        out.loss_entropy[t] = shannon_entropy(prob_, E);
+        out.loss_entropy[t] = shannon_entropy(prob_.data(), E);
         for (int e = 0; e < E; ++e) out.p_sum[e] += prob_[e];
       }
       if (p.want_full) {
