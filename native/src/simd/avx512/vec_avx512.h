@@ -89,9 +89,6 @@ struct Vec {
   static I int_xor(I a, I b) { return _mm512_xor_si512(a, b); }
   static I int_max(I a, I b) { return _mm512_max_epi32(a, b); }
   static I int_min(I a, I b) { return _mm512_min_epi32(a, b); }
-  static I uint_max(I a, I b) { return _mm512_max_epu32(a, b); }  // the lanes as unsigned
-  static I uint_min(I a, I b) { return _mm512_min_epu32(a, b); }
-  static M uint_ge(I a, I b) { return _mm512_cmpge_epu32_mask(a, b); }
   template <int kShift> static I shift_right_arith(I a) { return _mm512_srai_epi32(a, kShift); }
   static I permute(I a, I index) { return _mm512_permutexvar_epi32(index, a); }  // lane i = a[index[i]]
   // lane i = (index[i] & 16 ? b : a)[index[i] & 15]

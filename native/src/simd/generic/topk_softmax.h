@@ -593,7 +593,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
   const Vec::I lane = Vec::int_load(kLaneIndex);
   const int whole = E / kLanes, tail = E % kLanes, real = whole + (tail > 0);  // vectors holding experts
   const Vec::I tail_lanes = Vec::blend_bits(Vec::bits(Vec::first(tail)), Vec::int_set1(-1), Vec::int_set1(0));
-  Vec::I worst = Vec::int_set1(0);  // each lane's largest key of its experts, as unsigned
+  Vec::I worst = Vec::int_set1(0);  // each lane's largest key of its experts
   // The rows, instantiated apart for E = N * kLanes (kWhole), whose pairs all hold experts: the
   // tests for the padding in round_one took E = 256 in cache 10% longer.
   const auto rows = [&](auto whole_rows) {
@@ -639,14 +639,14 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
         if (!kWhole && y >= real) {
           const Vec::I padding = Vec::int_or(Vec::int_set1(0x7f800000), Vec::int_add(lane, Vec::int_set1(y * kLanes)));
           Vec::store_int(lost + x * kLanes, padding);
-          worst = V::uint_max(worst, a);
+          worst = Vec::int_max(worst, a);
           return a;
         }
         __builtin_prefetch(next + y * kLanes, 0, 2);
-        const Vec::I b = key(y), loser = V::uint_max(a, b);
+        const Vec::I b = key(y), loser = Vec::int_max(a, b);
         Vec::store_int(lost + x * kLanes, loser);
-        worst = V::uint_max(worst, kWhole || y < whole ? loser : V::uint_max(a, Vec::int_and(b, tail_lanes)));
-        return V::uint_min(a, b);
+        worst = Vec::int_max(worst, kWhole || y < whole ? loser : Vec::int_max(a, Vec::int_and(b, tail_lanes)));
+        return Vec::int_min(a, b);
       };
       Vec::I winner[R];
 #pragma GCC unroll 16
@@ -654,8 +654,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
         winner[i] = round_one(i);
         if constexpr (H > R) {
           const Vec::I other = round_one(i + R);
-          Vec::store_int(lost + (H + i) * kLanes, V::uint_max(winner[i], other));
-          winner[i] = V::uint_min(winner[i], other);
+          Vec::store_int(lost + (H + i) * kLanes, Vec::int_max(winner[i], other));
+          winner[i] = Vec::int_min(winner[i], other);
         }
       }
       lost += (H > R ? H + R : H) * kLanes;
@@ -664,8 +664,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
 #pragma GCC unroll 16
         for (int i = 0; i < R / 2; ++i) {
           if (i >= n / 2) break;
-          Vec::store_int(lost + i * kLanes, V::uint_max(winner[i], winner[i + n / 2]));
-          winner[i] = V::uint_min(winner[i], winner[i + n / 2]);
+          Vec::store_int(lost + i * kLanes, Vec::int_max(winner[i], winner[i + n / 2]));
+          winner[i] = Vec::int_min(winner[i], winner[i + n / 2]);
         }
       Vec::store(winners[l], Vec::from_bits(winner[0]));
     }
@@ -681,11 +681,11 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
   }
   // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
   // row's) +inf or NaN, and its key at least +inf's bits (keys have the sign bit clear, value_bits,
-  // so the unsigned rounds above and the signed order below agree). So does a w^p that overflows
+  // so they compare as their floats do). So does a w^p that overflows
   // from finite logits: keys of +inf's bits | e, which order as the oracle's scores of 0 do (ties to
   // the lower expert). Only then are the rows checked one by one. (It replaces an FMA a vector and a
   // sum a token: bench/NOTES.md item 26.)
-  if (Vec::bits(V::uint_ge(worst, Vec::int_set1(0x7f800000))) != 0)
+  if (Vec::bits(Vec::int_gt(worst, Vec::int_set1(0x7f7fffff))) != 0)
     for (int l = 0; l < rows_read; ++l)
       if (!finite_row(base + l * stride, E)) return false;
   row_max = Vec::load(maxes);
