@@ -22,8 +22,9 @@ export function loadNative(): NativeAddon {
         `Could not load the dynamic-moe-router native engine for ${process.platform}-${process.arch} (Node ${process.versions.node}).`,
         override
           ? `MOE_ROUTER_NATIVE_PATH=${override} could not be loaded.`
-          : `Looked in ${path.join(packageRoot, 'prebuilds')} and ${path.join(packageRoot, 'build', 'Release')}.`,
-        'No prebuilt binary matches this platform and no local build was found. To build it from source:',
+          : `Neither a prebuilt binary for this platform (in ${path.join(packageRoot, 'prebuilds')}) nor a local build ` +
+            `(in ${path.join(packageRoot, 'build', 'Release')}) could be loaded; the original error below says why.`,
+        'To build it from source:',
         '  - install CMake >= 3.18 and a C++17 compiler (Debian/Ubuntu: apt-get install cmake g++),',
         '  - then run: npm rebuild dynamic-moe-router',
         `Original error: ${reason}`,

@@ -1,0 +1,117 @@
+// The npm package as a user gets it: packed with a prebuilt engine (scripts/prebuild.js), installed
+// from its tarball into a new project, it compiles nothing, loads the prebuilt binary (with install
+// scripts and without them), runs its CLI and routes as this checkout's build does. npm resolves the
+// package's dependencies from its cache, which this checkout's own install filled.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const root = path.resolve(__dirname, '..');
+const load = createRequire(__filename);
+const { stage } = load('../scripts/prebuild.js') as { stage(binary: string, packageRoot: string): string };
+const gyp = load('node-gyp-build') as { path(dir: string): string };
+
+// npm, without the npm_* variables of the `npm test` that runs this, nor an engine named explicitly.
+const env = Object.fromEntries(
+  Object.entries(process.env).filter(([name]) => !name.startsWith('npm_') && name !== 'MOE_ROUTER_NATIVE_PATH'),
+);
+const npm = (args: string[], cwd: string) =>
+  execFileSync('npm', args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+let work: string;
+let built: string;
+let tarball: string;
+let tarballFiles: string[];
+let prebuilt: string;
+
+beforeAll(() => {
+  // The package's dist/ built privately (as in workers.test.ts, so that other tests rebuilding dist/
+  // cannot race with it), where it resolves this checkout's dependencies: the reference routes with it.
+  const cache = path.join(root, 'node_modules', '.cache');
+  mkdirSync(cache, { recursive: true });
+  built = mkdtempSync(path.join(cache, 'moe-package-'));
+  execFileSync('npx', ['tsup', '--silent', '--out-dir', built], { cwd: root, stdio: 'ignore' });
+  // The package and the projects outside this checkout, so that the installed package finds only the
+  // dependencies it declares: the files `npm pack` takes from this checkout, that dist/, and this
+  // checkout's engine staged as the prebuilt binary.
+  work = mkdtempSync(path.join(tmpdir(), 'moe-package-'));
+  const pkg = path.join(work, 'pkg');
+  const [{ files }] = JSON.parse(npm(['pack', '--dry-run', '--json', '--ignore-scripts'], root)) as [
+    { files: { path: string }[] },
+  ];
+  for (const { path: file } of files)
+    if (!file.startsWith('dist/') && !file.startsWith('prebuilds/')) cpSync(path.join(root, file), path.join(pkg, file));
+  cpSync(built, path.join(pkg, 'dist'), { recursive: true });
+  prebuilt = path.relative(pkg, stage(gyp.path(root), pkg));
+  const [packed] = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], pkg)) as [
+    { filename: string; files: { path: string }[] },
+  ];
+  tarball = path.join(work, packed.filename);
+  tarballFiles = packed.files.map((f) => f.path);
+}, 180_000);
+afterAll(() => {
+  rmSync(work, { recursive: true, force: true });
+  rmSync(built, { recursive: true, force: true });
+});
+
+// A new project with the tarball installed into it; returns the installed package's directory.
+function install(name: string, extra: string[]): string {
+  const app = path.join(work, name);
+  mkdirSync(app);
+  writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name, private: true }));
+  npm(['install', '--prefer-offline', '--no-audit', '--no-fund', ...extra, tarball], app);
+  return path.join(app, 'node_modules', 'dynamic-moe-router');
+}
+
+// The backend, experts, weights and aux loss of a fixed batch routed by the package (or built dist/)
+// at `dir`, in a child process (with `engine`, that .node file).
+function routeWith(dir: string, engine?: string): string {
+  const script = `
+    const { DynamicRouter } = require(${JSON.stringify(dir)});
+    const D = 256, E = 32, T = 64;
+    const router = new DynamicRouter({ inputDim: D, numExperts: E, topK: 4, losses: true,
+      weight: new Float32Array(E * D).map((_, i) => Math.sin(i * 0.37)) });
+    const r = router.route(new Float32Array(T * D).map((_, i) => Math.cos(i * 0.11)));
+    console.log(JSON.stringify({ backend: router.backend, experts: Array.from(r.experts),
+      weights: Array.from(r.weights), auxLoss: r.auxLoss }));`;
+  const childEnv = engine ? { ...env, MOE_ROUTER_NATIVE_PATH: engine } : env;
+  return execFileSync(process.execPath, ['-e', script], { env: childEnv, encoding: 'utf8' });
+}
+
+describe('the npm package', () => {
+  it('carries the prebuilt engine, the sources to build one, and no bench or test files', () => {
+    expect(prebuilt).toMatch(/^prebuilds[/\\][a-z0-9]+-[a-z0-9]+[/\\]node\.napi(\.(glibc|musl))?\.node$/);
+    expect(tarballFiles).toContain(prebuilt.split(path.sep).join('/'));
+    for (const file of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/cli.js', 'scripts/install.js', 'CMakeLists.txt'])
+      expect(tarballFiles).toContain(file);
+    expect(tarballFiles.some((f) => f.startsWith('native/src/'))).toBe(true);
+    expect(tarballFiles.filter((f) => /^(test|bench)\/|bench-anchors/.test(f))).toEqual([]);
+  });
+
+  it('installs without compiling, loads the prebuilt engine and routes as this build does', () => {
+    const installed = install('app', []);
+    expect(existsSync(path.join(installed, 'build'))).toBe(false);
+    expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
+    expect(routeWith(installed)).toBe(routeWith(built, gyp.path(root)));
+    const demo = execFileSync(path.join(installed, '..', '.bin', 'moe-router'), ['demo'], { env, encoding: 'utf8' });
+    expect(demo).toMatch(/^dynamic-moe-router demo/);
+    expect(demo).toMatch(/fewer expert FLOPs/);
+  }, 180_000);
+
+  it('works with install scripts turned off, and says what to do when no engine loads', () => {
+    const installed = install('app-no-scripts', ['--ignore-scripts']);
+    expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
+    expect(routeWith(installed)).toBe(routeWith(built, gyp.path(root)));
+    rmSync(path.join(installed, 'prebuilds'), { recursive: true });
+    const failed = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(installed)}).backends()`], {
+      env,
+      encoding: 'utf8',
+    });
+    expect(failed.status).toBe(1);
+    expect(failed.stderr).toMatch(/Could not load the dynamic-moe-router native engine/);
+    expect(failed.stderr).toMatch(/npm rebuild dynamic-moe-router/);
+  }, 180_000);
+});
