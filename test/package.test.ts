@@ -66,20 +66,23 @@ function install(name: string, extra: string[]): string {
   return path.join(app, 'node_modules', 'dynamic-moe-router');
 }
 
-// The backend, experts, weights and aux loss of a fixed batch routed by the package (or built dist/)
-// at `dir`, in a child process (with `engine`, that .node file).
-function routeWith(dir: string, engine?: string): string {
+// The backend, experts, weights and aux loss of a fixed batch routed in a child process by the
+// module that `load` (a JavaScript expression) gives; `options` for that process (cwd, env).
+function routeWith(load: string, options: { cwd?: string; engine?: string; esm?: boolean } = {}): string {
   const script = `
-    const { DynamicRouter } = require(${JSON.stringify(dir)});
+    const { DynamicRouter } = ${load};
     const D = 256, E = 32, T = 64;
     const router = new DynamicRouter({ inputDim: D, numExperts: E, topK: 4, losses: true,
       weight: new Float32Array(E * D).map((_, i) => Math.sin(i * 0.37)) });
     const r = router.route(new Float32Array(T * D).map((_, i) => Math.cos(i * 0.11)));
     console.log(JSON.stringify({ backend: router.backend, experts: Array.from(r.experts),
       weights: Array.from(r.weights), auxLoss: r.auxLoss }));`;
-  const childEnv = engine ? { ...env, MOE_ROUTER_NATIVE_PATH: engine } : env;
-  return execFileSync(process.execPath, ['-e', script], { env: childEnv, encoding: 'utf8' });
+  const childEnv = options.engine ? { ...env, MOE_ROUTER_NATIVE_PATH: options.engine } : env;
+  const args = options.esm ? ['--input-type=module', '-e', script] : ['-e', script];
+  return execFileSync(process.execPath, args, { cwd: options.cwd, env: childEnv, encoding: 'utf8' });
 }
+// This checkout's answer: its build, through the privately built dist/.
+const reference = () => routeWith(`require(${JSON.stringify(built)})`, { engine: gyp.path(root) });
 
 describe('the npm package', () => {
   it('carries the prebuilt engine, the sources to build one, and no bench or test files', () => {
@@ -95,7 +98,23 @@ describe('the npm package', () => {
     const installed = install('app', []);
     expect(existsSync(path.join(installed, 'build'))).toBe(false);
     expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
-    expect(routeWith(installed)).toBe(routeWith(built, gyp.path(root)));
+    // Required and imported by name from the project, as its code would.
+    const app = path.resolve(installed, '..', '..');
+    expect(routeWith(`require('dynamic-moe-router')`, { cwd: app })).toBe(reference());
+    expect(routeWith(`await import('dynamic-moe-router')`, { cwd: app, esm: true })).toBe(reference());
+    // Its types, for an ES module and a CommonJS one (with Node's types, as any Node project has them).
+    const source =
+      `import { DynamicRouter, Tensor } from 'dynamic-moe-router';\n` +
+      `const router = new DynamicRouter({ inputDim: 4, numExperts: 2, topK: 1, weight: new Float32Array(8) });\n` +
+      `const experts: Int32Array = router.route(Tensor.from(new Float32Array(4), [1, 4])).experts;\n` +
+      `export const best: number | undefined = experts[0];\n`;
+    for (const file of ['check.mts', 'check.cts']) writeFileSync(path.join(app, file), source);
+    const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+    const types = ['--types', 'node', '--typeRoots', path.join(root, 'node_modules', '@types')];
+    const compiler = ['--noEmit', '--strict', '--module', 'nodenext', '--moduleResolution', 'nodenext', ...types];
+    const checked = spawnSync(process.execPath, [tsc, ...compiler, 'check.mts', 'check.cts'], { cwd: app, env, encoding: 'utf8' });
+    expect(checked.stdout + checked.stderr).toBe('');
+    expect(checked.status).toBe(0);
     const demo = execFileSync(path.join(installed, '..', '.bin', 'moe-router'), ['demo'], { env, encoding: 'utf8' });
     expect(demo).toMatch(/^dynamic-moe-router demo/);
     expect(demo).toMatch(/fewer expert FLOPs/);
@@ -104,7 +123,7 @@ describe('the npm package', () => {
   it('works with install scripts turned off, and says what to do when no engine loads', () => {
     const installed = install('app-no-scripts', ['--ignore-scripts']);
     expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
-    expect(routeWith(installed)).toBe(routeWith(built, gyp.path(root)));
+    expect(routeWith(`require(${JSON.stringify(installed)})`)).toBe(reference());
     rmSync(path.join(installed, 'prebuilds'), { recursive: true });
     const failed = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(installed)}).backends()`], {
       env,
