@@ -1,9 +1,8 @@
 // The benchmark harness: the `bench` CLI's JSON lines (API.md), its flags, the canonical workload list,
 // the floor arithmetic, and the onnxruntime anchor's graphs — encoded by bench/onnx-graph.ts and run
 // by onnxruntime-node — against a hand computation and against our router. No timing is asserted.
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,27 +11,22 @@ import { createSession, gateGraph, logitsGraph } from '../bench/ort-anchor';
 import { CANONICAL_WORKLOADS, canonicalCases, measureTogether, parseBenchArgs, type Workload } from '../src/bench';
 import { backends } from '../src/engine';
 import { normalGenerator, randomGate } from '../src/random';
+import { engine, privateBuild, root } from './helpers/private-build';
 import { DynamicRouter } from '../src/router';
 
-const root = path.resolve(__dirname, '..');
 
 describe('moe-router bench (CLI)', () => {
-  // A private build of the CLI, so that other tests rebuilding dist/ cannot race with it; under
-  // node_modules/ so that its dependencies resolve, with the engine named explicitly.
-  let outDir: string;
+  // A private build of the CLI (helpers/private-build.ts), with the engine named explicitly.
+  let build: ReturnType<typeof privateBuild>;
   let env: NodeJS.ProcessEnv;
   beforeAll(() => {
-    const cache = path.join(root, 'node_modules', '.cache');
-    mkdirSync(cache, { recursive: true });
-    outDir = mkdtempSync(path.join(cache, 'moe-bench-cli-'));
-    execFileSync('npx', ['tsup', '--silent', '--out-dir', outDir], { cwd: root, stdio: 'ignore' });
-    const gyp = createRequire(__filename)('node-gyp-build') as { path(dir: string): string };
-    env = { ...process.env, MOE_ROUTER_NATIVE_PATH: gyp.path(root) };
+    build = privateBuild('moe-bench-cli');
+    env = { ...process.env, MOE_ROUTER_NATIVE_PATH: engine() };
   }, 120_000);
-  afterAll(() => rmSync(outDir, { recursive: true, force: true }));
+  afterAll(() => build.remove());
 
   const cli = (...args: string[]) =>
-    spawnSync(process.execPath, [path.join(outDir, 'cli.js'), 'bench', ...args], { cwd: root, env, encoding: 'utf8' });
+    spawnSync(process.execPath, [path.join(build.dir, 'cli.js'), 'bench', ...args], { cwd: root, env, encoding: 'utf8' });
   const TINY = ['--tokens', '8', '--hidden', '16', '--experts', '8', '--top-k', '2', '--time', '20'];
 
   it('--json prints one JSON object a line with every promised field', () => {

@@ -8,8 +8,8 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { engine, privateBuild, root } from './helpers/private-build';
 
-const root = path.resolve(__dirname, '..');
 const load = createRequire(__filename);
 const { stage } = load('../scripts/prebuild.js') as { stage(binary: string, packageRoot: string): string };
 const gyp = load('node-gyp-build') as { path(dir: string): string };
@@ -22,18 +22,14 @@ const npm = (args: string[], cwd: string) =>
   execFileSync('npm', args, { cwd, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 let work: string;
-let built: string;
+let built: ReturnType<typeof privateBuild>;
 let tarball: string;
 let tarballFiles: string[];
 let prebuilt: string;
 
 beforeAll(() => {
-  // The package's dist/ built privately (as in workers.test.ts, so that other tests rebuilding dist/
-  // cannot race with it), where it resolves this checkout's dependencies: the reference routes with it.
-  const cache = path.join(root, 'node_modules', '.cache');
-  mkdirSync(cache, { recursive: true });
-  built = mkdtempSync(path.join(cache, 'moe-package-'));
-  execFileSync('npx', ['tsup', '--silent', '--out-dir', built], { cwd: root, stdio: 'ignore' });
+  // The package's dist/ built privately (helpers/private-build.ts): the reference routes with it.
+  built = privateBuild('moe-package');
   // The package and the projects outside this checkout, so that the installed package finds only the
   // dependencies it declares: the files `npm pack` takes from this checkout, that dist/, and this
   // checkout's engine staged as the prebuilt binary.
@@ -44,8 +40,8 @@ beforeAll(() => {
   ];
   for (const { path: file } of files)
     if (!file.startsWith('dist/') && !file.startsWith('prebuilds/')) cpSync(path.join(root, file), path.join(pkg, file));
-  cpSync(built, path.join(pkg, 'dist'), { recursive: true });
-  prebuilt = path.relative(pkg, stage(gyp.path(root), pkg));
+  cpSync(built.dir, path.join(pkg, 'dist'), { recursive: true });
+  prebuilt = path.relative(pkg, stage(engine(), pkg));
   const [packed] = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], pkg)) as [
     { filename: string; files: { path: string }[] },
   ];
@@ -54,7 +50,7 @@ beforeAll(() => {
 }, 180_000);
 afterAll(() => {
   rmSync(work, { recursive: true, force: true });
-  rmSync(built, { recursive: true, force: true });
+  built.remove();
 });
 
 // A new project with the tarball installed into it; returns the installed package's directory.
@@ -82,7 +78,7 @@ function routeWith(load: string, options: { cwd?: string; engine?: string; esm?:
   return execFileSync(process.execPath, args, { cwd: options.cwd, env: childEnv, encoding: 'utf8' });
 }
 // This checkout's answer: its build, through the privately built dist/.
-const reference = () => routeWith(`require(${JSON.stringify(built)})`, { engine: gyp.path(root) });
+const reference = () => routeWith(`require(${JSON.stringify(built.dir)})`, { engine: engine() });
 
 describe('the npm package', () => {
   it('carries the prebuilt engine, the sources to build one, and no bench or test files', () => {
