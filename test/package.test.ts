@@ -81,11 +81,11 @@ function routeWith(load: string, options: { cwd?: string; engine?: string; esm?:
 const reference = () => routeWith(`require(${JSON.stringify(built.dir)})`, { engine: engine() });
 
 describe('the npm package', () => {
-  it('carries the prebuilt engine, the sources to build one, and no bench or test files', () => {
+  it('carries the prebuilt engine, the sources to build one, its license, and no bench or test files', () => {
     expect(prebuilt).toMatch(/^prebuilds[/\\][a-z0-9]+-[a-z0-9]+[/\\]node\.napi(\.(glibc|musl))?\.node$/);
     expect(tarballFiles).toContain(prebuilt.split(path.sep).join('/'));
-    for (const file of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/cli.js', 'scripts/install.js', 'CMakeLists.txt'])
-      expect(tarballFiles).toContain(file);
+    const needed = ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/cli.js', 'scripts/install.js'];
+    for (const file of [...needed, 'CMakeLists.txt', 'LICENSE', 'README.md']) expect(tarballFiles).toContain(file);
     expect(tarballFiles.some((f) => f.startsWith('native/src/'))).toBe(true);
     expect(tarballFiles.filter((f) => /^(test|bench)\/|bench-anchors/.test(f))).toEqual([]);
   });
