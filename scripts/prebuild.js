@@ -107,4 +107,4 @@ if (require.main === module) {
   }
 }
 
-module.exports = { prebuildPath, stage };
+module.exports = { stage };
