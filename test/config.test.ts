@@ -1,7 +1,7 @@
 // The config file: weights from a seed, raw f32, .npy and .safetensors (f32/f16/bf16), every problem
 // reported with a clear message, `moe-router validate` and `card` (node dist/cli.js), and modelCard.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -178,6 +178,19 @@ describe('config problems', () => {
     expect(validateConfig(file('broken.json', '{"inputDim": 3,'))[0]).toMatch(/is not valid JSON/);
     expect(validateConfig(path.join(dir, 'absent.json'))[0]).toMatch(/cannot read config/);
     expect(() => loadConfig(file('bad2.json', { ...shape }))).toThrow(/is not usable:\n {2}- set either seed/);
+  });
+
+  it("docs/serving.md's example config is valid, given the checkpoint it names", () => {
+    const doc = readFileSync(path.resolve(__dirname, '..', 'docs', 'serving.md'), 'utf8');
+    const example = JSON.parse(/```json\n([\s\S]*?)```/.exec(doc)![1]!) as Record<string, unknown>;
+    const [experts, dim] = [example.numExperts as number, example.inputDim as number];
+    file(
+      example.weightFile as string,
+      safetensors({
+        [example.weightTensor as string]: { dtype: 'F32', shape: [experts, dim], payload: bytes(randomGate(experts, dim, 5)) },
+      }),
+    );
+    expect(validateConfig(file('serving-example.json', example))).toEqual([]);
   });
 });
 
