@@ -10,9 +10,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { engine, privateBuild, root } from './helpers/private-build';
 
-const load = createRequire(__filename);
-const { stage } = load('../scripts/prebuild.js') as { stage(binary: string, packageRoot: string): string };
-const gyp = load('node-gyp-build') as { path(dir: string): string };
+const { stage } = createRequire(__filename)('../scripts/prebuild.js') as {
+  stage(binary: string, packageRoot: string): string;
+};
 
 // npm, without the npm_* variables of the `npm test` that runs this, nor an engine named explicitly.
 const env = Object.fromEntries(
@@ -26,6 +26,7 @@ let built: ReturnType<typeof privateBuild>;
 let tarball: string;
 let tarballFiles: string[];
 let prebuilt: string;
+let reference: string; // this checkout's answer: its build, through the privately built dist/
 
 beforeAll(() => {
   // The package's dist/ built privately (helpers/private-build.ts): the reference routes with it.
@@ -47,6 +48,7 @@ beforeAll(() => {
   ];
   tarball = path.join(work, packed.filename);
   tarballFiles = packed.files.map((f) => f.path);
+  reference = routeWith(`require(${JSON.stringify(built.dir)})`, { engine: engine() });
 }, 180_000);
 afterAll(() => {
   rmSync(work, { recursive: true, force: true });
@@ -77,8 +79,6 @@ function routeWith(load: string, options: { cwd?: string; engine?: string; esm?:
   const args = options.esm ? ['--input-type=module', '-e', script] : ['-e', script];
   return execFileSync(process.execPath, args, { cwd: options.cwd, env: childEnv, encoding: 'utf8' });
 }
-// This checkout's answer: its build, through the privately built dist/.
-const reference = () => routeWith(`require(${JSON.stringify(built.dir)})`, { engine: engine() });
 
 describe('the npm package', () => {
   it('carries the prebuilt engine, the sources to build one, its license, and no bench or test files', () => {
@@ -93,11 +93,11 @@ describe('the npm package', () => {
   it('installs without compiling, loads the prebuilt engine and routes as this build does', () => {
     const installed = install('app', []);
     expect(existsSync(path.join(installed, 'build'))).toBe(false);
-    expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
+    expect(engine(installed)).toBe(path.join(installed, prebuilt));
     // Required and imported by name from the project, as its code would.
     const app = path.resolve(installed, '..', '..');
-    expect(routeWith(`require('dynamic-moe-router')`, { cwd: app })).toBe(reference());
-    expect(routeWith(`await import('dynamic-moe-router')`, { cwd: app, esm: true })).toBe(reference());
+    expect(routeWith(`require('dynamic-moe-router')`, { cwd: app })).toBe(reference);
+    expect(routeWith(`await import('dynamic-moe-router')`, { cwd: app, esm: true })).toBe(reference);
     // Its types, for an ES module and a CommonJS one (with Node's types, as any Node project has them).
     const source =
       `import { DynamicRouter, Tensor } from 'dynamic-moe-router';\n` +
@@ -118,8 +118,8 @@ describe('the npm package', () => {
 
   it('works with install scripts turned off, and says what to do when no engine loads', () => {
     const installed = install('app-no-scripts', ['--ignore-scripts']);
-    expect(gyp.path(installed)).toBe(path.join(installed, prebuilt));
-    expect(routeWith(`require(${JSON.stringify(installed)})`)).toBe(reference());
+    expect(engine(installed)).toBe(path.join(installed, prebuilt));
+    expect(routeWith(`require(${JSON.stringify(installed)})`)).toBe(reference);
     rmSync(path.join(installed, 'prebuilds'), { recursive: true });
     const failed = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(installed)}).backends()`], {
       env,

@@ -1,7 +1,7 @@
 // A private build of the package's dist/ for tests that run it in child processes, so that other
 // tests rebuilding dist/ in place (binding.test.ts) cannot race with them. It lies under
 // node_modules/.cache, where its dependencies resolve; `engine()` is this checkout's .node file, to
-// name to it explicitly (MOE_ROUTER_NATIVE_PATH).
+// name explicitly (MOE_ROUTER_NATIVE_PATH).
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -9,8 +9,9 @@ import path from 'node:path';
 
 export const root = path.resolve(__dirname, '..', '..');
 
-export function engine(): string {
-  return (createRequire(__filename)('node-gyp-build') as { path(dir: string): string }).path(root);
+/** The engine node-gyp-build loads for the package at `dir` (this checkout by default). */
+export function engine(dir = root): string {
+  return (createRequire(__filename)('node-gyp-build') as { path(dir: string): string }).path(dir);
 }
 
 /** Builds dist/ into a new directory named after `prefix`; remove() deletes it. */
