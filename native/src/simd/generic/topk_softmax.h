@@ -472,7 +472,7 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 // E = 8 -4%, E = 64 -3%, E = 128 -5%). The eighth power is taken of 16w (exact): w^8 is subnormal
 // below w = 1.9e-5, and its keys tie below 5.9e-6 (below 1.9e-5 where a thread flushes subnormals to
 // zero), where those of (16w)^8 tie below 3.7e-7 and overflow above w = 4096, whose scores are 0
-// (the multiply cost E = 1024 in cache ~4%). value_bits has the low b bits clear, and the sign bit:
+// (the multiply cost E = 1024 in cache ~4%). value_bits clears the low b bits and the sign bit too:
 // w is -0 where the row's largest logit is -0 and u is +0 (a max of -0 and +0 may give either), and
 // its key must tie with those of the row's other zeros, lower expert first, as the oracle's equal
 // scores do (with the sign, a +0 logit ranked before every -0 one, whatever the experts).
