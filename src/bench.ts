@@ -4,8 +4,8 @@
  * `measure` (or `measureTogether`, its alternating form), so every number in a table was taken the
  * same way.
  */
-import { parseArgs } from 'node:util';
 import { Bench, hrtimeNow } from 'tinybench';
+import { integerFlag, oneOf, parseFlags } from './args';
 import { backends } from './engine';
 import { RouterError } from './errors';
 import { BACKENDS, STRATEGIES, type BackendName, type Strategy } from './options';
@@ -330,51 +330,34 @@ export interface BenchCommand {
   json: boolean;
 }
 
-function count(name: string, value: string | undefined, min: number): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new RouterError('E_CONFIG', `--${name} must be an integer ≥ ${min} (got '${value}')`);
-  return n;
-}
-
-function oneOf<T extends string>(name: string, value: string | undefined, allowed: readonly T[]): T | undefined {
-  if (value === undefined || (allowed as readonly string[]).includes(value)) return value as T | undefined;
-  throw new RouterError('E_CONFIG', `--${name} must be one of ${allowed.join(', ')} (got '${value}')`);
-}
-
 /** Reads the bench flags (API.md); throws E_CONFIG with what was wrong. */
 export function parseBenchArgs(args: string[]): BenchCommand {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        tokens: { type: 'string' },
-        hidden: { type: 'string' },
-        experts: { type: 'string' },
-        'top-k': { type: 'string' },
-        dtype: { type: 'string' },
-        logits: { type: 'boolean' },
-        workload: { type: 'string' },
-        strategy: { type: 'string' },
-        backend: { type: 'string' },
-        threads: { type: 'string' },
-        time: { type: 'string' },
-        cap: { type: 'string' },
-        json: { type: 'boolean' },
-      },
-    }));
-  } catch (error) {
-    throw new RouterError('E_CONFIG', `${(error as Error).message}\n${BENCH_USAGE}`);
-  }
+  const values = parseFlags(
+    args,
+    {
+      tokens: { type: 'string' },
+      hidden: { type: 'string' },
+      experts: { type: 'string' },
+      'top-k': { type: 'string' },
+      dtype: { type: 'string' },
+      logits: { type: 'boolean' },
+      workload: { type: 'string' },
+      strategy: { type: 'string' },
+      backend: { type: 'string' },
+      threads: { type: 'string' },
+      time: { type: 'string' },
+      cap: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    BENCH_USAGE,
+  );
   const dtype = oneOf('dtype', values.dtype, ['f32', 'bf16', 'f16'] as const);
   const isLogits = values.logits === true;
   const shape = {
-    tokens: count('tokens', values.tokens, 1),
-    hidden: count('hidden', values.hidden, 1),
-    experts: count('experts', values.experts, 1),
-    topK: count('top-k', values['top-k'], 1),
+    tokens: integerFlag('tokens', values.tokens, 1),
+    hidden: integerFlag('hidden', values.hidden, 1),
+    experts: integerFlag('experts', values.experts, 1),
+    topK: integerFlag('top-k', values['top-k'], 1),
   };
   let cases: BenchCommand['cases'];
   if (Object.values(shape).some((v) => v !== undefined)) {
@@ -400,14 +383,14 @@ export function parseBenchArgs(args: string[]): BenchCommand {
   else if (values.backend !== undefined) backendList = values.backend.split(',').map((b) => oneOf('backend', b, BACKENDS));
   const timing = {
     ...DEFAULT_TIMING,
-    timeMs: count('time', values.time, 1) ?? DEFAULT_TIMING.timeMs,
-    capMs: count('cap', values.cap, 1) ?? DEFAULT_TIMING.capMs,
+    timeMs: integerFlag('time', values.time, 1) ?? DEFAULT_TIMING.timeMs,
+    capMs: integerFlag('cap', values.cap, 1) ?? DEFAULT_TIMING.capMs,
   };
   return {
     cases,
     strategy: oneOf('strategy', values.strategy, STRATEGIES),
     backends: backendList,
-    threads: count('threads', values.threads, 0),
+    threads: integerFlag('threads', values.threads, 0),
     timing,
     json: values.json === true,
   };

@@ -1,9 +1,11 @@
 /** The moe-router command line. */
+import { integerFlag, parseFlags } from './args';
 import { BENCH_USAGE, runBenchCommand } from './bench';
 import { cardCommand, validateCommand } from './config';
 import { runDemo } from './demo';
 import { RouterError } from './errors';
 import { runServe } from './server';
+import { version } from '../package.json';
 
 const USAGE = `Usage: moe-router <command> [options]
 
@@ -15,41 +17,46 @@ Commands:
   card [--config router.json]          print the model card
   validate --config router.json        check a config and say what is wrong
   bench [options]                      time routing on the canonical workloads (see below)
+  version                              the package's version
   help                                 this text
 
 ${BENCH_USAGE}`;
-
-function flag(args: string[], name: string): string | undefined {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-}
 
 function main(argv: string[]): number | Promise<number> {
   const [command, ...args] = argv;
   switch (command) {
     case 'demo': {
-      const tokens = flag(args, '--tokens');
-      runDemo({
-        tokens: tokens === undefined ? undefined : Number.parseInt(tokens, 10),
-        backend: flag(args, '--backend') as never,
-      });
+      const flags = parseFlags(args, { tokens: { type: 'string' }, backend: { type: 'string' } }, USAGE);
+      // (The router checks the backend's name, as it checks any option.)
+      runDemo({ tokens: integerFlag('tokens', flags.tokens, 1), backend: flags.backend as never });
       return 0;
     }
     case 'bench':
       return runBenchCommand(args);
-    case 'serve':
-      return runServe({
-        port: flag(args, '--port'),
-        host: flag(args, '--host'),
-        config: flag(args, '--config'),
-        apiKey: flag(args, '--api-key'),
-        rateLimit: flag(args, '--rate-limit'),
-      });
+    case 'serve': {
+      const flags = parseFlags(
+        args,
+        {
+          port: { type: 'string' },
+          host: { type: 'string' },
+          config: { type: 'string' },
+          'api-key': { type: 'string' },
+          'rate-limit': { type: 'string' },
+        },
+        USAGE,
+      );
+      return runServe({ ...flags, apiKey: flags['api-key'], rateLimit: flags['rate-limit'] });
+    }
     case 'card':
-      process.stdout.write(cardCommand(flag(args, '--config')));
+      process.stdout.write(cardCommand(parseFlags(args, { config: { type: 'string' } }, USAGE).config));
       return 0;
     case 'validate':
-      return validateCommand(flag(args, '--config'));
+      return validateCommand(parseFlags(args, { config: { type: 'string' } }, USAGE).config);
+    case 'version':
+    case '--version':
+    case '-v':
+      process.stdout.write(`${version}\n`);
+      return 0;
     case undefined:
     case 'help':
     case '--help':

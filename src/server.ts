@@ -5,6 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyPluginAsync } from 'fastify';
+import { integerFlag } from './args';
 import { createRouter, loadConfig, type RateLimitConfig } from './config';
 import { RouterError } from './errors';
 import type { MonitoredRouter } from './monitor';
@@ -295,13 +296,6 @@ export interface ServeFlags {
   rateLimit?: string;
 }
 
-function integerFlag(name: string, value: string | undefined, min: number, max: number): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new RouterError('E_CONFIG', `${name} must be an integer in [${min}, ${max}] (got ${JSON.stringify(value)})`);
-  return n;
-}
-
 /**
  * `moe-router serve`: starts the service and stops it gracefully on SIGTERM/SIGINT (the requests in
  * flight finish, then the process exits 0; a second signal, or a drain longer than 30 s, exits 1).
@@ -313,11 +307,11 @@ export async function runServe(flags: ServeFlags): Promise<number> {
   let running: RunningServer;
   try {
     running = await startServer({
-      port: integerFlag('--port', flags.port, 0, 65535),
+      port: integerFlag('port', flags.port, 0, 65535),
       host: flags.host,
       config: flags.config,
       apiKey: flags.apiKey ?? process.env.MOE_ROUTER_API_KEY,
-      rateLimit: integerFlag('--rate-limit', flags.rateLimit, 1, Number.MAX_SAFE_INTEGER),
+      rateLimit: integerFlag('rate-limit', flags.rateLimit, 1),
     });
   } catch (error) {
     say(error instanceof RouterError ? `${error.code}: ${error.message}` : `cannot start: ${(error as Error).message}`);

@@ -1,0 +1,49 @@
+// The command line's flags, for every command: an unknown flag, a flag without its value, a stray
+// argument or a value out of range is an E_CONFIG error with exit code 1 (never silently ignored, so
+// `serve --prot 9000` cannot quietly serve on 8080), and `--version` prints the package's version.
+// Runs dist/cli.js, built by `npx tsup` (npm install does it).
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const cli = path.resolve(__dirname, '..', 'dist', 'cli.js');
+const run = promisify(execFile);
+
+async function moeRouter(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  if (!existsSync(cli)) throw new Error('dist/cli.js is missing: build it with `npx tsup` before these tests');
+  try {
+    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout: 60_000 });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    const e = error as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('moe-router flags', () => {
+  it.each([
+    [['demo', '--token', '64'], "Unknown option '--token'"],
+    [['demo', '--tokens'], "Option '--tokens <value>' argument missing"],
+    [['demo', '--tokens', '0'], '--tokens must be an integer ≥ 1 (got "0")'],
+    [['demo', '--tokens', '64x'], '--tokens must be an integer ≥ 1 (got "64x")'],
+    [['serve', '--prot', '9000'], "Unknown option '--prot'"],
+    [['serve', '--port', '70000'], '--port must be an integer in [0, 65535] (got "70000")'],
+    [['serve', '--rate-limit', '0'], '--rate-limit must be an integer ≥ 1 (got "0")'],
+    [['card', '--config'], "Option '--config <value>' argument missing"],
+    [['validate', 'router.json'], "Unexpected argument 'router.json'"],
+    [['bench', '--tokens=-3'], '--tokens must be an integer ≥ 1 (got "-3")'],
+    [['bench', '--tokenz', '3'], "Unknown option '--tokenz'"],
+  ])('%j fails with E_CONFIG', async (args, message) => {
+    const out = await moeRouter(...args);
+    expect(out.code).toBe(1);
+    expect(out.stdout).toBe('');
+    expect(out.stderr).toContain(`E_CONFIG: ${message}`);
+  });
+
+  it('--version prints the version of package.json', async () => {
+    const { version } = JSON.parse(readFileSync(path.resolve(__dirname, '..', 'package.json'), 'utf8')) as { version: string };
+    for (const flag of ['--version', 'version']) expect(await moeRouter(flag)).toEqual({ code: 0, stdout: `${version}\n`, stderr: '' });
+  });
+});
