@@ -17,38 +17,14 @@ import { modelCard } from './card';
 import { RouterError } from './errors';
 import { FailoverRouter, type BreakerOptions } from './failover';
 import { MonitoredRouter, type AlertThresholds } from './monitor';
-import type { RouterOptions } from './options';
+import { didYouMean, ROUTER_OPTIONS, type RouterOptions } from './options';
 import { randomGate } from './random';
 import { DynamicRouter } from './router';
 import { Tensor, type DType } from './tensor';
 
-/** Router options a config file may set (the weight comes from `seed` or `weightFile`). */
-const ROUTER_KEYS = [
-  'inputDim',
-  'numExperts',
-  'topK',
-  'minExperts',
-  'strategy',
-  'topP',
-  'threshold',
-  'scoring',
-  'order',
-  'normalize',
-  'scale',
-  'groups',
-  'biasUpdateRate',
-  'capacityFactor',
-  'minCapacity',
-  'dropPolicy',
-  'noise',
-  'dispatch',
-  'losses',
-  'validation',
-  'device',
-  'threads',
-  'backend',
-] as const satisfies readonly (keyof RouterOptions)[];
 const VECTOR_KEYS = ['bias', 'selectionBias'] as const;
+/** Router options a config file may set as they are (the weight comes from `seed` or `weightFile`). */
+const ROUTER_KEYS = ROUTER_OPTIONS.filter((k) => k !== 'weight' && !(VECTOR_KEYS as readonly string[]).includes(k));
 const SERVICE_KEYS = ['seed', 'weightFile', 'weightTensor', 'rateLimit', 'cache', 'alerts', 'breaker', 'bodyLimit', 'name', 'description'] as const;
 const KNOWN_KEYS: readonly string[] = [...ROUTER_KEYS, ...VECTOR_KEYS, ...SERVICE_KEYS];
 
@@ -245,11 +221,6 @@ export function loadWeightFile(file: string, numExperts: number, inputDim: numbe
   }
 }
 
-function closestKey(key: string): string | undefined {
-  const lower = key.toLowerCase();
-  return KNOWN_KEYS.find((k) => k.toLowerCase() === lower);
-}
-
 /**
  * Checks a parsed config and loads its weight. Every problem found is listed; relative weight
  * paths are resolved from `baseDir` (the config file's folder).
@@ -258,10 +229,7 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
   const problems: string[] = [];
   if (!isObject(raw)) return { problems: ['the config must be a JSON object'] };
   for (const key of Object.keys(raw)) {
-    if (!KNOWN_KEYS.includes(key)) {
-      const near = closestKey(key);
-      problems.push(`unknown key '${key}'${near ? ` (did you mean '${near}'?)` : ''}`);
-    }
+    if (!KNOWN_KEYS.includes(key)) problems.push(`unknown key '${key}'${didYouMean(key, KNOWN_KEYS)}`);
   }
   for (const key of ['inputDim', 'numExperts', 'topK'] as const) {
     if (!positiveInteger(raw[key])) problems.push(`${key} must be a positive integer (got ${JSON.stringify(raw[key])})`);

@@ -55,6 +55,45 @@ export interface RouterOptions {
   exactF32?: boolean;
 }
 
+// Every option's name, as a record over RouterOptions' keys so that the compiler keeps the two in step.
+const OPTION_NAMES: Record<keyof RouterOptions, true> = {
+  inputDim: true,
+  numExperts: true,
+  topK: true,
+  weight: true,
+  bias: true,
+  minExperts: true,
+  strategy: true,
+  topP: true,
+  threshold: true,
+  scoring: true,
+  order: true,
+  normalize: true,
+  scale: true,
+  groups: true,
+  selectionBias: true,
+  biasUpdateRate: true,
+  capacityFactor: true,
+  minCapacity: true,
+  dropPolicy: true,
+  noise: true,
+  dispatch: true,
+  losses: true,
+  validation: true,
+  device: true,
+  threads: true,
+  backend: true,
+  exactF32: true,
+};
+export const ROUTER_OPTIONS = Object.keys(OPTION_NAMES) as (keyof RouterOptions)[];
+
+/** " (did you mean 'topK'?)" when `name` differs from a known name only in case; otherwise "". */
+export function didYouMean(name: string, known: readonly string[]): string {
+  const lower = name.toLowerCase();
+  const near = known.find((k) => k.toLowerCase() === lower);
+  return near ? ` (did you mean '${near}'?)` : '';
+}
+
 /** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
 function shown(value: unknown): string {
   return typeof value === 'number' ? String(value) : JSON.stringify(value);
@@ -113,6 +152,9 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
     throw new RouterError('E_CONFIG', 'DynamicRouter needs an options object with inputDim, numExperts, topK and weight');
   }
   const check = new OptionProblems();
+  for (const name of Object.keys(o)) {
+    if (!(ROUTER_OPTIONS as string[]).includes(name)) check.note(`${name} is unknown${didYouMean(name, ROUTER_OPTIONS)}`);
+  }
   for (const name of ['inputDim', 'numExperts', 'topK'] as const) {
     if (o[name] === undefined) check.note(`${name} is required`);
   }

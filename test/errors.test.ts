@@ -91,6 +91,16 @@ describe('E_CONFIG: options out of range', () => {
     expectCode(() => new DynamicRouter({ inputDim: D, numExperts: E, weight: W } as any), 'E_CONFIG', /topK/);
   });
 
+  it('an unknown option name, with the option it mistypes, beside the other problems', () => {
+    const e = caught(() => make({ topp: 0.5, minExperts: 1.5, colour: 'blue' }));
+    expect(e).toBeInstanceOf(RouterError);
+    expect((e as RouterError).message.split('\n')).toEqual([
+      "option topp is unknown (did you mean 'topP'?)",
+      'option colour is unknown',
+      'option minExperts must be an integer (got 1.5)',
+    ]);
+  });
+
   it('lists every bad option at once, a line each: the types, then the ranges', () => {
     const lines = (patch: Record<string, unknown>) => {
       const e = caught(() => make(patch));
