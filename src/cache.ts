@@ -8,7 +8,7 @@
  * copy comes from the cache's buffer pool and goes back on release(), as a router's result does.
  */
 import { LRUCache } from 'lru-cache';
-import { RouterError } from './errors';
+import { optionNames, rejectUnknownOptions, RouterError } from './errors';
 import { loadNative } from './native';
 import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
@@ -24,6 +24,8 @@ export interface RoutingCacheOptions {
   maxBytes?: number;
   mode?: CacheMode;
 }
+
+const CACHE_OPTIONS = optionNames<RoutingCacheOptions>({ maxBytes: true, mode: true });
 
 export interface CacheStats {
   mode: CacheMode;
@@ -259,6 +261,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
 
   constructor(router: Routable, options: RoutingCacheOptions = {}) {
     super(router);
+    rejectUnknownOptions('cache option', options, CACHE_OPTIONS);
     const mode = options.mode ?? 'request';
     if (mode !== 'request' && mode !== 'token') {
       throw new RouterError('E_CONFIG', `cache mode must be 'request' or 'token' (got ${JSON.stringify(mode)})`);

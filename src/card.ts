@@ -1,5 +1,6 @@
 /** The model card: Markdown with YAML front matter (options, backend, stats) describing a router. */
 import { engineVersion } from './engine';
+import { rejectUnknownOptions } from './errors';
 import type { Routable } from './routable';
 
 export interface ModelCardOptions {
@@ -38,6 +39,7 @@ function round(value: number, digits = 6): number {
 
 /** The model card of a router; `router.modelCard(options)` calls this. */
 export function modelCard(router: Routable, options: ModelCardOptions = {}): string {
+  rejectUnknownOptions('modelCard option', options, ['name', 'description']);
   const name = options.name ?? `MoE router ${router.numExperts}×${router.inputDim}, top-${router.topK}`;
   const o = router.options;
   const stats = router.stats();

@@ -42,3 +42,32 @@ export function native<T>(fn: () => T): T {
     throw toRouterError(error);
   }
 }
+
+/** The option names of T, as a record over its keys, so that the compiler keeps the list complete. */
+export function optionNames<T>(names: Record<keyof T, true>): readonly string[] {
+  return Object.keys(names);
+}
+
+/** " (did you mean 'topK'?)" when `name` differs from a known name only in case; otherwise "". */
+export function didYouMean(name: string, known: readonly string[]): string {
+  const lower = name.toLowerCase();
+  const near = known.find((k) => k.toLowerCase() === lower);
+  return near ? ` (did you mean '${near}'?)` : '';
+}
+
+/** "name is unknown (did you mean …?)" for each key of `given` that `known` lacks. */
+export function unknownOptions(given: object, known: readonly string[]): string[] {
+  return Object.keys(given)
+    .filter((name) => !known.includes(name))
+    .map((name) => `${name} is unknown${didYouMean(name, known)}`);
+}
+
+/**
+ * Throws E_CONFIG naming each key of an options object that is not one of `known` (`what` says whose
+ * options they are), so that a misspelled option is never silently left at its default.
+ */
+export function rejectUnknownOptions(what: string, given: unknown, known: readonly string[]): void {
+  if (given === null || typeof given !== 'object') return;
+  const lines = unknownOptions(given, known);
+  if (lines.length > 0) throw new RouterError('E_CONFIG', lines.map((line) => `${what} ${line}`).join('\n'));
+}

@@ -8,7 +8,7 @@
  *            successes in a row close the breaker, an E_CUDA failure opens it again.
  * Only E_CUDA counts: other errors (bad input and the like) are the caller's and pass through.
  */
-import { RouterError } from './errors';
+import { optionNames, rejectUnknownOptions, RouterError } from './errors';
 import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
 
@@ -24,6 +24,8 @@ export interface BreakerOptions {
   /** Milliseconds clock (default Date.now); tests pass their own. */
   clock?: () => number;
 }
+
+const BREAKER_OPTIONS = optionNames<BreakerOptions>({ failures: true, openMs: true, halfOpenProbes: true, clock: true });
 
 /** Emitted as 'state' on every transition. */
 export interface BreakerEvent {
@@ -79,6 +81,7 @@ export class FailoverRouter extends RouterWrapper implements Routable {
 
   constructor(primary: Routable, fallback: Routable, options: BreakerOptions = {}) {
     super(primary);
+    rejectUnknownOptions('breaker option', options, BREAKER_OPTIONS);
     if (primary.inputDim !== fallback.inputDim || primary.numExperts !== fallback.numExperts || primary.topK !== fallback.topK) {
       throw new RouterError(
         'E_CONFIG',

@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import { Counter, Gauge, Registry, type Metric } from 'prom-client';
 import { RoutingCache, type CacheStats, type RoutingCacheOptions } from './cache';
-import { RouterError, type ErrorCode } from './errors';
+import { optionNames, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
 import { FailoverRouter, type BreakerEvent, type BreakerState } from './failover';
 import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
 import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
@@ -35,6 +35,14 @@ export interface AlertThresholds {
   minRequests?: number;
 }
 
+const ALERT_OPTIONS = optionNames<AlertThresholds>({
+  p95LatencyMs: true,
+  errorRate: true,
+  loadBalanceScore: true,
+  hysteresis: true,
+  minRequests: true,
+});
+
 /** Emitted as 'alert' when an alert starts firing or resolves. */
 export interface AlertEvent {
   alert: AlertName;
@@ -58,6 +66,16 @@ export interface MonitorOptions {
   /** Bucket bounds of moe_router_request_duration_seconds. */
   durationBuckets?: number[];
 }
+
+const MONITOR_OPTIONS = optionNames<MonitorOptions>({
+  registry: true,
+  cache: true,
+  alerts: true,
+  window: true,
+  evaluateEvery: true,
+  clock: true,
+  durationBuckets: true,
+});
 
 export interface HealthReport {
   status: HealthStatus;
@@ -179,6 +197,8 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
 
   constructor(router: Routable, options: MonitorOptions = {}) {
     super(router);
+    rejectUnknownOptions('monitor option', options, MONITOR_OPTIONS);
+    rejectUnknownOptions('monitor alerts option', options.alerts, ALERT_OPTIONS);
     const window = options.window ?? 1024;
     checkPositive('window', window, true);
     checkPositive('evaluateEvery', options.evaluateEvery, true);

@@ -1,6 +1,6 @@
 /** DynamicRouter options (API.md) and their translation to the engine's numeric options. */
 import type { NativeOptions } from './addon-types';
-import { RouterError } from './errors';
+import { optionNames, RouterError, unknownOptions } from './errors';
 import type { Tensor } from './tensor';
 
 export const STRATEGIES = ['top-k', 'top-p', 'threshold', 'entropy', 'norm', 'expert-choice'] as const;
@@ -55,8 +55,8 @@ export interface RouterOptions {
   exactF32?: boolean;
 }
 
-// Every option's name, as a record over RouterOptions' keys so that the compiler keeps the two in step.
-const OPTION_NAMES: Record<keyof RouterOptions, true> = {
+/** Every option's name. */
+export const ROUTER_OPTIONS = optionNames<RouterOptions>({
   inputDim: true,
   numExperts: true,
   topK: true,
@@ -84,15 +84,7 @@ const OPTION_NAMES: Record<keyof RouterOptions, true> = {
   threads: true,
   backend: true,
   exactF32: true,
-};
-export const ROUTER_OPTIONS = Object.keys(OPTION_NAMES) as (keyof RouterOptions)[];
-
-/** " (did you mean 'topK'?)" when `name` differs from a known name only in case; otherwise "". */
-export function didYouMean(name: string, known: readonly string[]): string {
-  const lower = name.toLowerCase();
-  const near = known.find((k) => k.toLowerCase() === lower);
-  return near ? ` (did you mean '${near}'?)` : '';
-}
+});
 
 /** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
 function shown(value: unknown): string {
@@ -152,9 +144,7 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
     throw new RouterError('E_CONFIG', 'DynamicRouter needs an options object with inputDim, numExperts, topK and weight');
   }
   const check = new OptionProblems();
-  for (const name of Object.keys(o)) {
-    if (!(ROUTER_OPTIONS as string[]).includes(name)) check.note(`${name} is unknown${didYouMean(name, ROUTER_OPTIONS)}`);
-  }
+  for (const line of unknownOptions(o, ROUTER_OPTIONS)) check.note(line);
   for (const name of ['inputDim', 'numExperts', 'topK'] as const) {
     if (o[name] === undefined) check.note(`${name} is required`);
   }

@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events';
 import type { NativeDeviceBuffer, NativeRouter } from './addon-types';
 import { modelCard, type ModelCardOptions } from './card';
-import { native, RouterError, type ErrorCode } from './errors';
+import { native, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
 import { BufferPool } from './pool';
@@ -227,6 +227,7 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
     if (!options || typeof options.meanExperts !== 'number') {
       throw new RouterError('E_CONFIG', 'calibrate needs { meanExperts: number }');
     }
+    rejectUnknownOptions('calibrate option', options, ['meanExperts', 'logits']);
     const isLogits = options.logits === true;
     const input = this.input(sample, isLogits, 'sample');
     const [parameter, meanExperts] = native(() =>

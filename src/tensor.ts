@@ -1,6 +1,6 @@
 /** Typed tensors: f32 data, or f16/bf16 as raw 16-bit patterns, with a shape. */
 import type { NativeDeviceBuffer } from './addon-types';
-import { native, RouterError } from './errors';
+import { native, rejectUnknownOptions, RouterError } from './errors';
 import { loadNative } from './native';
 
 export type DType = 'f32' | 'f16' | 'bf16';
@@ -100,6 +100,7 @@ export class Tensor {
     shape: readonly number[],
     options: { dtype?: DType } = {},
   ): Tensor {
+    rejectUnknownOptions('Tensor.from option', options, ['dtype']);
     const dtype = options.dtype ?? (data instanceof Uint16Array ? 'bf16' : 'f32');
     if (!(dtype in DTYPE_CODE)) {
       throw new RouterError('E_DTYPE', `Tensor dtype must be 'f32', 'f16' or 'bf16' (got '${String(dtype)}')`);

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { existsSync } from 'node:fs';
-import { DynamicRouter, RouterError, Tensor } from '../src/index';
+import { DynamicRouter, FailoverRouter, ModelFleet, MonitoredRouter, RouterError, RoutingCache, Tensor } from '../src/index';
 import { backendList } from './reference/harness';
 import { snapshot } from './reference/compare';
 import { Rng } from './reference/cases';
@@ -89,6 +89,30 @@ describe('E_CONFIG: options out of range', () => {
     expectCode(() => new DynamicRouter(null as any), 'E_CONFIG');
     expectCode(() => new DynamicRouter(undefined as any), 'E_CONFIG');
     expectCode(() => new DynamicRouter({ inputDim: D, numExperts: E, weight: W } as any), 'E_CONFIG', /topK/);
+  });
+
+  it('every other options object rejects a misspelled key too, instead of leaving its default', () => {
+    const r = make({ strategy: 'top-p' });
+    const endpoints = [{ id: 'a', invoke: async () => 1 }];
+    const cases: [() => unknown, string][] = [
+      [() => new RoutingCache(r, { maxbytes: 1 } as any), "cache option maxbytes is unknown (did you mean 'maxBytes'?)"],
+      [() => new MonitoredRouter(r, { regisrty: 1 } as any), 'monitor option regisrty is unknown'],
+      [() => new MonitoredRouter(r, { alerts: { errorrate: 0.1 } } as any), "monitor alerts option errorrate is unknown (did you mean 'errorRate'?)"],
+      [() => new FailoverRouter(r, make(), { treshold: 3 } as any), 'breaker option treshold is unknown'],
+      [() => r.calibrate(new Float32Array(D * 8), { meanExperts: 2, logit: true } as any), 'calibrate option logit is unknown'],
+      [() => Tensor.from(new Uint16Array(D), [1, D], { dtyp: 'f16' } as any), 'Tensor.from option dtyp is unknown'],
+      [() => r.modelCard({ title: 'x' } as any), 'modelCard option title is unknown'],
+      [() => new ModelFleet({ tiers: [{ name: 't', endpoints }], balancr: 'weighted' } as any), 'option balancr is unknown'],
+      [
+        () => new ModelFleet({ tiers: [{ name: 't', endpoints }], breaker: { failurerate: 0.5 }, retry: { tries: 2 } } as any),
+        "option breaker.failurerate is unknown (did you mean 'failureRate'?)\noption retry.tries is unknown",
+      ],
+    ];
+    for (const [f, message] of cases) {
+      const e = caught(f) as { code?: string; message?: string };
+      expect(e.code).toBe('E_CONFIG');
+      expect(e.message).toBe(message);
+    }
   });
 
   it('an unknown option name, with the option it mistypes, beside the other problems', () => {

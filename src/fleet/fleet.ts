@@ -4,9 +4,10 @@
  * is retried on another endpoint (within the retry budget) when it fails, and fails over to the next,
  * more expensive tier when its tier has nothing left; the whole request respects one deadline.
  */
+import { optionNames, unknownOptions } from '../errors';
 import { balancer, BALANCER_NAMES, type Balancer } from './balancer';
 import { Member } from './member';
-import type { Endpoint, EndpointHealth, FleetOptions, FleetResult } from './types';
+import type { BreakerOptions, Endpoint, EndpointHealth, FleetOptions, FleetResult, RetryOptions } from './types';
 
 export type FleetErrorCode = 'E_CONFIG' | 'E_UNAVAILABLE' | 'E_DEADLINE';
 
@@ -26,11 +27,30 @@ export class FleetError extends Error {
 /** Retries in the last window may add budgetPercent of its requests, and at least this many. */
 const MIN_RETRIES_PER_WINDOW = 3;
 
+const FLEET_OPTIONS = optionNames<FleetOptions>({
+  tiers: true,
+  classify: true,
+  balancer: true,
+  breaker: true,
+  retry: true,
+  deadlineMs: true,
+  now: true,
+});
+const FLEET_BREAKER_OPTIONS = optionNames<BreakerOptions>({ failureRate: true, windowMs: true, minRequests: true, openMs: true, halfOpenProbes: true });
+const RETRY_OPTIONS = optionNames<RetryOptions>({ attempts: true, budgetPercent: true });
+
 function checkOptions(options: FleetOptions<unknown, unknown>): void {
   const bad = (message: string): never => {
     throw new FleetError('E_CONFIG', message);
   };
   if (!options || !Array.isArray(options.tiers) || options.tiers.length === 0) bad('ModelFleet needs tiers: a non-empty array');
+  // A misspelled option (the endpoints and tiers aside: they may carry the caller's own fields).
+  const unknown = [
+    ...unknownOptions(options, FLEET_OPTIONS),
+    ...unknownOptions(options.breaker ?? {}, FLEET_BREAKER_OPTIONS).map((line) => `breaker.${line}`),
+    ...unknownOptions(options.retry ?? {}, RETRY_OPTIONS).map((line) => `retry.${line}`),
+  ];
+  if (unknown.length > 0) bad(unknown.map((line) => `option ${line}`).join('\n'));
   const ids = new Set<string>();
   options.tiers.forEach((tier, t) => {
     if (!tier || !Array.isArray(tier.endpoints) || tier.endpoints.length === 0) bad(`tiers[${t}] needs a non-empty endpoints array`);
