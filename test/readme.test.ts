@@ -92,7 +92,7 @@ it('type-checks the examples against the package declarations', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-});
+}, 60_000);
 
 it('runs the tour', async () => {
   await run(blocks[0]!, {
