@@ -2,25 +2,10 @@
 // argument or a value out of range is an E_CONFIG error with exit code 1 (never silently ignored, so
 // `serve --prot 9000` cannot quietly serve on 8080), and `--version` prints the package's version.
 // Runs dist/cli.js, built by `npx tsup` (npm install does it).
-import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-
-const cli = path.resolve(__dirname, '..', 'dist', 'cli.js');
-const run = promisify(execFile);
-
-async function moeRouter(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  if (!existsSync(cli)) throw new Error('dist/cli.js is missing: build it with `npx tsup` before these tests');
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+import { moeRouter } from './helpers/cli';
 
 describe('moe-router flags', () => {
   it.each([

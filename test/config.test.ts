@@ -1,13 +1,12 @@
 // The config file: weights from a seed, raw f32, .npy and .safetensors (f32/f16/bf16), every problem
 // reported with a clear message, `moe-router validate` and `card` (node dist/cli.js), and modelCard.
-import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DynamicRouter, Tensor, checkConfig, createRouter, f32ToBf16, f32ToF16, loadConfig, modelCard, validateConfig } from '../src/index';
 import { randomGate } from '../src/random';
+import { moeRouter } from './helpers/cli';
 import { D, E, data, makeRouter, routed } from './helpers/service';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'moe-config-'));
@@ -214,19 +213,6 @@ describe('model card', () => {
 });
 
 describe('moe-router validate and card (the CLI)', () => {
-  const run = promisify(execFile);
-  const cli = path.resolve('dist/cli.js');
-  async function moeRouter(...args: string[]) {
-    if (!existsSync(cli)) throw new Error('dist/cli.js is missing: build it with `npx tsup` before these tests');
-    try {
-      const { stdout, stderr } = await run(process.execPath, [cli, ...args]);
-      return { code: 0, stdout, stderr };
-    } catch (error) {
-      const e = error as { code: number; stdout: string; stderr: string };
-      return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-    }
-  }
-
   it('validate: ok and exit 0, or every problem and exit 1', async () => {
     const good = file('cli-good.json', { ...shape, seed: 1 });
     expect(await moeRouter('validate', '--config', good)).toMatchObject({ code: 0, stdout: `${good}: ok\n` });

@@ -2,7 +2,7 @@
 // code, the metrics after real routes, the fastify plugin embedded in another app, and a graceful
 // shutdown of `moe-router serve` (node dist/cli.js, built by `npx tsup`) that drains a request in flight.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -10,6 +10,7 @@ import path from 'node:path';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MonitoredRouter, buildServer, moeRouterPlugin, type RouterPluginOptions } from '../src/index';
+import { cliPath } from './helpers/cli';
 import { D, E, FlakyRouter, data, makeRouter, routed } from './helpers/service';
 
 const apps: FastifyInstance[] = [];
@@ -211,10 +212,8 @@ describe('moeRouterPlugin', () => {
 });
 
 describe('moe-router serve (the CLI)', () => {
-  const cli = path.resolve('dist/cli.js');
-
   function start(args: string[]): Promise<{ child: ChildProcessWithoutNullStreams; url: string; stderr: () => string }> {
-    if (!existsSync(cli)) throw new Error('dist/cli.js is missing: build it with `npx tsup` before these tests');
+    const cli = cliPath();
     const dir = mkdtempSync(path.join(tmpdir(), 'moe-serve-'));
     const config = path.join(dir, 'router.json');
     writeFileSync(config, JSON.stringify({ inputDim: D, numExperts: E, topK: 4, seed: 1 }));
@@ -276,7 +275,7 @@ describe('moe-router serve (the CLI)', () => {
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     child.kill('SIGINT');
     expect(await exited).toBe(0);
-    const bad = spawn(process.execPath, [cli, 'serve', '--port', 'eighty']);
+    const bad = spawn(process.execPath, [cliPath(), 'serve', '--port', 'eighty']);
     let stderr = '';
     bad.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     expect(await new Promise((resolve) => bad.once('exit', resolve))).toBe(1);

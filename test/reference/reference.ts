@@ -14,7 +14,7 @@
 
 import { noiseNormal } from './philox';
 import { widen, type DType } from './half';
-import { normalCdf, normalPdf } from './special';
+import { normalCdf } from './special';
 
 export type Strategy = 'top-k' | 'top-p' | 'threshold' | 'entropy' | 'norm' | 'expert-choice';
 
@@ -318,7 +318,7 @@ export class ReferenceRouter {
     stateful: boolean,
   ): RefRouting {
     const o = this.opt;
-    const { E, K } = o;
+    const { E } = o;
     const u = new Float64Array(u0);
     const step = this.step;
     if (o.noise && stateful) {

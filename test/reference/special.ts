@@ -50,8 +50,3 @@ export function normalCdf(z: number): number {
   if (z === -Infinity) return 0;
   return 0.5 * erfc(-z / Math.SQRT2);
 }
-
-/** φ(z), the standard normal density. */
-export function normalPdf(z: number): number {
-  return Math.exp(-0.5 * z * z) / Math.sqrt(2 * Math.PI);
-}
