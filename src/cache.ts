@@ -25,7 +25,7 @@ export interface RoutingCacheOptions {
   mode?: CacheMode;
 }
 
-const CACHE_OPTIONS = optionNames<RoutingCacheOptions>({ maxBytes: true, mode: true });
+export const CACHE_OPTIONS = optionNames<RoutingCacheOptions>({ maxBytes: true, mode: true });
 
 export interface CacheStats {
   mode: CacheMode;

@@ -12,11 +12,11 @@
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { endianness } from 'node:os';
 import path from 'node:path';
-import type { RoutingCacheOptions } from './cache';
+import { CACHE_OPTIONS, type RoutingCacheOptions } from './cache';
 import { modelCard } from './card';
-import { didYouMean, RouterError } from './errors';
-import { FailoverRouter, type BreakerOptions } from './failover';
-import { MonitoredRouter, type AlertThresholds } from './monitor';
+import { didYouMean, RouterError, unknownOptions } from './errors';
+import { BREAKER_OPTIONS, FailoverRouter, type BreakerOptions } from './failover';
+import { ALERT_OPTIONS, MonitoredRouter, type AlertThresholds } from './monitor';
 import { ROUTER_OPTIONS, type RouterOptions } from './options';
 import { randomGate } from './random';
 import { DynamicRouter } from './router';
@@ -260,8 +260,12 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
     else if (!(timeWindow > 0)) problems.push(`rateLimit.timeWindow must be a positive number of ms or a duration like '1 minute' (got ${JSON.stringify(r.timeWindow)})`);
     else rateLimit = { max: r.max, timeWindow };
   }
-  for (const key of ['cache', 'alerts', 'breaker'] as const) {
-    if (raw[key] !== undefined && !isObject(raw[key])) problems.push(`${key} must be an object`);
+  // Their keys as their constructors take them (a breaker's clock is a function: not from JSON).
+  const nested = { cache: CACHE_OPTIONS, alerts: ALERT_OPTIONS, breaker: BREAKER_OPTIONS.filter((k) => k !== 'clock') };
+  for (const [key, known] of Object.entries(nested)) {
+    const value = raw[key];
+    if (value !== undefined && !isObject(value)) problems.push(`${key} must be an object`);
+    else if (value) problems.push(...unknownOptions(value, known).map((line) => `${key}.${line}`));
   }
   if (raw.bodyLimit !== undefined && !positiveInteger(raw.bodyLimit)) problems.push(`bodyLimit must be a positive integer of bytes (got ${JSON.stringify(raw.bodyLimit)})`);
   for (const key of ['name', 'description'] as const) {

@@ -25,7 +25,7 @@ export interface BreakerOptions {
   clock?: () => number;
 }
 
-const BREAKER_OPTIONS = optionNames<BreakerOptions>({ failures: true, openMs: true, halfOpenProbes: true, clock: true });
+export const BREAKER_OPTIONS = optionNames<BreakerOptions>({ failures: true, openMs: true, halfOpenProbes: true, clock: true });
 
 /** Emitted as 'state' on every transition. */
 export interface BreakerEvent {

@@ -35,7 +35,7 @@ export interface AlertThresholds {
   minRequests?: number;
 }
 
-const ALERT_OPTIONS = optionNames<AlertThresholds>({
+export const ALERT_OPTIONS = optionNames<AlertThresholds>({
   p95LatencyMs: true,
   errorRate: true,
   loadBalanceScore: true,

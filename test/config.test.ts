@@ -136,6 +136,11 @@ describe('config problems', () => {
       "rateLimit must be { max: positive integer, timeWindow?: ms or '1 minute' } (got {\"max\":0})",
       'cache must be an object',
     ]);
+    expect(problems({ ...shape, seed: 1, cache: { maxbytes: 5 }, alerts: { errorrate: 0.1 }, breaker: { clock: 1, openMs: 5 } })).toEqual([
+      "cache.maxbytes is unknown (did you mean 'maxBytes'?)",
+      "alerts.errorrate is unknown (did you mean 'errorRate'?)",
+      'breaker.clock is unknown',
+    ]);
     expect(problems({ ...shape })).toEqual(['set either seed (an integer, for a reproducible random gate) or weightFile (raw f32, .npy or .safetensors)']);
     expect(problems({ ...shape, seed: 1, rateLimit: { max: 3, timeWindow: 'soon' } })).toEqual([
       'rateLimit.timeWindow must be a positive number of ms or a duration like \'1 minute\' (got "soon")',
