@@ -1,12 +1,14 @@
 /** The model card: Markdown with YAML front matter (options, backend, stats) describing a router. */
 import { engineVersion } from './engine';
-import { rejectUnknownOptions } from './errors';
+import { optionNames, rejectUnknownOptions } from './errors';
 import type { Routable } from './routable';
 
 export interface ModelCardOptions {
   name?: string;
   description?: string;
 }
+
+const CARD_OPTIONS = optionNames<ModelCardOptions>({ name: true, description: true });
 
 type Yaml = string | number | boolean | null | undefined | readonly Yaml[] | ArrayLike<number> | { [key: string]: Yaml };
 
@@ -39,7 +41,7 @@ function round(value: number, digits = 6): number {
 
 /** The model card of a router; `router.modelCard(options)` calls this. */
 export function modelCard(router: Routable, options: ModelCardOptions = {}): string {
-  rejectUnknownOptions('modelCard option', options, ['name', 'description']);
+  rejectUnknownOptions('modelCard option', options, CARD_OPTIONS);
   const name = options.name ?? `MoE router ${router.numExperts}×${router.inputDim}, top-${router.topK}`;
   const o = router.options;
   const stats = router.stats();

@@ -45,7 +45,7 @@ function main(argv: string[]): number | Promise<number> {
         },
         USAGE,
       );
-      return runServe({ ...flags, apiKey: flags['api-key'], rateLimit: flags['rate-limit'] });
+      return runServe({ port: flags.port, host: flags.host, config: flags.config, apiKey: flags['api-key'], rateLimit: flags['rate-limit'] });
     }
     case 'card':
       process.stdout.write(cardCommand(parseFlags(args, { config: { type: 'string' } }, USAGE).config));

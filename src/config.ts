@@ -27,6 +27,8 @@ const VECTOR_KEYS = ['bias', 'selectionBias'] as const;
 const ROUTER_KEYS = ROUTER_OPTIONS.filter((k) => k !== 'weight' && !(VECTOR_KEYS as readonly string[]).includes(k));
 const SERVICE_KEYS = ['seed', 'weightFile', 'weightTensor', 'rateLimit', 'cache', 'alerts', 'breaker', 'bodyLimit', 'name', 'description'] as const;
 const KNOWN_KEYS: readonly string[] = [...ROUTER_KEYS, ...VECTOR_KEYS, ...SERVICE_KEYS];
+/** The keys of the service's option objects, as their constructors take them (a breaker's clock is a function: not from JSON). */
+const NESTED_KEYS = { cache: CACHE_OPTIONS, alerts: ALERT_OPTIONS, breaker: BREAKER_OPTIONS.filter((k) => k !== 'clock') };
 
 export interface RateLimitConfig {
   /** Requests per client per window. */
@@ -260,9 +262,7 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
     else if (!(timeWindow > 0)) problems.push(`rateLimit.timeWindow must be a positive number of ms or a duration like '1 minute' (got ${JSON.stringify(r.timeWindow)})`);
     else rateLimit = { max: r.max, timeWindow };
   }
-  // Their keys as their constructors take them (a breaker's clock is a function: not from JSON).
-  const nested = { cache: CACHE_OPTIONS, alerts: ALERT_OPTIONS, breaker: BREAKER_OPTIONS.filter((k) => k !== 'clock') };
-  for (const [key, known] of Object.entries(nested)) {
+  for (const [key, known] of Object.entries(NESTED_KEYS)) {
     const value = raw[key];
     if (value !== undefined && !isObject(value)) problems.push(`${key} must be an object`);
     else if (value) problems.push(...unknownOptions(value, known).map((line) => `${key}.${line}`));

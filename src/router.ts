@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events';
 import type { NativeDeviceBuffer, NativeRouter } from './addon-types';
 import { modelCard, type ModelCardOptions } from './card';
-import { native, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
+import { native, optionNames, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
 import { BufferPool } from './pool';
@@ -29,6 +29,8 @@ export interface CalibrateOptions {
   /** The sample holds gate logits [T, numExperts] instead of hidden states. */
   logits?: boolean;
 }
+
+const CALIBRATE_OPTIONS = optionNames<CalibrateOptions>({ meanExperts: true, logits: true });
 
 export interface CalibrateResult {
   /** The parameter set: topP, threshold, or the norm strategy's centre. */
@@ -227,7 +229,7 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
     if (!options || typeof options.meanExperts !== 'number') {
       throw new RouterError('E_CONFIG', 'calibrate needs { meanExperts: number }');
     }
-    rejectUnknownOptions('calibrate option', options, ['meanExperts', 'logits']);
+    rejectUnknownOptions('calibrate option', options, CALIBRATE_OPTIONS);
     const isLogits = options.logits === true;
     const input = this.input(sample, isLogits, 'sample');
     const [parameter, meanExperts] = native(() =>

@@ -1,6 +1,6 @@
 /** Typed tensors: f32 data, or f16/bf16 as raw 16-bit patterns, with a shape. */
 import type { NativeDeviceBuffer } from './addon-types';
-import { native, rejectUnknownOptions, RouterError } from './errors';
+import { native, optionNames, rejectUnknownOptions, RouterError } from './errors';
 import { loadNative } from './native';
 
 export type DType = 'f32' | 'f16' | 'bf16';
@@ -61,6 +61,14 @@ export function f16ToF32(bits: number): number {
   return sign * (1 + mantissa / 1024) * 2 ** (exponent - 15);
 }
 
+/** Tensor.from's options. */
+export interface TensorOptions {
+  /** Default: bf16 for a Uint16Array, f32 otherwise. */
+  dtype?: DType;
+}
+
+const TENSOR_OPTIONS = optionNames<TensorOptions>({ dtype: true });
+
 /** moe_backend code of the CUDA backend. */
 const CUDA_BACKEND = 5;
 
@@ -98,9 +106,9 @@ export class Tensor {
   static from(
     data: Float32Array | Uint16Array | ArrayLike<number>,
     shape: readonly number[],
-    options: { dtype?: DType } = {},
+    options: TensorOptions = {},
   ): Tensor {
-    rejectUnknownOptions('Tensor.from option', options, ['dtype']);
+    rejectUnknownOptions('Tensor.from option', options, TENSOR_OPTIONS);
     const dtype = options.dtype ?? (data instanceof Uint16Array ? 'bf16' : 'f32');
     if (!(dtype in DTYPE_CODE)) {
       throw new RouterError('E_DTYPE', `Tensor dtype must be 'f32', 'f16' or 'bf16' (got '${String(dtype)}')`);
