@@ -101,6 +101,8 @@ export interface NativeRouter {
   resetStats(): void;
   /** The backend that ran the most recent call. */
   backend(): string;
+  /** moe_router_host_bytes: the host memory the router holds; 0 once disposed. */
+  hostBytes(): number;
   /** Set when the most recent call (or the creation) fell back from CUDA to the CPU. */
   lastFallback(): NativeFallback | null;
   /** [topP, threshold] in force. */

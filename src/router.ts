@@ -292,6 +292,16 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
     return this.engine === undefined;
   }
 
+  /**
+   * Host memory the native router holds, in bytes: its packed gate weight, statistics and the scratch
+   * its calls grew (to the largest batch so far; it never shrinks); 0 once disposed. The JavaScript
+   * engine is told the same figure, so that an unreferenced router is collected as promptly as its
+   * size asks; dispose() frees it at once.
+   */
+  get memoryBytes(): number {
+    return this.engine ? this.engine.hostBytes() : 0;
+  }
+
   private live(): NativeRouter {
     if (!this.engine) throw new RouterError('E_DISPOSED', 'this DynamicRouter was disposed');
     return this.engine;

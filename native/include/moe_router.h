@@ -183,6 +183,11 @@ MOE_API moe_status moe_router_create(const moe_router_options *options, const fl
 /* Frees the router. NULL is ignored. */
 MOE_API void moe_router_destroy(moe_router *router);
 
+/* The host memory the router holds, in bytes: its packed weight, statistics and the scratch its calls
+ * grew (to the largest batch so far; it never shrinks). Measured at creation and when a route or
+ * calibrate call ends, so a binding can tell its garbage collector what the router costs. */
+MOE_API int64_t moe_router_host_bytes(const moe_router *router);
+
 /* The backend that ran the router's most recent call (before any call: the one chosen at creation;
  * never AUTO). A CUDA router whose call fell back to the CPU (moe_router_last_fallback) reports the CPU
  * backend until a call runs on CUDA again. */

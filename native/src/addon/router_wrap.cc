@@ -245,9 +245,13 @@ void write_scalars(const RouteCall& call) {
 // waits for it.)
 class RouteWorker : public Napi::AsyncWorker {
  public:
-  RouteWorker(Napi::Env env, RouterHandle router, const RouteCall& call, const Napi::CallbackInfo& info,
-              napi_deferred deferred)
-      : Napi::AsyncWorker(env, "moe-router:route"), router_(std::move(router)), call_(call), deferred_(deferred) {
+  RouteWorker(Napi::Env env, RouterHandle router, std::shared_ptr<MemoryReport> memory, const RouteCall& call,
+              const Napi::CallbackInfo& info, napi_deferred deferred)
+      : Napi::AsyncWorker(env, "moe-router:route"),
+        router_(std::move(router)),
+        memory_(std::move(memory)),
+        call_(call),
+        deferred_(deferred) {
     for (size_t i = 0; i < 5; ++i)
       if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
   }
@@ -255,6 +259,7 @@ class RouteWorker : public Napi::AsyncWorker {
   void Execute() override { status_ = run_route(router_.get(), &call_, &error_); }
 
   void OnOK() override {
+    memory_->update(Env(), router_.get());
     if (status_ != MOE_OK) {
       napi_reject_deferred(Env(), deferred_, make_error(Env(), status_, error_.message).Value());
       return;
@@ -267,6 +272,7 @@ class RouteWorker : public Napi::AsyncWorker {
 
  private:
   RouterHandle router_;
+  std::shared_ptr<MemoryReport> memory_;
   RouteCall call_;
   napi_deferred deferred_;
   std::vector<Napi::ObjectReference> keep_;
@@ -275,6 +281,20 @@ class RouteWorker : public Napi::AsyncWorker {
 };
 
 }  // namespace
+
+void MemoryReport::update(napi_env env, const moe_router* router) {
+  if (closed_) return;
+  const int64_t now = moe_router_host_bytes(router);
+  int64_t total = 0;
+  if (now != reported_ && napi_adjust_external_memory(env, now - reported_, &total) == napi_ok) reported_ = now;
+}
+
+void MemoryReport::close(napi_env env) {
+  int64_t total = 0;
+  if (!closed_ && reported_ != 0) napi_adjust_external_memory(env, -reported_, &total);
+  reported_ = 0;
+  closed_ = true;
+}
 
 // The addon's per-environment state: the NativeDeviceBuffer class, to recognize its instances.
 struct AddonData {
@@ -358,6 +378,7 @@ Napi::Function RouterWrap::Define(Napi::Env env) {
                       InstanceMethod<&RouterWrap::Stats>("stats"),
                       InstanceMethod<&RouterWrap::ResetStats>("resetStats"),
                       InstanceMethod<&RouterWrap::Backend>("backend"),
+                      InstanceMethod<&RouterWrap::HostBytes>("hostBytes"),
                       InstanceMethod<&RouterWrap::LastFallback>("lastFallback"),
                       InstanceMethod<&RouterWrap::Parameters>("parameters"),
                       InstanceMethod<&RouterWrap::OutputLayoutOf>("outputLayout"),
@@ -388,6 +409,7 @@ RouterWrap::RouterWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Router
     return;
   }
   router_ = RouterHandle(router, moe_router_destroy);
+  memory_->update(env, router);
 }
 
 moe_router* RouterWrap::Live(Napi::Env env) {
@@ -404,7 +426,9 @@ Napi::Value RouterWrap::Route(const Napi::CallbackInfo& info) {
   RouteCall call;
   if (!router || !parse_route(info, router, &call)) return env.Undefined();
   moe_error err{};
-  if (run_route(router, &call, &err) != MOE_OK) {
+  const moe_status status = run_route(router, &call, &err);
+  memory_->update(env, router);  // (a failed call may have grown the scratch too)
+  if (status != MOE_OK) {
     make_error(env, err.code, err.message).ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -423,7 +447,7 @@ Napi::Value RouterWrap::RouteAsync(const Napi::CallbackInfo& info) {
   napi_deferred deferred = nullptr;
   napi_value promise = nullptr;
   if (napi_create_promise(env, &deferred, &promise) != napi_ok) return env.Undefined();
-  (new RouteWorker(env, router_, call, info, deferred))->Queue();
+  (new RouteWorker(env, router_, memory_, call, info, deferred))->Queue();
   return Napi::Value(env, promise);
 }
 
@@ -445,8 +469,10 @@ Napi::Value RouterWrap::Calibrate(const Napi::CallbackInfo& info) {
     return env.Undefined();
   double parameter = 0, reached = 0;
   moe_error err{};
-  if (moe_router_calibrate(router, sample.data, dtype, tokens, is_logits ? 1 : 0, target, &parameter,
-                           &reached, &err) != MOE_OK) {
+  const moe_status status = moe_router_calibrate(router, sample.data, dtype, tokens, is_logits ? 1 : 0, target,
+                                                 &parameter, &reached, &err);
+  memory_->update(env, router);
+  if (status != MOE_OK) {
     make_error(env, err.code, err.message).ThrowAsJavaScriptException();
     return env.Undefined();
   }
@@ -583,9 +609,16 @@ Napi::Value RouterWrap::OutputLayoutOf(const Napi::CallbackInfo& info) {
   return result;
 }
 
+Napi::Value RouterWrap::HostBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), router_ ? static_cast<double>(moe_router_host_bytes(router_.get())) : 0.0);
+}
+
 Napi::Value RouterWrap::Dispose(const Napi::CallbackInfo& info) {
   router_.reset();  // a route still running on a worker keeps its own reference
+  memory_->close(info.Env());
   return info.Env().Undefined();
 }
+
+void RouterWrap::Finalize(Napi::BasicEnv env) { memory_->close(env); }
 
 }  // namespace moe_addon

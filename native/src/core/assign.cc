@@ -218,6 +218,13 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 
 }  // namespace
 
+int64_t Workspace::host_bytes() const {
+  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, order, slot_score,
+                        slot_logit, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+                        full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
+                        loss_entropy_, p_sum_, invalid_);
+}
+
 const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
   const int64_t T = p.tokens, K = c.K, E = c.E;
   stage_ = TokenStage{};

@@ -25,6 +25,8 @@ class Workspace {
   // Sizes every buffer the params ask for and returns the token stage's view of them.
   const TokenStage& prepare(const Config& config, const StageParams& params);
   const TokenStage& stage() const { return stage_; }
+  // The bytes its buffers hold.
+  int64_t host_bytes() const;
 
   std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token
   std::vector<int64_t> counts_before_valid;  // [E] the same over valid tokens (aux loss)

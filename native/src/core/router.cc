@@ -1,6 +1,7 @@
 // The C ABI (native/include/moe_router.h): argument checks, the router object, and the one place
 // where engine exceptions become status codes.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -16,6 +17,7 @@
 #include "failure.h"
 #include "half.h"
 #include "moe_router.h"
+#include "scratch.h"
 
 struct moe_device_buffer {
   void* data = nullptr;
@@ -50,6 +52,9 @@ struct moe_router {
   moe::Workspace workspace;
   std::vector<float> bias_snapshot;  // the selection bias a running call uses
   moe::KParams k_snapshot;           // the strategy parameters a running fused call uses
+
+  // The host memory held (moe_router_host_bytes), measured when a call releases compute_mutex.
+  std::atomic<int64_t> host_bytes{0};
 
   // compute_mutex serializes route and calibrate (they share the workspace) and is held for a whole
   // call. state_mutex guards the small mutable state above (step, parameters, selection bias,
@@ -131,6 +136,31 @@ void check_outputs(const moe_router* r, int64_t tokens, const moe_route_outputs*
            static_cast<long long>(need), static_cast<long long>(out->dispatch_capacity));
   }
 }
+
+// The host memory a router holds: itself, its weights and statistics, and the scratch its backends and
+// workspace grew to.
+int64_t measure_host_bytes(const moe_router* r) {
+  int64_t bytes = static_cast<int64_t>(sizeof(moe_router)) +
+                  moe::capacity_bytes(r->packed_weight, r->bias, r->selection_bias, r->fallback_weight,
+                                      r->host_input, r->expert_total, r->k_histogram, r->bias_snapshot) +
+                  r->workspace.host_bytes() + r->backend->host_bytes();
+  if (r->fallback) bytes += r->fallback->host_bytes();
+  return bytes;
+}
+
+// Holds compute_mutex for a call and, when the call ends (returning or failing), records the memory
+// the router holds then: a call is where its scratch grows.
+class ComputeCall {
+ public:
+  explicit ComputeCall(moe_router* r) : r_(r), lock_(r->compute_mutex) {}
+  ~ComputeCall() { r_->host_bytes.store(measure_host_bytes(r_), std::memory_order_relaxed); }
+  ComputeCall(const ComputeCall&) = delete;
+  ComputeCall& operator=(const ComputeCall&) = delete;
+
+ private:
+  moe_router* r_;
+  std::lock_guard<std::mutex> lock_;
+};
 
 // The token stage of one call, with what this router's strategy and options need. Takes a snapshot
 // of the mutable state; call with compute_mutex held. With `out`, the backend may fuse the
@@ -287,7 +317,7 @@ void route_on(moe_router* r, moe::Backend& backend, const std::vector<float>& we
 void route_checked(moe_router* r, const void* input, bool on_device, moe_dtype dtype, int64_t tokens,
                    bool is_logits, moe_route_outputs* out) {
   check_outputs(r, tokens, out);
-  std::lock_guard<std::mutex> compute(r->compute_mutex);
+  ComputeCall call(r);
   moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
   p.input_on_device = on_device;
   with_fallback(r, p, [&](moe::Backend& backend, const std::vector<float>& weight, const moe::StageParams& q) {
@@ -423,11 +453,16 @@ moe_status moe_router_create(const moe_router_options* options, const float* wei
     r->k_params.threshold = c.options.threshold;
     r->expert_total.assign(c.E, 0);
     r->k_histogram.assign(c.K + 1, 0);
+    r->host_bytes = measure_host_bytes(r.get());
     *out = r.release();
   });
 }
 
 void moe_router_destroy(moe_router* router) { delete router; }
+
+int64_t moe_router_host_bytes(const moe_router* router) {
+  return router->host_bytes.load(std::memory_order_relaxed);
+}
 
 moe_backend moe_router_backend(const moe_router* router) {
   std::lock_guard<std::mutex> lock(router->state_mutex);
@@ -553,7 +588,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
            target);
     if (tokens < 1) fail(MOE_E_SHAPE, "sample must have at least one row (got 0)");
 
-    std::lock_guard<std::mutex> compute(r->compute_mutex);
+    ComputeCall call(r);
     moe::StageParams p = stage_params(r, sample, dtype, tokens, is_logits != 0, nullptr);
     p.noise = false;
     p.want_losses = false;

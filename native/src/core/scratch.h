@@ -26,4 +26,11 @@ T* zeroed(std::vector<T>& v, int64_t n) {
   return p;
 }
 
+// The bytes the vectors hold (their capacities): what a router reports of its memory
+// (moe_router_host_bytes).
+template <typename... T>
+int64_t capacity_bytes(const std::vector<T>&... v) {
+  return (int64_t{0} + ... + static_cast<int64_t>(v.capacity() * sizeof(T)));
+}
+
 }  // namespace moe

@@ -27,6 +27,7 @@
 #include "../core/assign.h"
 #include "../core/failure.h"
 #include "../core/half.h"
+#include "../core/scratch.h"
 #include "cuda.h"
 #include "kernels.cuh"
 #include "params.cuh"
@@ -132,6 +133,12 @@ class CudaBackend final : public Backend {
   // CPU fallback packs its own from it.
   std::vector<float> pack_weight(const float* weight, int experts, int dim) const override {
     return std::vector<float>(weight, weight + static_cast<int64_t>(experts) * dim);
+  }
+
+  // The pinned staging and output mirrors (device memory is not host memory).
+  int64_t host_bytes() const override {
+    return capacity_bytes(uploaded_selection_bias_) + selection_staging_.bytes() + staging_[0].bytes() +
+           staging_[1].bytes() + host_outputs_.bytes();
   }
 
   void token_stage(const StageParams& p, const TokenStage& out) override;

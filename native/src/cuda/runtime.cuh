@@ -89,6 +89,7 @@ class PinnedArray {
     capacity_ = n;
   }
   T* get() const { return data_; }
+  int64_t bytes() const { return static_cast<int64_t>(capacity_ * sizeof(T)); }
 
  private:
   T* data_ = nullptr;

@@ -10,6 +10,7 @@
 #include "../core/half.h"
 #include "../core/philox.h"
 #include "../core/row_select.h"
+#include "../core/scratch.h"
 #include "scalar.h"
 
 namespace moe {
@@ -24,6 +25,10 @@ class ScalarBackend final : public Backend {
 
   std::vector<float> pack_weight(const float* weight, int experts, int dim) const override {
     return std::vector<float>(weight, weight + static_cast<int64_t>(experts) * dim);
+  }
+
+  int64_t host_bytes() const override {
+    return capacity_bytes(row_, u_, s_, key_, top_, prob_, group_score_, order_, group_order_);
   }
 
   void token_stage(const StageParams& p, const TokenStage& out) override {
@@ -120,8 +125,7 @@ class ScalarBackend final : public Backend {
 
   std::vector<float> row_, u_, s_, key_, top_;
   std::vector<double> prob_, group_score_;
-  std::vector<int32_t> order_, group_order_;
-};
+  std::vector<int32_t> order_, group_order_;};
 
 }  // namespace
 

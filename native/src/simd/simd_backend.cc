@@ -65,6 +65,11 @@ struct ThreadScratch {
   std::vector<double> group_score;
   std::vector<int32_t> group_order, order;
   std::vector<int64_t> counts, counts_valid, k_histogram;  // fused sums (integers: order-free)
+
+  int64_t host_bytes() const {
+    return capacity_bytes(u, widened, row, loss, group_score, group_order, order, counts, counts_valid,
+                          k_histogram);
+  }
 };
 
 class SimdBackend final : public Backend {
@@ -74,6 +79,12 @@ class SimdBackend final : public Backend {
 
   moe_backend kind() const override { return k_.kind; }
   bool fuses_assignment() const override { return true; }
+
+  int64_t host_bytes() const override {
+    int64_t bytes = capacity_bytes(scratch_, chunk_p_sum_);
+    for (const ThreadScratch& s : scratch_) bytes += s.host_bytes();
+    return bytes;
+  }
 
   std::vector<float> pack_weight(const float* weight, int experts, int dim) const override {
     const GateShape& g = k_.shape;
