@@ -71,3 +71,8 @@ export function rejectUnknownOptions(what: string, given: unknown, known: readon
   const lines = unknownOptions(given, known);
   if (lines.length > 0) throw new RouterError('E_CONFIG', lines.map((line) => `${what} ${line}`).join('\n'));
 }
+
+/** A value's kind for an error message: its class name (Float64Array, Array, Number), or null/undefined. */
+export function kindOf(value: unknown): string {
+  return value === null ? 'null' : ((value as object)?.constructor?.name ?? typeof value);
+}

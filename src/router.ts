@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events';
 import type { NativeDeviceBuffer, NativeRouter } from './addon-types';
 import { modelCard, type ModelCardOptions } from './card';
-import { native, optionNames, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
+import { kindOf, native, optionNames, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
 import { loadNative } from './native';
 import { toNativeOptions, type RouterOptions } from './options';
 import { BufferPool } from './pool';
@@ -80,8 +80,7 @@ function prepareInput(input: Input, width: number, name: string, widthName: stri
     };
   }
   if (!(input instanceof Float32Array)) {
-    const got = input === null ? 'null' : ((input as object)?.constructor?.name ?? typeof input);
-    throw new RouterError('E_DTYPE', `${name} must be a Float32Array or a Tensor (got ${got}); f16/bf16 data goes through Tensor.from(data, shape, { dtype })`);
+    throw new RouterError('E_DTYPE', `${name} must be a Float32Array or a Tensor (got ${kindOf(input)}); f16/bf16 data goes through Tensor.from(data, shape, { dtype })`);
   }
   if (input.length % width !== 0) {
     throw new RouterError('E_SHAPE', `${name} length must be a multiple of ${widthName} = ${width} (got ${input.length})`);

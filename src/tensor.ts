@@ -1,6 +1,6 @@
 /** Typed tensors: f32 data, or f16/bf16 as raw 16-bit patterns, with a shape. */
 import type { NativeDeviceBuffer } from './addon-types';
-import { native, optionNames, rejectUnknownOptions, RouterError } from './errors';
+import { kindOf, native, optionNames, rejectUnknownOptions, RouterError } from './errors';
 import { loadNative } from './native';
 
 export type DType = 'f32' | 'f16' | 'bf16';
@@ -12,6 +12,12 @@ export const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
+
+/** An Array or a typed array of numbers (not bigints): what Tensor.from reads values from. */
+function isNumberArray(data: unknown): boolean {
+  if (Array.isArray(data)) return true;
+  return ArrayBuffer.isView(data) && !(data instanceof DataView) && !(data instanceof BigInt64Array) && !(data instanceof BigUint64Array);
+}
 
 /** Rounds an f32 to the nearest bf16 (ties to even), returning its bits. */
 export function f32ToBf16(value: number): number {
@@ -109,6 +115,9 @@ export class Tensor {
     options: TensorOptions = {},
   ): Tensor {
     rejectUnknownOptions('Tensor.from option', options, TENSOR_OPTIONS);
+    if (!isNumberArray(data)) {
+      throw new RouterError('E_DTYPE', `Tensor data must be a Float32Array, a Uint16Array of f16/bf16 bits or an array of numbers (got ${kindOf(data)})`);
+    }
     const dtype = options.dtype ?? (data instanceof Uint16Array ? 'bf16' : 'f32');
     if (!(dtype in DTYPE_CODE)) {
       throw new RouterError('E_DTYPE', `Tensor dtype must be 'f32', 'f16' or 'bf16' (got '${String(dtype)}')`);

@@ -203,6 +203,16 @@ describe('E_SHAPE: wrong length or shape', () => {
     expectCode(() => Tensor.from(new Uint16Array(7), [2, 3], { dtype: 'f16' }), 'E_SHAPE');
   });
 
+  it('Tensor.from names data that holds no numbers, instead of reading its length', () => {
+    // (null threw a TypeError; a number was "data has undefined elements")
+    for (const [data, kind] of [[null, 'null'], [undefined, 'undefined'], [6, 'Number'], ['abcdef', 'String'],
+      [{ length: 6 }, 'Object'], [new BigInt64Array(6), 'BigInt64Array'], [new DataView(new ArrayBuffer(24)), 'DataView']] as const) {
+      expectCode(() => Tensor.from(data as any, [2, 3]), 'E_DTYPE', /Tensor data must be/, new RegExp(`got ${kind}\\)`));
+    }
+    expect(Tensor.from(new Float64Array(6), [2, 3]).data).toEqual(new Float32Array(6));
+    expect(Tensor.from([1, 2, 3, 4, 5, 6], [2, 3], { dtype: 'bf16' }).dtype).toBe('bf16');
+  });
+
   it('calibrate sample and updateBias counts', () => {
     const p = make({ strategy: 'top-p', topP: 0.5 });
     expectCode(() => p.calibrate(new Float32Array(4), { meanExperts: 1.5 }), 'E_SHAPE', /sample/, /3/, /4/);
