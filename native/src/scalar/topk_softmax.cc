@@ -125,7 +125,8 @@ class ScalarBackend final : public Backend {
 
   std::vector<float> row_, u_, s_, key_, top_;
   std::vector<double> prob_, group_score_;
-  std::vector<int32_t> order_, group_order_;};
+  std::vector<int32_t> order_, group_order_;
+};
 
 }  // namespace
 
