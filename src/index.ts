@@ -3,7 +3,7 @@ export type { RouterStats, CalibrateOptions, CalibrateResult, FallbackInfo, Rout
 export { Routing } from './routing';
 export type { Dispatch } from './routing';
 export { Tensor, f32ToBf16, f32ToF16, bf16ToF32, f16ToF32 } from './tensor';
-export type { DType, Device, TensorData, TensorOptions } from './tensor';
+export type { DType, Device, NumberArray, TensorData, TensorOptions } from './tensor';
 export { BufferPool } from './pool';
 export { RouterError, ERROR_CODES } from './errors';
 export type { ErrorCode } from './errors';

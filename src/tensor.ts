@@ -13,8 +13,20 @@ export const DTYPE_CODE: Record<DType, number> = { f32: 0, f16: 1, bf16: 2 };
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
-/** An Array or a typed array of numbers (not bigints): what Tensor.from reads values from. */
-function isNumberArray(data: unknown): boolean {
+/** What Tensor.from reads values from: an Array or a typed array of numbers (not bigints). */
+export type NumberArray =
+  | readonly number[]
+  | Float32Array
+  | Float64Array
+  | Int8Array
+  | Uint8Array
+  | Uint8ClampedArray
+  | Int16Array
+  | Uint16Array
+  | Int32Array
+  | Uint32Array;
+
+function isNumberArray(data: unknown): data is NumberArray {
   if (Array.isArray(data)) return true;
   return ArrayBuffer.isView(data) && !(data instanceof DataView) && !(data instanceof BigInt64Array) && !(data instanceof BigUint64Array);
 }
@@ -110,7 +122,7 @@ export class Tensor {
    * bits; a Float32Array or number[] given with dtype f16/bf16 is rounded to it (nearest, ties to even).
    */
   static from(
-    data: Float32Array | Uint16Array | ArrayLike<number>,
+    data: NumberArray,
     shape: readonly number[],
     options: TensorOptions = {},
   ): Tensor {
@@ -139,7 +151,7 @@ export class Tensor {
       typed = data;
     } else {
       const round = dtype === 'f16' ? f32ToF16 : f32ToBf16;
-      typed = Uint16Array.from(data as ArrayLike<number>, (v) => round(v));
+      typed = Uint16Array.from(data, (v) => round(v));
     }
     return new Tensor(typed, shape, dtype);
   }
