@@ -5,7 +5,8 @@ import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DynamicRouter, RouterError, Tensor, f32ToBf16 } from '../src/index';
-import { normalGenerator, randomGate } from '../src/random';
+import { randomGate } from '../src/random';
+import { randomRows } from './helpers/rows';
 
 const D = 24;
 const E = 12;
@@ -13,11 +14,6 @@ const K = 3;
 
 function makeRouter(extra: Record<string, unknown> = {}): DynamicRouter {
   return new DynamicRouter({ inputDim: D, numExperts: E, topK: K, weight: randomGate(E, D, 1), losses: true, dispatch: true, ...extra });
-}
-
-function randomRows(tokens: number, width: number, seed: number): Float32Array {
-  const normal = normalGenerator(seed);
-  return Float32Array.from({ length: tokens * width }, () => normal());
 }
 
 function snapshot(r: ReturnType<DynamicRouter['route']>) {

@@ -6,18 +6,14 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DynamicRouter } from '../src/index';
-import { normalGenerator, randomGate } from '../src/random';
+import { randomGate } from '../src/random';
 import { engine, root } from './helpers/private-build';
+import { randomRows } from './helpers/rows';
 
 const D = 256;
 const E = 64;
 const K = 8;
 const WEIGHT_BYTES = E * D * 4;
-
-function rows(tokens: number): Float32Array {
-  const normal = normalGenerator(tokens);
-  return Float32Array.from({ length: tokens * D }, () => normal());
-}
 
 describe('memoryBytes', () => {
   for (const backend of ['scalar', 'auto'] as const) {
@@ -27,10 +23,10 @@ describe('memoryBytes', () => {
       expect(created).toBeGreaterThanOrEqual(WEIGHT_BYTES);
       expect(created).toBeLessThan(WEIGHT_BYTES + 16 * 1024);
 
-      router.route(rows(512)).release();
+      router.route(randomRows(512, D, 512)).release();
       const grown = router.memoryBytes;
       expect(grown).toBeGreaterThan(created);
-      router.route(rows(3)).release();
+      router.route(randomRows(3, D, 3)).release();
       expect(router.memoryBytes).toBe(grown);
 
       router.dispose();
@@ -41,7 +37,7 @@ describe('memoryBytes', () => {
   it('counts what an async route grew once it settles', async () => {
     const router = new DynamicRouter({ inputDim: D, numExperts: E, topK: K, weight: randomGate(E, D, 4) });
     const created = router.memoryBytes;
-    (await router.routeAsync(rows(256))).release();
+    (await router.routeAsync(randomRows(256, D, 256))).release();
     expect(router.memoryBytes).toBeGreaterThan(created);
     router.dispose();
   });
