@@ -25,7 +25,7 @@ class Workspace {
   // Sizes every buffer the params ask for and returns the token stage's view of them.
   const TokenStage& prepare(const Config& config, const StageParams& params);
   const TokenStage& stage() const { return stage_; }
-  // The bytes its buffers hold.
+  // The bytes its buffers hold (it lists every one: a buffer added below goes there too).
   int64_t host_bytes() const;
 
   std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token

@@ -93,7 +93,8 @@ class Backend {
   }
   // Writes the outputs of the last successful run_route into out. Cannot fail.
   virtual void write_route(moe_route_outputs* out) { (void)out; }
-  // The host memory its scratch holds (bytes), grown to the largest call so far.
+  // The host memory its scratch holds (bytes), grown to the largest call so far; each backend lists
+  // its buffers, so one it adds goes into that list too.
   virtual int64_t host_bytes() const { return 0; }
   // Device timings of the last call, when the router's options ask for them (CUDA).
   virtual bool timing(moe_router_timing* out) const {
