@@ -26,6 +26,8 @@ export function loadNative(): NativeAddon {
             `(in ${path.join(packageRoot, 'build', 'Release')}) could be loaded; the original error below says why.`,
         'To build it from source:',
         '  - install CMake >= 3.18 and a C++17 compiler (Debian/Ubuntu: apt-get install cmake g++),',
+        "  - allow the package's install script, which does the build (npm 12 skips the scripts a project has",
+        '    not allowed): npm install-scripts approve dynamic-moe-router (npm >= 11.16),',
         '  - then run: npm rebuild dynamic-moe-router',
         `Original error: ${reason}`,
       ].join('\n'),

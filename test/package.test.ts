@@ -3,7 +3,7 @@
 // scripts and without them), runs its CLI and routes as this checkout's build does. npm resolves the
 // package's dependencies from its cache, which this checkout's own install filled.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -127,6 +127,24 @@ describe('the npm package', () => {
     });
     expect(failed.status).toBe(1);
     expect(failed.stderr).toMatch(/Could not load the dynamic-moe-router native engine/);
+    expect(failed.stderr).toMatch(/npm install-scripts approve dynamic-moe-router/);
     expect(failed.stderr).toMatch(/npm rebuild dynamic-moe-router/);
   }, 180_000);
+});
+
+describe("this checkout's install", () => {
+  // npm 12 runs a dependency's install script only when the root package.json's allowScripts allows it
+  // (npm 11.16 and later apply a denial already): each dependency the lockfile says has one is listed,
+  // and onnxruntime-node's, which would download CUDA libraries from outside the npm registry, denied.
+  it('reviews every dependency install script and denies the one that downloads', () => {
+    const read = (file: string) => JSON.parse(readFileSync(path.join(root, file), 'utf8'));
+    const lock = read('package-lock.json') as { packages: Record<string, { hasInstallScript?: boolean }> };
+    const withScripts = Object.entries(lock.packages)
+      .filter(([where, entry]) => where !== '' && entry.hasInstallScript)
+      .map(([where]) => where.slice(where.lastIndexOf('node_modules/') + 'node_modules/'.length));
+    const { allowScripts } = read('package.json') as { allowScripts: Record<string, boolean> };
+    expect(withScripts).toContain('onnxruntime-node');
+    expect(Object.keys(allowScripts).sort()).toEqual([...new Set(withScripts)].sort());
+    expect(allowScripts['onnxruntime-node']).toBe(false);
+  });
 });
