@@ -76,3 +76,54 @@ export function rejectUnknownOptions(what: string, given: unknown, known: readon
 export function kindOf(value: unknown): string {
   return value === null ? 'null' : ((value as object)?.constructor?.name ?? typeof value);
 }
+
+/** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
+export function shown(value: unknown): string {
+  return typeof value === 'number' ? String(value) : JSON.stringify(value);
+}
+
+/**
+ * The problems of one options object, a line each, so that one E_CONFIG names them all (the router's
+ * engine then lists its range problems the same way). Each reader notes what is wrong and returns a
+ * stand-in (NaN for a number, which no later check takes for a second problem), so that the rest of
+ * the object is still read. `error` makes the error raise() throws (a RouterError by default).
+ */
+export class OptionProblems {
+  private readonly lines: string[] = [];
+
+  constructor(private readonly error: (message: string) => Error = (message) => new RouterError('E_CONFIG', message)) {}
+
+  note(line: string): void {
+    this.lines.push(`option ${line}`);
+  }
+
+  pick<T extends string>(name: string, value: T | undefined, allowed: readonly T[], fallback: T): number {
+    const index = allowed.indexOf(value ?? fallback);
+    if (index >= 0) return index;
+    this.note(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${shown(value)})`);
+    return 0;
+  }
+
+  integer(name: string, value: number | undefined, fallback: number): number {
+    const v = value ?? fallback;
+    if (typeof v === 'number' && Number.isInteger(v)) return v;
+    this.note(`${name} must be an integer (got ${shown(value)})`);
+    return NaN;
+  }
+
+  real(name: string, value: number | undefined, fallback: number): number {
+    const v = value ?? fallback;
+    if (typeof v === 'number' && !Number.isNaN(v)) return v;
+    this.note(`${name} must be a number (got ${shown(value)})`);
+    return NaN;
+  }
+
+  boolean(name: string, value: unknown): void {
+    if (value !== undefined && typeof value !== 'boolean') this.note(`${name} must be a boolean (got ${shown(value)})`);
+  }
+
+  /** Throws the error listing every problem noted, if there is one. */
+  raise(): void {
+    if (this.lines.length > 0) throw this.error(this.lines.join('\n'));
+  }
+}

@@ -1,6 +1,6 @@
 /** DynamicRouter options (API.md) and their translation to the engine's numeric options. */
 import type { NativeOptions } from './addon-types';
-import { optionNames, RouterError, unknownOptions } from './errors';
+import { OptionProblems, optionNames, RouterError, shown, unknownOptions } from './errors';
 import type { Tensor } from './tensor';
 
 export const STRATEGIES = ['top-k', 'top-p', 'threshold', 'entropy', 'norm', 'expert-choice'] as const;
@@ -85,55 +85,6 @@ export const ROUTER_OPTIONS = optionNames<RouterOptions>({
   backend: true,
   exactF32: true,
 });
-
-/** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
-function shown(value: unknown): string {
-  return typeof value === 'number' ? String(value) : JSON.stringify(value);
-}
-
-/**
- * The type problems of one options object, a line each, so that one E_CONFIG names them all (the
- * engine then lists its range problems the same way). Each reader notes what is wrong and returns a
- * stand-in (NaN for a number, which no later check takes for a second problem), so that the rest of
- * the object is still read.
- */
-class OptionProblems {
-  private readonly lines: string[] = [];
-
-  note(line: string): void {
-    this.lines.push(`option ${line}`);
-  }
-
-  pick<T extends string>(name: string, value: T | undefined, allowed: readonly T[], fallback: T): number {
-    const index = allowed.indexOf(value ?? fallback);
-    if (index >= 0) return index;
-    this.note(`${name} must be one of ${allowed.map((a) => `'${a}'`).join(', ')} (got ${shown(value)})`);
-    return 0;
-  }
-
-  integer(name: string, value: number | undefined, fallback: number): number {
-    const v = value ?? fallback;
-    if (typeof v === 'number' && Number.isInteger(v)) return v;
-    this.note(`${name} must be an integer (got ${shown(value)})`);
-    return NaN;
-  }
-
-  real(name: string, value: number | undefined, fallback: number): number {
-    const v = value ?? fallback;
-    if (typeof v === 'number' && !Number.isNaN(v)) return v;
-    this.note(`${name} must be a number (got ${shown(value)})`);
-    return NaN;
-  }
-
-  boolean(name: string, value: unknown): void {
-    if (value !== undefined && typeof value !== 'boolean') this.note(`${name} must be a boolean (got ${shown(value)})`);
-  }
-
-  /** Throws E_CONFIG listing every problem noted, if there is one. */
-  raise(): void {
-    if (this.lines.length > 0) throw new RouterError('E_CONFIG', this.lines.join('\n'));
-  }
-}
 
 /**
  * Checks the option types and maps names to engine codes; the engine checks the ranges. Throws

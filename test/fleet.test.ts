@@ -1,6 +1,7 @@
 // ModelFleet against scripted endpoints: balancers, breakers (on an injected clock), retries and their
 // budget, tier failover, deadlines, zero-downtime replace, health.
 import { describe, expect, it } from 'vitest';
+import { TimeWindow } from '../src/fleet/breaker';
 import { FleetError, ModelFleet, type Endpoint } from '../src/fleet/index';
 
 type Req = { n: number };
@@ -35,6 +36,20 @@ class Clock {
   now = () => this.t;
 }
 
+/** An endpoint whose calls each wait until the test settles them (calls[i].resolve / .reject). */
+function controlled(id: string) {
+  const calls: { resolve(value: string): void; reject(error: Error): void }[] = [];
+  const e: Endpoint<Req, string> & { calls: typeof calls } = {
+    id,
+    calls,
+    invoke: () => new Promise<string>((resolve, reject) => calls.push({ resolve, reject })),
+  };
+  return e;
+}
+
+const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
+const never: Endpoint<Req, string> = { id: 'never', invoke: () => new Promise<string>(() => undefined) };
+
 describe('balancers', () => {
   it('round-robin cycles through the tier', async () => {
     const fleet = new ModelFleet({ tiers: [{ name: 'fast', endpoints: [endpoint('a'), endpoint('b'), endpoint('c')] }] });
@@ -67,6 +82,13 @@ describe('balancers', () => {
     const seen = [];
     for (let i = 0; i < 4; i++) seen.push((await fleet.invoke({ n: i })).endpoint);
     expect(seen).toEqual(['quick', 'quick', 'quick', 'quick']);
+  });
+
+  it('latency does not prefer an endpoint that has only failed', async () => {
+    const bad = endpoint('bad', { fail: true });
+    const fleet = new ModelFleet({ balancer: 'latency', breaker: { minRequests: 1000 }, tiers: [{ name: 't', endpoints: [endpoint('good'), bad] }] });
+    for (let i = 0; i < 10; i++) expect((await fleet.invoke({ n: i })).endpoint).toBe('good');
+    expect(bad.calls).toBe(1); // tried once while unmeasured, then last
   });
 
   it('health prefers the endpoint with fewer recent failures', async () => {
@@ -110,7 +132,26 @@ describe('failures', () => {
     expect((await fleet.invoke({ n: 3 })).tier).toBe('small');
     expect((await fleet.invoke({ n: 30 })).tier).toBe('large');
     const broken = new ModelFleet({ classify: () => 5, tiers: [{ name: 'x', endpoints: [endpoint('x')] }] });
-    await expect(broken.invoke({ n: 0 })).rejects.toMatchObject({ code: 'E_CONFIG' });
+    await expect(broken.invoke({ n: 0 })).rejects.toMatchObject({ code: 'E_CLASSIFY' });
+    const nan = new ModelFleet({ classify: () => NaN, tiers: [{ name: 'x', endpoints: [endpoint('x')] }] });
+    await expect(nan.invoke({ n: 0 })).rejects.toThrow('classify returned NaN');
+  });
+
+  it('turns a classify that throws into E_CLASSIFY, with its error as the cause', async () => {
+    const boom = new Error('boom');
+    for (const classify of [() => { throw boom; }, () => Promise.reject(boom)]) {
+      const fleet = new ModelFleet({ classify, tiers: [{ name: 'x', endpoints: [endpoint('x')] }] });
+      const error = await fleet.invoke({ n: 0 }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(FleetError);
+      expect(error).toMatchObject({ code: 'E_CLASSIFY', attempts: 0, cause: boom, message: 'classify threw: boom' });
+    }
+  });
+
+  it('holds a classify that never answers to the deadline', async () => {
+    const x = endpoint('x');
+    const fleet = new ModelFleet({ deadlineMs: 20, classify: () => new Promise<number>(() => undefined), tiers: [{ name: 'x', endpoints: [x] }] });
+    await expect(fleet.invoke({ n: 0 })).rejects.toMatchObject({ code: 'E_DEADLINE', attempts: 0 });
+    expect(x.calls).toBe(0);
   });
 
   it('gives up with E_UNAVAILABLE after the allowed attempts', async () => {
@@ -129,12 +170,26 @@ describe('failures', () => {
     const calls = endpoints.reduce((sum, e) => sum + e.calls, 0);
     // 50 first attempts, and retries of at most max(3, 10% of the requests in the window) = 5.
     expect(calls).toBe(55);
+    const none = [endpoint('a', { fail: true }), endpoint('b', { fail: true })];
+    const noRetries = new ModelFleet({ retry: { attempts: 2, budgetPercent: 0 }, breaker: { minRequests: 1000 }, tiers: [{ name: 't', endpoints: none }] });
+    for (let i = 0; i < 10; i++) await noRetries.invoke({ n: i }).catch(() => undefined);
+    expect(none.reduce((sum, e) => sum + e.calls, 0)).toBe(10);
   });
 
   it('enforces the deadline even on an endpoint that ignores its signal', async () => {
     const stubborn: Endpoint<Req, string> = { id: 'stubborn', invoke: () => new Promise((resolve) => setTimeout(() => resolve('late'), 200)) };
     const fleet = new ModelFleet({ deadlineMs: 20, tiers: [{ name: 't', endpoints: [stubborn] }] });
     await expect(fleet.invoke({ n: 0 })).rejects.toMatchObject({ name: 'FleetError', code: 'E_DEADLINE' });
+  });
+
+  it('counts a call given up at the deadline as failed and no longer in flight', async () => {
+    const fleet = new ModelFleet({ deadlineMs: 10, breaker: { failureRate: 0.5, minRequests: 3 }, tiers: [{ name: 't', endpoints: [never, endpoint('ok')] }] });
+    const outcomes: string[] = [];
+    for (let i = 0; i < 8; i++) outcomes.push(await fleet.invoke({ n: i }).then((r) => r.endpoint, (e: FleetError) => e.code));
+    // Round robin sends requests 0, 2 and 4 to 'never' until its three failures open its breaker.
+    expect(outcomes).toEqual(['E_DEADLINE', 'ok', 'E_DEADLINE', 'ok', 'E_DEADLINE', 'ok', 'ok', 'ok']);
+    expect(fleet.health()[0]).toMatchObject({ id: 'never', breaker: 'open', inflight: 0, errorRate: 1, requests: 3 });
+    await fleet.replace('never', endpoint('fresh')); // nothing of the old one is still in flight
   });
 });
 
@@ -175,6 +230,71 @@ describe('circuit breaker', () => {
     clock.t += 1_000;
     for (let i = 0; i < 2; i++) await fleet.invoke({ n: i });
     expect(fleet.health()[0]!.breaker).toBe('open');
+    expect(fleet.health()[0]!.errorRate).toBe(1); // the failures that opened it, still in the window
+  });
+
+  it('a probe given up at the deadline opens it again, and the next half-open period probes afresh', async () => {
+    const clock = new Clock();
+    let hang = false;
+    const flaky: Endpoint<Req, string> = { id: 'flaky', invoke: () => (hang ? new Promise<string>(() => undefined) : Promise.reject(new Error('no'))) };
+    const fleet = new ModelFleet({
+      now: clock.now,
+      deadlineMs: 10,
+      breaker: { failureRate: 0.5, minRequests: 2, openMs: 1_000, halfOpenProbes: 1 },
+      tiers: [{ name: 't', endpoints: [flaky] }, { name: 'backup', endpoints: [endpoint('b')] }],
+    });
+    for (let i = 0; i < 2; i++) await fleet.invoke({ n: i });
+    expect(fleet.health()[0]!.breaker).toBe('open');
+    clock.t += 1_000;
+    hang = true;
+    await expect(fleet.invoke({ n: 2 })).rejects.toMatchObject({ code: 'E_DEADLINE' });
+    expect(fleet.health()[0]).toMatchObject({ breaker: 'open', inflight: 0 });
+    clock.t += 1_000;
+    hang = false;
+    flaky.invoke = () => Promise.resolve('flaky');
+    expect((await fleet.invoke({ n: 3 })).endpoint).toBe('flaky');
+    expect(fleet.health()[0]!.breaker).toBe('closed');
+  });
+
+  it('a call admitted before the breaker opened neither takes nor frees a probe when it ends', async () => {
+    const clock = new Clock();
+    const slow = controlled('slow');
+    const fleet = new ModelFleet({
+      now: clock.now,
+      retry: { attempts: 1 },
+      breaker: { failureRate: 0.5, minRequests: 2, openMs: 1_000, halfOpenProbes: 1 },
+      tiers: [{ name: 't', endpoints: [slow] }],
+    });
+    const stale = fleet.invoke({ n: 0 }); // admitted while closed
+    const failing = [fleet.invoke({ n: 1 }), fleet.invoke({ n: 2 })];
+    await tick();
+    slow.calls[1]!.reject(new Error('no'));
+    slow.calls[2]!.reject(new Error('no'));
+    await Promise.allSettled(failing);
+    expect(fleet.health()[0]!.breaker).toBe('open');
+    clock.t += 1_000;
+    const probe = fleet.invoke({ n: 3 }); // the one probe of the half-open period
+    await tick();
+    slow.calls[0]!.resolve('stale');
+    expect((await stale).value).toBe('stale');
+    expect(fleet.health()[0]!.breaker).toBe('half-open'); // a stale success does not close it
+    await expect(fleet.invoke({ n: 4 })).rejects.toMatchObject({ code: 'E_UNAVAILABLE', attempts: 0 }); // probe still out
+    expect(slow.calls).toHaveLength(4);
+    slow.calls[3]!.resolve('probe');
+    expect((await probe).value).toBe('probe');
+    expect(fleet.health()[0]!.breaker).toBe('closed');
+  });
+});
+
+describe('TimeWindow', () => {
+  it('counts the events of the window ending now, and holds no more than about the window', () => {
+    const window = new TimeWindow(100);
+    for (let t = 0; t < 10_000; t++) window.add(t);
+    expect(window.count(9_999)).toBe(101); // 9899 .. 9999
+    expect(window.count(10_050)).toBe(50); // 9950 .. 9999
+    expect(window.count(20_000)).toBe(0);
+    // (Its array, private: a fleet that never fails must not keep every request it ever had.)
+    expect((window as unknown as { times: number[] }).times.length).toBeLessThan(300);
   });
 });
 
@@ -191,6 +311,10 @@ describe('operations', () => {
     await drained;
     expect(fleet.health().map((h) => h.id)).toEqual(['v2']);
     await expect(fleet.replace('nope', endpoint('x'))).rejects.toMatchObject({ code: 'E_CONFIG' });
+    // A bad endpoint: a rejection too (not a throw), and the fleet keeps the one it has.
+    const refused = fleet.replace('v2', { id: 'v3' } as never);
+    await expect(refused).rejects.toMatchObject({ code: 'E_CONFIG', message: 'option the new endpoint.invoke must be a function (got undefined)' });
+    expect(fleet.health().map((h) => h.id)).toEqual(['v2']);
   });
 
   it('health reports every endpoint with its numbers', async () => {
@@ -211,7 +335,32 @@ describe('operations', () => {
       { tiers: [{ name: 't', endpoints: [endpoint('a', { weight: -1 })] }] },
       { tiers: [{ name: 't', endpoints: [endpoint('a')] }], breaker: { failureRate: 2 } },
       { tiers: [{ name: 't', endpoints: [endpoint('a')] }], retry: { attempts: 0 } },
+      { tiers: [{ name: 't', endpoints: [endpoint('a')] }], deadlineMs: Infinity }, // a timer would fire at once
+      { tiers: [{ name: 't', endpoints: [endpoint('a')] }], deadlineMs: 2 ** 31 },
+      { tiers: [{ name: 't', endpoints: [endpoint('a')] }], classify: 3 },
+      { tiers: [{ name: 't', endpoints: [endpoint('a')] }], breaker: 5 },
+      { tiers: [{ endpoints: [endpoint('a')] }] },
     ];
     for (const options of bad) expect(() => new ModelFleet(options as never)).toThrowError(FleetError);
+  });
+
+  it('names every problem at once: unknown names and wrong types first, then values out of range', () => {
+    const tiers = [{ name: 't', endpoints: [endpoint('a', { weight: '2' as never })] }];
+    expect(() => new ModelFleet({ tiers, breaker: { failureRate: '0.5' as never, openMs: -1 }, deadlineMs: '100' as never, retyr: {} } as never)).toThrow(
+      [
+        "option retyr is unknown",
+        'option breaker.failureRate must be a number (got "0.5")',
+        'option deadlineMs must be a number (got "100")',
+        'option tiers[0].endpoints[0].weight must be a number (got "2")',
+      ].join('\n'),
+    );
+    expect(() => new ModelFleet({ tiers: [{ name: 't', endpoints: [endpoint('a', { weight: 0 })] }], breaker: { failureRate: 2, openMs: -1 }, retry: { attempts: 0 } })).toThrow(
+      [
+        'option breaker.failureRate must be in (0, 1] (got 2)',
+        'option breaker.openMs must be a finite number > 0 (got -1)',
+        'option retry.attempts must be an integer >= 1 (got 0)',
+        'option tiers[0].endpoints[0].weight must be a finite number > 0 (got 0)',
+      ].join('\n'),
+    );
   });
 });

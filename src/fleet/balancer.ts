@@ -34,8 +34,9 @@ const BALANCERS: Record<BalancerName, Balancer> = {
     return best;
   },
   'least-request': (candidates, turn) => lowest(candidates, turn, (m) => m.inflight),
-  // Unmeasured members first (score -1), then the lowest smoothed latency.
-  latency: (candidates, turn) => lowest(candidates, turn, (m) => m.latencyMs ?? -1),
+  // Members never called first (score -1), then the lowest smoothed latency of successful calls; a
+  // member called but never successful last, so that one that only fails is not preferred.
+  latency: (candidates, turn) => lowest(candidates, turn, (m) => m.latencyMs ?? (m.requests === 0 ? -1 : Infinity)),
   // The lowest recent error rate, then the fewest in flight.
   health: (candidates, turn) => lowest(candidates, turn, (m) => m.breaker.errorRate() * 1e6 + m.inflight),
 };

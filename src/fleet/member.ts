@@ -1,5 +1,5 @@
 /** One endpoint inside the fleet, with its breaker and the numbers the balancers read. */
-import { CircuitBreaker } from './breaker';
+import { CircuitBreaker, type Admission } from './breaker';
 import type { BreakerOptions, Endpoint } from './types';
 
 const LATENCY_SMOOTHING = 0.3;
@@ -32,9 +32,10 @@ export class Member<Req = unknown, Res = unknown> {
     this.requests += 1;
   }
 
-  finished(failed: boolean, latencyMs: number): void {
+  /** A call ends: it failed (or the fleet gave up on it at the deadline) or it succeeded. */
+  finished(failed: boolean, latencyMs: number, admission: Admission): void {
     this.inflight -= 1;
-    this.breaker.record(failed);
+    this.breaker.record(failed, admission);
     if (!failed) {
       this.latencyMs = this.latencyMs === null ? latencyMs : this.latencyMs + LATENCY_SMOOTHING * (latencyMs - this.latencyMs);
     }

@@ -37,19 +37,27 @@ export interface BreakerOptions {
 export interface RetryOptions {
   /** Most attempts per request, the first included (default 3). */
   attempts?: number;
-  /** Retries may add at most this share of the requests of the last window (default 20). */
+  /**
+   * Retries may add at most this percentage of the requests of the last window (the breaker's
+   * windowMs), and at least 3 retries a window so that a quiet fleet can still retry; 0 turns
+   * retries off (default 20).
+   */
   budgetPercent?: number;
 }
 
 export interface FleetOptions<Req = unknown, Res = unknown> {
   /** Ordered cheapest first; a request that fails in its tier fails over to the next ones. */
   tiers: Tier<Req, Res>[];
-  /** Picks the first tier to try (default 0), e.g. a DynamicRouter over embeddings. */
+  /** Picks the first tier to try (default 0), e.g. a DynamicRouter over embeddings; E_CLASSIFY if it throws. */
   classify?: (req: Req) => number | Promise<number>;
   balancer?: BalancerName;
   breaker?: BreakerOptions;
   retry?: RetryOptions;
-  /** Whole-request deadline in ms, attempts and retries included (default none). */
+  /**
+   * Whole-request deadline in ms, classify, attempts and retries included (default none; at most
+   * 2^31 - 1, a timer's limit). A call still running at the deadline is told so by its signal and counts
+   * as failed for its endpoint's breaker and error rate.
+   */
   deadlineMs?: number;
   /** Clock in ms (tests inject one; default Date.now). */
   now?: () => number;
@@ -73,7 +81,7 @@ export interface EndpointHealth {
   inflight: number;
   /** Exponentially weighted mean latency of successful calls, ms (null before the first). */
   latencyMs: number | null;
-  /** Failure share over the breaker's window. */
+  /** Failure share of the calls that ended in the breaker's window (calls given up at the deadline count as failed). */
   errorRate: number;
   requests: number;
   costPer1kTokens: number | null;
