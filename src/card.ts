@@ -12,9 +12,15 @@ const CARD_OPTIONS = optionNames<ModelCardOptions>({ name: true, description: tr
 
 type Yaml = string | number | boolean | null | undefined | readonly Yaml[] | ArrayLike<number> | { [key: string]: Yaml };
 
-/** Numbers as JSON writes them (round-trip exact, no locale); non-finite ones as YAML spells them. */
+/**
+ * Numbers as JSON writes them (round-trip exact, no locale), with a mantissa of "1.0" where JSON writes
+ * "1e-30", which YAML 1.1 readers (PyYAML) would take for a string; non-finite ones as YAML spells them.
+ */
 function scalar(value: number | string | boolean | null | undefined): string {
-  if (typeof value === 'number') return Number.isFinite(value) ? String(value) : Number.isNaN(value) ? '.nan' : value > 0 ? '.inf' : '-.inf';
+  if (typeof value === 'number') {
+    if (Number.isFinite(value)) return String(value).replace(/^(-?\d+)e/, '$1.0e');
+    return Number.isNaN(value) ? '.nan' : value > 0 ? '.inf' : '-.inf';
+  }
   if (typeof value === 'string') return JSON.stringify(value); // a JSON string is a valid double-quoted YAML scalar
   return value === undefined || value === null ? 'null' : String(value);
 }
@@ -39,6 +45,11 @@ function round(value: number, digits = 6): number {
   return Number(value.toFixed(digits));
 }
 
+/** A parameter as the card's table shows it: six significant digits (1e-30 stays 1e-30). */
+function significant(value: number): number {
+  return Number(value.toPrecision(6));
+}
+
 /** The model card of a router; `router.modelCard(options)` calls this. */
 export function modelCard(router: Routable, options: ModelCardOptions = {}): string {
   rejectUnknownOptions('modelCard option', options, CARD_OPTIONS);
@@ -47,7 +58,8 @@ export function modelCard(router: Routable, options: ModelCardOptions = {}): str
   const stats = router.stats();
   const parameters = router.parameters;
   const strategy = o.strategy ?? 'top-k';
-  const minExperts = strategy === 'expert-choice' ? 0 : (o.minExperts ?? 1);
+  // top-k gives every token topK experts; expert-choice may give a token none.
+  const minExperts = strategy === 'top-k' ? router.topK : strategy === 'expert-choice' ? 0 : (o.minExperts ?? 1);
   const front = yaml({
     name,
     description: options.description,
@@ -77,7 +89,7 @@ export function modelCard(router: Routable, options: ModelCardOptions = {}): str
     '| | |',
     '|---|---|',
     `| gate | ${router.inputDim} → ${router.numExperts} experts |`,
-    `| strategy | ${strategy}${strategy === 'top-p' ? ` (topP ${round(parameters.topP)})` : strategy === 'threshold' ? ` (threshold ${round(parameters.threshold)})` : ''} |`,
+    `| strategy | ${strategy}${strategy === 'top-p' ? ` (topP ${significant(parameters.topP)})` : strategy === 'threshold' ? ` (threshold ${significant(parameters.threshold)})` : ''} |`,
     `| experts per token | ${kRange} |`,
     `| scoring | ${o.scoring ?? 'softmax'}, ${o.order ?? 'softmax-then-select'} |`,
     `| capacity | ${o.capacityFactor ? `factor ${o.capacityFactor}, drop by ${o.dropPolicy ?? 'position'}` : 'unbounded'} |`,

@@ -85,6 +85,9 @@ export const ROUTER_OPTIONS = optionNames<RouterOptions>({
   backend: true,
   exactF32: true,
 });
+const GROUP_OPTIONS = optionNames<NonNullable<RouterOptions['groups']>>({ count: true, select: true });
+const NOISE_OPTIONS = optionNames<NonNullable<RouterOptions['noise']>>({ std: true, seed: true });
+const DISPATCH_OPTIONS = optionNames<{ blockSize: number }>({ blockSize: true });
 
 /**
  * Checks the option types and maps names to engine codes; the engine checks the ranges. Throws
@@ -99,15 +102,21 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
   for (const name of ['inputDim', 'numExperts', 'topK'] as const) {
     if (o[name] === undefined) check.note(`${name} is required`);
   }
-  const dispatch = o.dispatch ?? false;
-  if (typeof dispatch === 'object' && dispatch.blockSize === undefined) {
-    check.note('dispatch.blockSize is required when dispatch is an object');
+  let dispatch = o.dispatch ?? false;
+  if (typeof dispatch !== 'boolean' && (dispatch === null || typeof dispatch !== 'object')) {
+    check.note(`dispatch must be a boolean or { blockSize } (got ${shown(dispatch)})`);
+    dispatch = false;
+  }
+  if (typeof dispatch === 'object') {
+    for (const line of unknownOptions(dispatch, DISPATCH_OPTIONS)) check.note(`dispatch.${line}`);
+    if (dispatch.blockSize === undefined) check.note('dispatch.blockSize is required when dispatch is an object');
   }
   let groups = o.groups;
   if (groups !== undefined && (groups === null || typeof groups !== 'object')) {
     check.note('groups must be { count, select }');
     groups = undefined;
   }
+  if (groups) for (const line of unknownOptions(groups, GROUP_OPTIONS)) check.note(`groups.${line}`);
   const groupCount = groups ? check.integer('groups.count', groups.count, 0) : 0;
   // The engine reads count 0 as "no groups"; a groups object asks for them, so 0 is a mistake here.
   if (groups && groupCount < 1) check.note(`groups.count must be an integer >= 1 (got ${shown(groups.count)})`);
@@ -116,10 +125,13 @@ export function toNativeOptions(o: RouterOptions): NativeOptions {
     check.note('noise must be { std, seed }');
     noise = undefined;
   }
+  if (noise) for (const line of unknownOptions(noise, NOISE_OPTIONS)) check.note(`noise.${line}`);
   const seed = noise ? check.integer('noise.seed', noise.seed, 0) : 0;
-  if (seed < 0) check.note(`noise.seed must be a non-negative integer (got ${seed})`);
+  // (Philox takes 64 bits; a double holds every integer below 2^53 exactly, and larger ones not.)
+  if (seed < 0 || seed >= 2 ** 53) check.note(`noise.seed must be an integer in [0, 2^53) (got ${seed})`);
   check.boolean('exactF32', o.exactF32);
   check.boolean('normalize', o.normalize);
+  check.boolean('losses', o.losses);
   const options: NativeOptions = {
     inputDim: check.integer('inputDim', o.inputDim, 0),
     numExperts: check.integer('numExperts', o.numExperts, 0),

@@ -214,6 +214,18 @@ describe('model card', () => {
     expect(body).toContain('# layer 0 gate');
     expect(body).toContain('| strategy | top-p (topP 0.5) |');
     expect(body).toContain('6 tokens in 1 calls');
+    expect(body).toContain('| experts per token | 1 to 4 |');
+  });
+
+  it('says top-k gives topK experts a token, and writes small and large numbers as YAML 1.1 floats', () => {
+    const topK = makeRouter({ scale: 1e21 });
+    const threshold = makeRouter({ strategy: 'threshold', threshold: 1e-30 });
+    open.push(topK, threshold);
+    expect(modelCard(topK)).toContain('| experts per token | 4 |');
+    expect(modelCard(topK)).toContain('\n  scale: 1.0e+21\n');
+    const card = modelCard(threshold);
+    expect(card).toContain('\n  threshold: 1.0e-30\n');
+    expect(card).toContain('| strategy | threshold (threshold 1e-30) |');
   });
 });
 

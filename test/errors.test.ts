@@ -76,6 +76,9 @@ describe('E_CONFIG: options out of range', () => {
     ['unknown backend', { backend: 'sse9' }, [/backend/, /sse9/]],
     ['negative noise std', { noise: { std: -1, seed: 1 } }, [/noise/, /-1/]],
     ['negative noise seed', { noise: { std: 1, seed: -3 } }, [/seed/, /-3/]],
+    ['noise seed past 2^53', { noise: { std: 1, seed: 2 ** 64 } }, [/seed/, /2\^53/]],
+    ['losses not a boolean', { losses: 'false' }, [/losses must be a boolean/, /"false"/]],
+    ['dispatch neither a boolean nor an object', { dispatch: 'no' }, [/dispatch must be a boolean or \{ blockSize \}/]],
     ['blockSize = 0', { dispatch: { blockSize: 0 } }, [/blockSize/, /0/]],
     ['negative biasUpdateRate', { biasUpdateRate: -0.5 }, [/biasUpdateRate/, /-0\.5/]],
     ['scale NaN', { scale: NaN }, [/scale/]],
@@ -102,6 +105,9 @@ describe('E_CONFIG: options out of range', () => {
       [() => r.calibrate(new Float32Array(D * 8), { meanExperts: 2, logit: true } as any), 'calibrate option logit is unknown'],
       [() => Tensor.from(new Uint16Array(D), [1, D], { dtyp: 'f16' } as any), 'Tensor.from option dtyp is unknown'],
       [() => r.modelCard({ title: 'x' } as any), 'modelCard option title is unknown'],
+      [() => make({ noise: { std: 1, Seed: 3 } }), "option noise.Seed is unknown (did you mean 'seed'?)"],
+      [() => make({ groups: { count: 2, select: 1, slect: 1 } }), 'option groups.slect is unknown'],
+      [() => make({ dispatch: { blockSize: 2, padd: 1 } }), 'option dispatch.padd is unknown'],
       [() => new ModelFleet({ tiers: [{ name: 't', endpoints }], balancr: 'weighted' } as any), 'option balancr is unknown'],
       [
         () => new ModelFleet({ tiers: [{ name: 't', endpoints }], breaker: { failurerate: 0.5 }, retry: { tries: 2 } } as any),
@@ -142,6 +148,8 @@ describe('E_CONFIG: options out of range', () => {
       'option minExperts must be an integer in [1, topK] (got 6)',
       'option capacityFactor must be finite and >= 0 (got -1)',
     ]);
+    // One mistake is named once: a wrong topK does not make the default minExperts wrong too.
+    expect(lines({ topK: -1 })).toEqual(['option topK must be an integer in [1, numExperts] (got -1)']);
     // More than the engine's 512-byte message holds: whole lines, then how many were left out.
     const ranges = {
       ...{ topK: 5, minExperts: 6, topP: 2, threshold: Infinity, scale: Infinity, biasUpdateRate: -1 },
@@ -216,6 +224,7 @@ describe('E_SHAPE: wrong length or shape', () => {
   it('calibrate sample and updateBias counts', () => {
     const p = make({ strategy: 'top-p', topP: 0.5 });
     expectCode(() => p.calibrate(new Float32Array(4), { meanExperts: 1.5 }), 'E_SHAPE', /sample/, /3/, /4/);
+    expectCode(() => p.calibrate(new Float32Array([1, 2, 3, 4, NaN, 6]), { meanExperts: 1.5 }), 'E_NONFINITE', /^sample row 1 /);
     const b = make({ biasUpdateRate: 0.1 });
     expectCode(() => b.updateBias(new Int32Array(3)), 'E_SHAPE', /counts/, /4/, /3/);
   });

@@ -461,6 +461,23 @@ describe.each(backendList())('golden cases, backend %s', (name) => {
     }
   });
 
+  it('calibrate reports the mean its parameter gives, also when the target is out of reach', () => {
+    // Sanitized rows score 0 everywhere and take topK at every topP below 1, so with a quarter of the
+    // rows not finite a mean of 1 cannot be reached: the least topP a router takes gives 2.25.
+    const rng = new Rng(29);
+    const D = 8;
+    const T = 200;
+    const W = new Float32Array(16 * D).map(() => rng.normal());
+    const x = new Float32Array(T * D).map(() => rng.normal());
+    for (let t = 0; t < T / 4; t++) x[t * D] = NaN;
+    const r = new DynamicRouter({ inputDim: D, numExperts: 16, topK: 6, weight: W, strategy: 'top-p', validation: 'sanitize', backend } as any);
+    const c = r.calibrate(x, { meanExperts: 1 });
+    expect(c.parameter).toBeGreaterThan(0);
+    const mean = r.route(x).expertsPerToken.reduce((a, b) => a + b, 0) / T;
+    expect(c.meanExperts).toBe(mean);
+    expect(mean).toBe((T / 4 * 6 + (3 * T / 4) * 1) / T);
+  });
+
   it('calibrate on logits', () => {
     const rng = new Rng(23);
     const E = 12;

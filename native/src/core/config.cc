@@ -59,11 +59,15 @@ Config resolve_config(const moe_router_options& given) {
   Check check;
 
   check(o.input_dim >= 1, "inputDim", "an integer >= 1", o.input_dim);
-  check(o.num_experts >= 1 && o.num_experts <= 65536, "numExperts", "an integer in [1, 65536]",
-        o.num_experts);
-  check(o.top_k >= 1 && o.top_k <= o.num_experts, "topK", "an integer in [1, numExperts]", o.top_k);
-  check(o.min_experts >= 1 && o.min_experts <= o.top_k, "minExperts", "an integer in [1, topK]",
-        o.min_experts);
+  // A bound that is another option is that option only when it is right, else the most it could be,
+  // so that one mistake (topK -1) is not also blamed on an option left at its default (minExperts 1).
+  const bool experts_ok = o.num_experts >= 1 && o.num_experts <= 65536;
+  check(experts_ok, "numExperts", "an integer in [1, 65536]", o.num_experts);
+  const int experts_bound = experts_ok ? o.num_experts : 65536;
+  const bool top_k_ok = o.top_k >= 1 && o.top_k <= experts_bound;
+  check(top_k_ok, "topK", "an integer in [1, numExperts]", o.top_k);
+  check(o.min_experts >= 1 && o.min_experts <= (top_k_ok ? o.top_k : experts_bound), "minExperts",
+        "an integer in [1, topK]", o.min_experts);
   check(o.strategy >= MOE_STRATEGY_TOP_K && o.strategy <= MOE_STRATEGY_EXPERT_CHOICE, "strategy",
         "a known strategy", o.strategy);
   check(o.scoring == MOE_SCORING_SOFTMAX || o.scoring == MOE_SCORING_SIGMOID, "scoring",

@@ -199,15 +199,15 @@ moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype,
   return p;
 }
 
-void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t tokens, bool is_logits) {
+// `name` is the argument's (hidden, logits, sample).
+void reject_invalid(const moe_router* r, const moe::TokenStage& st, int64_t tokens, const char* name) {
   if (r->config.options.validation != MOE_VALIDATION_REJECT || tokens == 0) return;
   const void* bad = std::memchr(st.invalid, 1, static_cast<size_t>(tokens));
   if (bad)
     fail(MOE_E_NONFINITE,
          "%s row %lld gives a non-finite gate logit (NaN or infinity in the input, or overflow); "
          "validation 'sanitize' routes such tokens and lists them in invalidTokens",
-         is_logits ? "logits" : "hidden",
-         static_cast<long long>(static_cast<const uint8_t*>(bad) - st.invalid));
+         name, static_cast<long long>(static_cast<const uint8_t*>(bad) - st.invalid));
 }
 
 // The strategy parameters in force; for the norm strategy, the batch's own statistics until calibrate.
@@ -302,13 +302,13 @@ void route_on(moe_router* r, moe::Backend& backend, const std::vector<float>& we
   p.packed_weight = weight.data();
   const moe::TokenStage& st = r->workspace.prepare(r->config, p);
   if (p.tokens > 0 && backend.run_route(p, r->k_snapshot, norm_from_batch(r), r->workspace)) {
-    reject_invalid(r, st, p.tokens, p.is_logits);
+    reject_invalid(r, st, p.tokens, p.is_logits ? "logits" : "hidden");
     backend.write_route(out);  // from here on nothing fails
     for (int64_t t = 0; t < p.tokens; ++t) ++r->workspace.k_histogram[out->experts_per_token[t]];
     return;
   }
   if (p.tokens > 0) backend.token_stage(p, st);
-  reject_invalid(r, st, p.tokens, p.is_logits);
+  reject_invalid(r, st, p.tokens, p.is_logits ? "logits" : "hidden");
   // From here on nothing fails: the outputs are written.
   moe::assign(r->config, p, k_params_for(r, st, p.tokens), r->workspace, out);
 }
@@ -598,7 +598,7 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
       backend.token_stage(q, r->workspace.prepare(c, q));
     });
     const moe::TokenStage& st = r->workspace.stage();
-    reject_invalid(r, st, tokens, is_logits != 0);
+    reject_invalid(r, st, tokens, "sample");
 
     // Bisection on the parameter; mean k_t is monotone in each of them.
     moe::KParams k = k_params_for(r, st, tokens);
@@ -606,8 +606,10 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
     double low = 0, high = 1;
     bool increasing = true;  // does mean k grow with the parameter?
     if (strategy == MOE_STRATEGY_TOP_P) {
+      // From the least topP a router takes (it must be > 0), so that every value tried, and the
+      // mean reported with the one chosen, is what routing with it gives.
       parameter = &k.top_p;
-      low = 0;
+      low = std::nextafter(0.0, 1.0);
       high = 1;
     } else if (strategy == MOE_STRATEGY_THRESHOLD) {
       parameter = &k.threshold;
@@ -644,7 +646,6 @@ moe_status moe_router_calibrate(moe_router* r, const void* sample, moe_dtype dty
       if ((m < target) == increasing) low = mid; else high = mid;
     }
     *parameter = best;
-    if (strategy == MOE_STRATEGY_TOP_P && best <= 0) *parameter = best = std::nextafter(0.0, 1.0);
     {
       std::lock_guard<std::mutex> state(r->state_mutex);
       r->k_params = k;
