@@ -73,9 +73,14 @@ const RESPONSE_SCHEMA = {
   },
 } as const;
 
+/** The service's routes and their methods (fastify answers HEAD for each GET route too). */
+const ROUTE_METHODS: Record<string, string> = { '/route': 'POST', '/metrics': 'GET', '/health': 'GET', '/ready': 'GET' };
+
 const STATUS_TEXT: Record<number, string> = {
   400: 'Bad Request',
   401: 'Unauthorized',
+  404: 'Not Found',
+  405: 'Method Not Allowed',
   413: 'Payload Too Large',
   415: 'Unsupported Media Type',
   429: 'Too Many Requests',
@@ -118,11 +123,13 @@ function sha256(text: string): Buffer {
 
 /** number[][] rows of `width` values into one Float32Array [T * width]. */
 function toFloat32(data: number[][], width: number, name: string, widthName: string): Float32Array {
-  const out = new Float32Array(data.length * width);
+  // Every row's width first: rows of the wrong width must not size the allocation (an 8 MiB body of
+  // empty rows asks for gigabytes).
   data.forEach((row, t) => {
     if (row.length !== width) throw new RouterError('E_SHAPE', `${name}[${t}] has ${row.length} values; every row needs ${widthName} = ${width}`);
-    out.set(row, t * width);
   });
+  const out = new Float32Array(data.length * width);
+  data.forEach((row, t) => out.set(row, t * width));
   return out;
 }
 
@@ -164,6 +171,9 @@ export const moeRouterPlugin: FastifyPluginAsync<RouterPluginOptions> = async (a
   let closing = false;
 
   if (rateLimit) await app.register((await import('@fastify/rate-limit')).default, { global: false });
+  // Only JSON bodies: fastify would read text/plain into a string, which then failed the schema (400)
+  // where any other type that is not JSON gets 415.
+  app.removeContentTypeParser('text/plain');
 
   app.addHook('onReady', async () => {
     await router.warmUp();
@@ -244,6 +254,18 @@ export async function buildServer(options: RouterPluginOptions): Promise<Fastify
   const { default: Fastify } = await import('fastify');
   const app = Fastify({ logger: false, ajv: { customOptions: { coerceTypes: false } } });
   app.register(moeRouterPlugin, options);
+  // Other paths and methods answer in the same shape as every other error (an app embedding the plugin
+  // keeps its own not-found handler).
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0]!;
+    const method = ROUTE_METHODS[path];
+    const status = method ? 405 : 404;
+    if (method) reply.header('allow', method === 'GET' ? 'GET, HEAD' : method);
+    const message = method
+      ? `${request.method} ${path} is not served; use ${method} ${path}`
+      : `no route ${request.method} ${path}; the routes are ${Object.entries(ROUTE_METHODS).map(([p, m]) => `${m} ${p}`).join(', ')}`;
+    reply.code(status).send({ statusCode: status, code: method ? 'E_METHOD' : 'E_NOT_FOUND', error: STATUS_TEXT[status], message });
+  });
   return app;
 }
 

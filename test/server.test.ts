@@ -115,6 +115,32 @@ describe('POST /route', () => {
     const text = await fetch(`${url}/route`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: 'hello' });
     expect(text.status).toBe(415);
     expect(await json(text)).toMatchObject({ code: 'E_MEDIA_TYPE' });
+    // text/plain too, though fastify alone would read it as a string (and answer 400 E_SCHEMA).
+    const plain = await fetch(`${url}/route`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: JSON.stringify({ logits: [[1]] }) });
+    expect(plain.status).toBe(415);
+    expect(await json(plain)).toMatchObject({ code: 'E_MEDIA_TYPE' });
+  });
+
+  it('400 for rows of the wrong width before any buffer is sized by them', async () => {
+    // 2.7 million empty rows (8 MB) of a 4096-expert router once made the service size a Float32Array of
+    // rows × numExperts (11 billion) before it looked at a row: a RangeError, answered 500.
+    const { url } = await serve({ router: new MonitoredRouter(makeRouter({ numExperts: 4096, weight: new Float32Array(4096 * D) })) });
+    const body = `{"logits":[${new Array(2_700_000).fill('[]').join(',')}]}`;
+    const res = await post(url, body);
+    expect(res.status).toBe(400);
+    expect(await json(res)).toMatchObject({ code: 'E_SHAPE', message: expect.stringMatching(/^logits\[0\] has 0 values/) });
+  });
+
+  it('404 for other paths and 405 for other methods, with a code like every error', async () => {
+    const { url } = await serve();
+    const missing = await fetch(`${url}/nope`);
+    expect(missing.status).toBe(404);
+    expect(await json(missing)).toMatchObject({ statusCode: 404, code: 'E_NOT_FOUND', error: 'Not Found', message: expect.stringContaining('POST /route') });
+    const wrong = await fetch(`${url}/route`, { method: 'DELETE' });
+    expect(wrong.status).toBe(405);
+    expect(wrong.headers.get('allow')).toBe('POST');
+    expect(await json(wrong)).toMatchObject({ statusCode: 405, code: 'E_METHOD', error: 'Method Not Allowed' });
+    expect((await fetch(`${url}/metrics`, { method: 'POST' })).headers.get('allow')).toBe('GET, HEAD');
   });
 
   it('401 without the right x-api-key; the other routes stay open', async () => {
