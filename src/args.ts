@@ -23,7 +23,7 @@ export function integerFlag(name: string, value: string | undefined, min: number
   if (value === undefined) return undefined;
   const n = Number(value);
   if (value.trim() === '' || !Number.isInteger(n) || n < min || n > max) {
-    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `in [${min}, ${max}]`;
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min} (and below 2^53)` : `in [${min}, ${max}]`;
     throw new RouterError('E_CONFIG', `--${name} must be an integer ${range} (got ${JSON.stringify(value)})`);
   }
   return n;

@@ -7,7 +7,7 @@
 import { Bench, hrtimeNow } from 'tinybench';
 import { integerFlag, oneOf, parseFlags } from './args';
 import { backends } from './engine';
-import { RouterError } from './errors';
+import { allocate, RouterError } from './errors';
 import { BACKENDS, STRATEGIES, type BackendName, type Strategy } from './options';
 import { normalGenerator, randomGate, uniformGenerator } from './random';
 import { DynamicRouter } from './router';
@@ -184,7 +184,7 @@ export function makeInputs(workload: Workload, dtype: DType, seed = 1): Tensor[]
   const width = inputWidth(workload);
   const length = workload.tokens * width;
   return Array.from({ length: rotationCount(workload, dtype) }, () => {
-    const data = dtype === 'f32' ? new Float32Array(length) : new Uint16Array(length);
+    const data = allocate<Float32Array | Uint16Array>(dtype === 'f32' ? Float32Array : Uint16Array, length, `${workload.name}'s input`);
     for (let i = 0; i < length; ) {
       const start = Math.floor(uniform() * pool.length);
       const count = Math.min(length - i, pool.length - start);
@@ -365,6 +365,7 @@ export function parseBenchArgs(args: string[]): BenchCommand {
     const T = shape.tokens ?? 1024;
     const E = shape.experts ?? 64;
     const k = shape.topK ?? 8;
+    if (isLogits && shape.hidden !== undefined) throw new RouterError('E_CONFIG', '--hidden does not apply with --logits (routing given logits has no gate)');
     const workload = isLogits ? logits(`logits-T${T}-E${E}-k${k}`, T, E, k) : gate(`gate-T${T}-D${shape.hidden ?? 2048}-E${E}-k${k}`, T, shape.hidden ?? 2048, E, k);
     cases = [{ workload, dtype: dtype ?? 'f32' }];
   } else {
@@ -376,6 +377,7 @@ export function parseBenchArgs(args: string[]): BenchCommand {
     const chosen = canonicalCases().filter(
       (c) => (!names || names.includes(c.workload.name)) && (!isLogits || c.workload.kind === 'logits'),
     );
+    if (chosen.length === 0) throw new RouterError('E_CONFIG', `--workload ${values.workload} has no logits workload; --logits selects only those`);
     cases = dtype === undefined ? chosen : [...new Set(chosen.map((c) => c.workload))].map((workload) => ({ workload, dtype }));
   }
   let backendList: (BackendName | undefined)[] = [undefined];
@@ -413,10 +415,6 @@ const BENCH_COLUMNS: readonly Column[] = [
 
 /** `moe-router bench …`: prints a table, or JSON lines with --json, a row as each case finishes. */
 export async function runBenchCommand(args: string[], out: (line: string) => void = (line) => process.stdout.write(`${line}\n`)): Promise<number> {
-  if (args.includes('--help') || args.includes('-h')) {
-    out(BENCH_USAGE);
-    return 0;
-  }
   const command = parseBenchArgs(args);
   const { timing } = command;
   if (!command.json) {

@@ -22,8 +22,15 @@ Commands:
 
 ${BENCH_USAGE}`;
 
+const COMMANDS: readonly string[] = ['demo', 'bench', 'serve', 'card', 'validate'];
+
 function main(argv: string[]): number | Promise<number> {
   const [command, ...args] = argv;
+  // Every command's --help prints the usage (bench's own) and succeeds.
+  if (COMMANDS.includes(command!) && (args.includes('--help') || args.includes('-h'))) {
+    process.stdout.write(command === 'bench' ? BENCH_USAGE : USAGE);
+    return 0;
+  }
   switch (command) {
     case 'demo': {
       const flags = parseFlags(args, { tokens: { type: 'string' }, backend: { type: 'string' } }, USAGE);

@@ -14,8 +14,8 @@ import { endianness } from 'node:os';
 import path from 'node:path';
 import { CACHE_OPTIONS, type RoutingCacheOptions } from './cache';
 import { modelCard } from './card';
-import { didYouMean, RouterError, unknownOptions } from './errors';
-import { BREAKER_OPTIONS, FailoverRouter, type BreakerOptions } from './failover';
+import { didYouMean, optionNames, RouterError, unknownOptions } from './errors';
+import { BREAKER_OPTIONS, breakerSettings, FailoverRouter, type BreakerOptions } from './failover';
 import { ALERT_OPTIONS, MonitoredRouter, type AlertThresholds } from './monitor';
 import { ROUTER_OPTIONS, type RouterOptions } from './options';
 import { randomGate } from './random';
@@ -29,6 +29,7 @@ const SERVICE_KEYS = ['seed', 'weightFile', 'weightTensor', 'rateLimit', 'cache'
 const KNOWN_KEYS: readonly string[] = [...ROUTER_KEYS, ...VECTOR_KEYS, ...SERVICE_KEYS];
 /** The keys of the service's option objects, as their constructors take them (a breaker's clock is a function: not from JSON). */
 const NESTED_KEYS = { cache: CACHE_OPTIONS, alerts: ALERT_OPTIONS, breaker: BREAKER_OPTIONS.filter((k) => k !== 'clock') };
+const RATE_LIMIT_KEYS = optionNames<RateLimitConfig>({ max: true, timeWindow: true });
 
 export interface RateLimitConfig {
   /** Requests per client per window. */
@@ -169,7 +170,7 @@ function safetensorsTensor(fd: number, size: number, file: string, name: string 
   }
   const [begin, end] = offsets as number[];
   const offset = 8 + headerLength + begin!;
-  if (!(Number.isSafeInteger(begin) && Number.isSafeInteger(end) && begin! <= end! && 8 + headerLength + end! <= size)) {
+  if (!(Number.isSafeInteger(begin) && Number.isSafeInteger(end) && begin! >= 0 && begin! <= end! && 8 + headerLength + end! <= size)) {
     throw new RouterError('E_CONFIG', `${file}#${chosen}: data_offsets [${offsets.join(', ')}] lie outside the file`);
   }
   return { dtype, shape: shape.map(Number), offset, length: end! - begin! };
@@ -246,6 +247,9 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
   }
   if (weightFile !== undefined && (typeof weightFile !== 'string' || weightFile.length === 0)) problems.push('weightFile must be a file path');
   if (weightTensor !== undefined && typeof weightTensor !== 'string') problems.push('weightTensor must be a tensor name');
+  if (weightTensor !== undefined && weightFile === undefined) problems.push('weightTensor names a tensor of weightFile, which is not set');
+  // The engine's bound, checked before a random gate of numExperts × inputDim values is drawn.
+  if (positiveInteger(raw.numExperts) && raw.numExperts > 65536) problems.push(`numExperts must be at most 65536 (got ${raw.numExperts})`);
   const vectors: Partial<Record<(typeof VECTOR_KEYS)[number], Float32Array>> = {};
   for (const key of VECTOR_KEYS) {
     const value = raw[key];
@@ -258,7 +262,9 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
   if (raw.rateLimit !== undefined) {
     const r = raw.rateLimit;
     const timeWindow = isObject(r) ? durationMs(r.timeWindow ?? 60_000) : Number.NaN;
+    const unknown = isObject(r) ? unknownOptions(r, RATE_LIMIT_KEYS) : [];
     if (!isObject(r) || !positiveInteger(r.max)) problems.push(`rateLimit must be { max: positive integer, timeWindow?: ms or '1 minute' } (got ${JSON.stringify(r)})`);
+    else if (unknown.length > 0) problems.push(...unknown.map((line) => `rateLimit.${line}`));
     else if (!(timeWindow > 0)) problems.push(`rateLimit.timeWindow must be a positive number of ms or a duration like '1 minute' (got ${JSON.stringify(r.timeWindow)})`);
     else rateLimit = { max: r.max, timeWindow };
   }
@@ -266,6 +272,15 @@ export function checkConfig(raw: unknown, baseDir: string): { config?: RouterCon
     const value = raw[key];
     if (value !== undefined && !isObject(value)) problems.push(`${key} must be an object`);
     else if (value) problems.push(...unknownOptions(value, known).map((line) => `${key}.${line}`));
+  }
+  // The breaker is built only on CUDA: its values are checked here so that a CPU machine's validate
+  // refuses what a GPU machine's serve would.
+  if (isObject(raw.breaker) && unknownOptions(raw.breaker, NESTED_KEYS.breaker).length === 0) {
+    try {
+      breakerSettings(raw.breaker);
+    } catch (error) {
+      problems.push((error as Error).message);
+    }
   }
   if (raw.bodyLimit !== undefined && !positiveInteger(raw.bodyLimit)) problems.push(`bodyLimit must be a positive integer of bytes (got ${JSON.stringify(raw.bodyLimit)})`);
   for (const key of ['name', 'description'] as const) {

@@ -1,4 +1,5 @@
 /** `moe-router demo`: routes a built-in OLMoE-shaped batch and shows how the experts are used. */
+import { allocate } from './errors';
 import { normalGenerator, uniformGenerator } from './random';
 import { DynamicRouter } from './router';
 
@@ -29,7 +30,7 @@ function demoData(tokens: number): { weight: Float32Array; hidden: Float32Array 
     const centre = centres[e % CLUSTERS]!;
     for (let d = 0; d < D; d++) weight[e * D + d] = (0.1 * centre[d]! + normal()) / Math.sqrt(D);
   }
-  const hidden = new Float32Array(tokens * D);
+  const hidden = allocate(Float32Array, tokens * D, `--tokens ${tokens} (× ${D} hidden values)`);
   for (let t = 0; t < tokens; t++) {
     const a = centres[topic()]!;
     const b = centres[topic()]!;

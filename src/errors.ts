@@ -77,6 +77,20 @@ export function kindOf(value: unknown): string {
   return value === null ? 'null' : ((value as object)?.constructor?.name ?? typeof value);
 }
 
+/**
+ * A typed array of `length` elements, or E_CONFIG saying that `what` is too large when this process
+ * cannot allocate it (a length past what one array holds, or more memory than there is), rather than a
+ * bare RangeError from deep inside a command.
+ */
+export function allocate<A>(make: new (length: number) => A, length: number, what: string): A {
+  try {
+    return new make(length);
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    throw new RouterError('E_CONFIG', `${what} needs ${length} values, more than this process can allocate (${error.message})`, { cause: error });
+  }
+}
+
 /** A value as a message shows it: JSON, but NaN and ±Infinity as themselves (JSON makes them null). */
 export function shown(value: unknown): string {
   return typeof value === 'number' ? String(value) : JSON.stringify(value);

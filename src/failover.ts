@@ -66,6 +66,18 @@ export function mergeStats(a: RouterStats, b: RouterStats): RouterStats {
   };
 }
 
+/** The breaker's numbers from its options, or E_CONFIG (a config file's breaker is checked with this too). */
+export function breakerSettings(options: BreakerOptions): { failuresToOpen: number; probesToClose: number; openMs: number } {
+  rejectUnknownOptions('breaker option', options, BREAKER_OPTIONS);
+  const openMs = options.openMs ?? 30_000;
+  if (typeof openMs !== 'number' || !(openMs >= 0)) throw new RouterError('E_CONFIG', `breaker openMs must be a non-negative number (got ${JSON.stringify(options.openMs)})`);
+  return {
+    failuresToOpen: positiveInteger('failures', options.failures, 3),
+    probesToClose: positiveInteger('halfOpenProbes', options.halfOpenProbes, 1),
+    openMs,
+  };
+}
+
 export class FailoverRouter extends RouterWrapper implements Routable {
   readonly primary: Routable;
   readonly fallback: Routable;
@@ -81,7 +93,6 @@ export class FailoverRouter extends RouterWrapper implements Routable {
 
   constructor(primary: Routable, fallback: Routable, options: BreakerOptions = {}) {
     super(primary);
-    rejectUnknownOptions('breaker option', options, BREAKER_OPTIONS);
     if (primary.inputDim !== fallback.inputDim || primary.numExperts !== fallback.numExperts || primary.topK !== fallback.topK) {
       throw new RouterError(
         'E_CONFIG',
@@ -91,11 +102,7 @@ export class FailoverRouter extends RouterWrapper implements Routable {
     }
     this.primary = primary;
     this.fallback = fallback;
-    this.failuresToOpen = positiveInteger('failures', options.failures, 3);
-    this.probesToClose = positiveInteger('halfOpenProbes', options.halfOpenProbes, 1);
-    const openMs = options.openMs ?? 30_000;
-    if (typeof openMs !== 'number' || !(openMs >= 0)) throw new RouterError('E_CONFIG', `breaker openMs must be a non-negative number (got ${JSON.stringify(options.openMs)})`);
-    this.openMs = openMs;
+    ({ failuresToOpen: this.failuresToOpen, probesToClose: this.probesToClose, openMs: this.openMs } = breakerSettings(options));
     this.clock = options.clock ?? Date.now;
   }
 

@@ -1,4 +1,5 @@
 /** Small seeded generators for reproducible gates and demo data (not for cryptography). */
+import { allocate } from './errors';
 
 /** mulberry32: a fast 32-bit generator; returns floats in [0, 1). */
 export function uniformGenerator(seed: number): () => number {
@@ -25,5 +26,7 @@ export function normalGenerator(seed: number): () => number {
 export function randomGate(experts: number, dim: number, seed: number): Float32Array {
   const normal = normalGenerator(seed);
   const scale = 1 / Math.sqrt(dim);
-  return Float32Array.from({ length: experts * dim }, () => normal() * scale);
+  const gate = allocate(Float32Array, experts * dim, `a gate of [${experts}, ${dim}]`);
+  for (let i = 0; i < gate.length; i++) gate[i] = normal() * scale;
+  return gate;
 }

@@ -146,6 +146,14 @@ describe('config problems', () => {
       'rateLimit.timeWindow must be a positive number of ms or a duration like \'1 minute\' (got "soon")',
     ]);
     expect(problems([])).toEqual(['the config must be a JSON object']);
+    // What only a GPU machine's serve used to refuse (the breaker is built on CUDA), and keys of its own.
+    expect(problems({ ...shape, seed: 1, weightTensor: 'w', rateLimit: { max: 5, frob: 1 }, breaker: { failures: 'x' } })).toEqual([
+      'weightTensor names a tensor of weightFile, which is not set',
+      'rateLimit.frob is unknown',
+      'breaker failures must be a positive integer (got "x")',
+    ]);
+    // The engine's bound on numExperts, before a gate of numExperts × inputDim values is drawn.
+    expect(problems({ ...shape, numExperts: 70_000, seed: 1 })).toEqual(['numExperts must be at most 65536 (got 70000)']);
   });
 
   it('says what is wrong with a weight file', () => {
@@ -165,6 +173,12 @@ describe('config problems', () => {
     const many = problems({ ...shape, weightFile: 'many.safetensors' })[0];
     expect(many).toMatch(/holds 3 tensors; set weightTensor to one of its tensors of shape \[64, 32\]: 'model.layers.0.mlp.gate.weight', 'model.layers.1.mlp.gate.weight'/);
     expect(problems({ ...shape, weightFile: 'many.safetensors', weightTensor: 'gate' })[0]).toMatch(/has no tensor 'gate'/);
+    // An offset before the data would read the header's own bytes as weights.
+    const json = JSON.stringify({ w: { dtype: 'F32', shape: [E, D], data_offsets: [-8, E * D * 4 - 8] } });
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(json.length));
+    file('negative.safetensors', Buffer.concat([length, Buffer.from(json), bytes(W)]));
+    expect(problems({ ...shape, weightFile: 'negative.safetensors' })[0]).toMatch(/data_offsets \[-8, \d+\] lie outside the file/);
     file('bad.safetensors', safetensors({ w: { dtype: 'I8', shape: [E, D], payload: new Uint8Array(E * D) } }));
     expect(problems({ ...shape, weightFile: 'bad.safetensors' })[0]).toMatch(/has dtype I8; F32, F16, BF16 or F64 is needed/);
   });
