@@ -313,7 +313,7 @@ describe('operations', () => {
     await expect(fleet.replace('nope', endpoint('x'))).rejects.toMatchObject({ code: 'E_CONFIG' });
     // A bad endpoint: a rejection too (not a throw), and the fleet keeps the one it has.
     const refused = fleet.replace('v2', { id: 'v3' } as never);
-    await expect(refused).rejects.toMatchObject({ code: 'E_CONFIG', message: 'option the new endpoint.invoke must be a function (got undefined)' });
+    await expect(refused).rejects.toMatchObject({ code: 'E_CONFIG', message: 'option endpoint.invoke must be a function (got undefined)' });
     expect(fleet.health().map((h) => h.id)).toEqual(['v2']);
   });
 

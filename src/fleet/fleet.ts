@@ -228,12 +228,12 @@ export class ModelFleet<Req = unknown, Res = unknown> {
     const tier = this.tiers.find((x) => x.members.some((m) => m.endpoint.id === id));
     if (!tier) throw new FleetError('E_CONFIG', `no endpoint with id '${id}'`);
     const types = new OptionProblems(configError);
-    endpointTypes(types, endpoint, 'the new endpoint');
+    endpointTypes(types, endpoint, 'endpoint');
     types.raise();
     const ranges = new OptionProblems(configError);
     const ids = new Set(this.tiers.flatMap((x) => x.members.map((m) => m.endpoint.id)));
     ids.delete(id);
-    endpointRanges(ranges, endpoint as Endpoint<unknown, unknown>, 'the new endpoint', ids);
+    endpointRanges(ranges, endpoint as Endpoint<unknown, unknown>, 'endpoint', ids);
     ranges.raise();
     const index = tier.members.findIndex((m) => m.endpoint.id === id);
     const old = tier.members[index]!;
