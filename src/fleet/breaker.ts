@@ -1,7 +1,7 @@
 /** A rolling-window circuit breaker: closed → open on a failure share, half-open probes → closed. */
 import type { BreakerOptions, BreakerState } from './types';
 
-export const BREAKER_DEFAULTS: Required<BreakerOptions> = {
+const DEFAULTS: Required<BreakerOptions> = {
   failureRate: 0.1,
   windowMs: 60_000,
   minRequests: 10,
@@ -63,7 +63,7 @@ export class CircuitBreaker {
   private probeSuccesses = 0;
 
   constructor(options: BreakerOptions = {}, now: () => number = Date.now) {
-    this.options = { ...BREAKER_DEFAULTS, ...options };
+    this.options = { ...DEFAULTS, ...options };
     this.now = now;
     this.calls = new TimeWindow(this.options.windowMs);
     this.failures = new TimeWindow(this.options.windowMs);
