@@ -89,6 +89,8 @@ export class FailoverRouter extends RouterWrapper implements Routable {
   private consecutiveFailures = 0;
   private probeSuccesses = 0;
   private probing = false;
+  /** Half-open periods so far (see usePrimary). */
+  private period = 0;
   private openedAt = 0;
 
   constructor(primary: Routable, fallback: Routable, options: BreakerOptions = {}) {
@@ -177,75 +179,85 @@ export class FailoverRouter extends RouterWrapper implements Routable {
     this.emit('state', event);
   }
 
-  /** Whether this call goes to the primary; a half-open breaker lets one probe through at a time. */
-  private usePrimary(): boolean {
-    if (this.current === 'open' && this.clock() - this.openedAt >= this.openMs) this.transition('half-open');
-    if (this.current === 'closed') return true;
+  /**
+   * Whether this call goes to the primary, and as what: undefined (the fallback takes it), 0 (a call
+   * while closed) or the number of the half-open period whose one probe it is. An outcome moves the
+   * breaker only when its call was admitted in the state the breaker is still in: a call admitted
+   * while closed that ends after the breaker opened, or a probe of an earlier period, decides nothing.
+   */
+  private usePrimary(): number | undefined {
+    if (this.current === 'open' && this.clock() - this.openedAt >= this.openMs) {
+      this.period += 1;
+      this.transition('half-open');
+    }
+    if (this.current === 'closed') return 0;
     if (this.current === 'half-open' && !this.probing) {
       this.probing = true;
-      return true;
+      return this.period;
     }
-    return false;
+    return undefined;
   }
 
-  private succeeded(): void {
-    if (this.current === 'closed') {
+  private isCurrentProbe(admission: number): boolean {
+    return admission !== 0 && admission === this.period && this.current === 'half-open';
+  }
+
+  private succeeded(admission: number): void {
+    if (admission === 0 && this.current === 'closed') {
       this.consecutiveFailures = 0;
-      return;
-    }
-    this.probing = false;
-    if (this.current === 'half-open') {
+    } else if (this.isCurrentProbe(admission)) {
+      this.probing = false;
       this.probeSuccesses += 1;
       if (this.probeSuccesses >= this.probesToClose) this.transition('closed');
     }
   }
 
-  private failed(error: RouterError): void {
-    if (this.current === 'closed') {
+  private failed(error: RouterError, admission: number): void {
+    if (admission === 0 && this.current === 'closed') {
       this.consecutiveFailures += 1;
       if (this.consecutiveFailures >= this.failuresToOpen) this.transition('open', error);
-      return;
+    } else if (this.isCurrentProbe(admission)) {
+      this.probing = false;
+      this.transition('open', error);
     }
-    this.probing = false;
-    if (this.current === 'half-open') this.transition('open', error);
-  }
-
-  /** A call that is not an E_CUDA failure settles nothing about the GPU: it frees the probe slot only. */
-  private passThrough(): void {
-    if (this.current !== 'closed') this.probing = false;
   }
 
   private run(call: (router: Routable) => RoutingResult): RoutingResult {
-    if (!this.usePrimary()) return call(this.fallback);
+    const admission = this.usePrimary();
+    if (admission === undefined) return call(this.fallback);
     let result: RoutingResult;
     try {
       result = call(this.primary);
     } catch (error) {
-      return this.recover(error, () => call(this.fallback));
+      return this.recover(error, admission, () => call(this.fallback));
     }
-    this.succeeded();
+    this.succeeded(admission);
     return result;
   }
 
   private async runAsync(call: (router: Routable) => Promise<RoutingResult>): Promise<RoutingResult> {
-    if (!this.usePrimary()) return call(this.fallback);
+    const admission = this.usePrimary();
+    if (admission === undefined) return call(this.fallback);
     let result: RoutingResult;
     try {
       result = await call(this.primary);
     } catch (error) {
-      return this.recover(error, () => call(this.fallback));
+      return this.recover(error, admission, () => call(this.fallback));
     }
-    this.succeeded();
+    this.succeeded(admission);
     return result;
   }
 
-  /** After the primary threw: an E_CUDA failure counts against it and the fallback answers; anything else is rethrown. */
-  private recover<R>(error: unknown, fallback: () => R): R {
+  /**
+   * After the primary threw: an E_CUDA failure counts against it and the fallback answers; anything
+   * else settles nothing about the GPU (a probe's slot is freed) and is rethrown.
+   */
+  private recover<R>(error: unknown, admission: number, fallback: () => R): R {
     if (!isCudaFailure(error)) {
-      this.passThrough();
+      if (this.isCurrentProbe(admission)) this.probing = false;
       throw error;
     }
-    this.failed(error);
+    this.failed(error, admission);
     return fallback();
   }
 }

@@ -166,10 +166,19 @@ function countedHistogram(name: string, help: string, registry: Registry, bounds
   registry.registerMetric(collector as unknown as Metric);
 }
 
+/** The first router of class `kind` down the stack from `router` (through caches and monitors). */
+function inStack<T>(router: Routable, kind: abstract new (...args: never[]) => T): T | undefined {
+  for (let r: Routable | undefined = router; r; r = r instanceof RoutingCache || r instanceof MonitoredRouter ? r.router : undefined) {
+    if (r instanceof kind) return r;
+  }
+  return undefined;
+}
+
 export class MonitoredRouter extends RouterWrapper implements Routable {
   /** The router this monitor owns (disposed with it). */
   readonly router: Routable;
   readonly registry: Registry;
+  /** The cache it reports: the one options.cache made, or one in the stack it was given. */
   readonly cache?: RoutingCache;
   private readonly target: Routable;
   private readonly breaker?: FailoverRouter;
@@ -212,8 +221,10 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
       throw new RouterError('E_CONFIG', `monitor alerts.hysteresis must be in [0, 1) (got ${JSON.stringify(alerts.hysteresis)})`);
     }
     this.router = router;
-    this.cache = options.cache ? new RoutingCache(router, options.cache) : undefined;
-    this.target = this.cache ?? router;
+    // The cache and breaker it reports: the cache options.cache asks for, else those already in the
+    // stack it is given (a MonitoredRouter over a RoutingCache over a FailoverRouter, say).
+    this.cache = options.cache ? new RoutingCache(router, options.cache) : inStack(router, RoutingCache);
+    this.target = options.cache ? this.cache! : router;
     this.clock = options.clock ?? (() => performance.now());
     this.thresholds = { errorRate: 0.5, ...alerts, hysteresis, minRequests: alerts.minRequests ?? 20 };
     this.evaluateEvery = options.evaluateEvery ?? 100;
@@ -320,12 +331,13 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     const backendInfo = new Gauge({ name: METRIC.backendInfo, help: 'The backend serving routes (value 1).', labelNames: ['backend'], registers });
     backendInfo.set({ backend: this.backendName }, 1);
 
-    if (router instanceof FailoverRouter) {
-      this.breaker = router;
+    const breaker = inStack(router, FailoverRouter);
+    if (breaker) {
+      this.breaker = breaker;
       const breakerState = new Gauge({ name: METRIC.breakerState, help: 'GPU→CPU breaker state (1 for the current one).', labelNames: ['state'], registers });
       const show = (current: BreakerState) => BREAKER_STATES.forEach((s) => breakerState.set({ state: s }, s === current ? 1 : 0));
-      show(router.state);
-      router.on('state', (event: BreakerEvent) => {
+      show(breaker.state);
+      breaker.on('state', (event: BreakerEvent) => {
         show(event.to);
         this.backendName = router.backend;
         backendInfo.reset();

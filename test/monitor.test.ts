@@ -6,6 +6,7 @@ import {
   FailoverRouter,
   MonitoredRouter,
   RouterError,
+  RoutingCache,
   type AlertEvent,
   type BreakerEvent,
   type DynamicRouter,
@@ -147,6 +148,26 @@ describe('MonitoredRouter metrics', () => {
     m.dispose();
     expect(await registry.metrics()).not.toContain('moe_router_');
     own(new MonitoredRouter(makeRouter(), { registry })); // free again
+  });
+
+  it('reports a cache and a breaker it is given already stacked (monitor → cache → breaker)', async () => {
+    const clock = { now: 0 };
+    const primary = new FlakyRouter(makeRouter());
+    const cache = new RoutingCache(new FailoverRouter(primary, makeRouter(), { failures: 1, clock: () => clock.now }));
+    const m = own(new MonitoredRouter(cache));
+    expect(m.cache).toBe(cache);
+    const x = data(4, D, 5);
+    for (let i = 0; i < 3; i++) release(m.route(x));
+    let { samples } = parse(await m.metricsText());
+    expect(samples.get('moe_router_cache_hits_total')).toBe(2);
+    expect(samples.get('moe_router_cache_misses_total')).toBe(1);
+    expect(samples.get('moe_router_breaker_state{state="closed"}')).toBe(1);
+    primary.broken = true;
+    release(m.route(data(4, D, 6)));
+    expect(m.health()).toMatchObject({ status: 'degraded', breaker: 'open', cache: { hits: 2, misses: 2 } });
+    ({ samples } = parse(await m.metricsText()));
+    expect(samples.get('moe_router_breaker_state{state="open"}')).toBe(1);
+    expect(samples.has('moe_router_backend_info{backend="cuda"}')).toBe(false);
   });
 
   it('keeps scraping after the router is disposed', async () => {
@@ -314,6 +335,40 @@ describe('FailoverRouter (GPU→CPU breaker)', () => {
     expect(plain(await breaker.routeAsync(x))).toEqual(expected);
     expect(breaker.state).toBe('half-open');
     expect(plain(await breaker.routeLogitsAsync(data(2, E, 1)))).toEqual(routed({ route: (v) => fallback.routeLogits(v) }, data(2, E, 1)));
+    expect(breaker.state).toBe('closed');
+  });
+
+  it('lets only the probes of the current half-open period decide it, not calls admitted before', async () => {
+    /** A primary whose async calls wait, while `hold` is set, until the test lets them go. */
+    class Held extends FlakyRouter {
+      hold = false;
+      readonly waiting: (() => void)[] = [];
+      override async routeAsync(x: Parameters<FlakyRouter['routeAsync']>[0]) {
+        if (this.hold) await new Promise<void>((resolve) => this.waiting.push(resolve));
+        return super.routeAsync(x);
+      }
+    }
+    const clock = { now: 0 };
+    const primary = new Held(makeRouter());
+    const breaker = own(new FailoverRouter(primary, makeRouter(), { failures: 2, openMs: 1000, clock: () => clock.now }));
+    const x = data(3, D, 11);
+    primary.hold = true;
+    const stale = breaker.routeAsync(x); // admitted while closed
+    primary.hold = false;
+    primary.broken = true;
+    release(breaker.route(x));
+    release(breaker.route(x));
+    expect(breaker.state).toBe('open');
+    clock.now = 1000;
+    primary.broken = false;
+    primary.hold = true;
+    const probe = breaker.routeAsync(x); // the half-open period's one probe
+    expect(breaker.state).toBe('half-open');
+    primary.waiting.shift()!();
+    release(await stale); // succeeds, but was admitted while closed: it decides nothing
+    expect(breaker.state).toBe('half-open');
+    primary.waiting.shift()!();
+    release(await probe);
     expect(breaker.state).toBe('closed');
   });
 
