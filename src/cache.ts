@@ -42,8 +42,15 @@ export interface CacheStats {
   maxBytes: number;
 }
 
-/** Bookkeeping bytes counted per entry on top of its arrays and key (object and array headers). */
-const ENTRY_OVERHEAD_BYTES = 200;
+/**
+ * Bookkeeping bytes counted per entry on top of its arrays and key (objects, array headers, the LRU's
+ * own maps), so that maxBytes bounds what the entries really take: measured with
+ * `node --expose-gc bench/cache-memory.cjs MODE D E K` (bench/NOTES.md, Cache), a request-mode entry
+ * (a StoredRouting: an object, two views, an ArrayBuffer, a lengths array) ~640 bytes, a token-mode
+ * one (an Int32Array) ~300, rounded up here.
+ */
+const REQUEST_ENTRY_OVERHEAD_BYTES = 700;
+const TOKEN_ENTRY_OVERHEAD_BYTES = 320;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
 /** The names of the arrays partsOf() returns. */
@@ -278,9 +285,8 @@ export class RoutingCache extends RouterWrapper implements Routable {
     this.lru = new LRUCache<string, Entry>({
       maxSize: maxBytes,
       sizeCalculation: (entry, key) =>
-        ENTRY_OVERHEAD_BYTES +
         2 * key.length +
-        (entry instanceof StoredRouting ? entry.byteLength : entry.values.byteLength),
+        (entry instanceof StoredRouting ? REQUEST_ENTRY_OVERHEAD_BYTES + entry.byteLength : TOKEN_ENTRY_OVERHEAD_BYTES + entry.values.byteLength),
       dispose: (entry, _key, reason) => {
         if (reason === 'evict') this.evictions += 1;
         if (entry instanceof StoredRouting) this.spare.release(entry.byteLength, entry);
