@@ -64,10 +64,15 @@ export function unknownOptions(given: object, known: readonly string[]): string[
 
 /**
  * Throws E_CONFIG naming each key of an options object that is not one of `known` (`what` says whose
- * options they are), so that a misspelled option is never silently left at its default.
+ * options they are), so that a misspelled option is never silently left at its default, or saying
+ * that what was given is not an object (undefined is: no options).
  */
 export function rejectUnknownOptions(what: string, given: unknown, known: readonly string[]): void {
-  if (given === null || typeof given !== 'object') return;
+  if (given === undefined) return;
+  // (Not an object at all: a dtype given as Tensor.from's third argument, say, must not be skipped.)
+  if (given === null || typeof given !== 'object' || Array.isArray(given)) {
+    throw new RouterError('E_CONFIG', `${what}s must be an object (got ${shown(given)})`);
+  }
   const lines = unknownOptions(given, known);
   if (lines.length > 0) throw new RouterError('E_CONFIG', lines.map((line) => `${what} ${line}`).join('\n'));
 }

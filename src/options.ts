@@ -40,7 +40,8 @@ export interface RouterOptions {
   capacityFactor?: number;
   minCapacity?: number;
   dropPolicy?: DropPolicy;
-  noise?: { std: number; seed: number };
+  /** seed defaults to 0 (docs/semantics.md §8). */
+  noise?: { std: number; seed?: number };
   dispatch?: boolean | { blockSize: number };
   losses?: boolean;
   validation?: Validation;

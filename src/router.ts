@@ -332,7 +332,7 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
 
   /** After a failed engine call: the buffers go back, the error leaves as a RouterError. */
   private failed(buffers: RouteBuffers, error: unknown): never {
-    this.pool.release(buffers.tokens, buffers);
+    if (buffers.reusable) this.pool.release(buffers.tokens, buffers);
     throw native(() => {
       throw error;
     });
@@ -359,6 +359,11 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
 
   private async runAsync(value: Input, isLogits: boolean): Promise<Routing> {
     const input = this.routeInput(value, isLogits);
+    // A worker thread reads the rows while JavaScript runs on: a buffer that can shrink under it
+    // (a resizable ArrayBuffer) would have it read freed memory.
+    if ((input.data.buffer as { resizable?: boolean }).resizable === true) {
+      throw new RouterError('E_DTYPE', `${isLogits ? 'logits' : 'hidden'} of an async call must not lie in a resizable ArrayBuffer (route() takes one; or copy the rows)`);
+    }
     const buffers = this.pool.acquire(input.tokens, this.makeBuffers);
     try {
       await this.engine!.routeAsync(this.source(input), input.dtype, input.tokens, isLogits, buffers.buffer);

@@ -42,6 +42,15 @@ export class RouteBuffers {
     this.dispatchOffsets = hasDispatch ? ints(Layout.DispatchOffsets, numExperts + 1) : null;
     this.dispatchSlots = hasDispatch ? ints(Layout.DispatchSlots, layout[Layout.SlotCapacity]!) : null;
   }
+
+  /**
+   * Whether it may go back to a pool: not when its buffer was detached (an array of a result moved to
+   * another thread by postMessage's transfer list takes the whole buffer), which every later route of
+   * its size would otherwise be handed and refuse.
+   */
+  get reusable(): boolean {
+    return this.buffer.byteLength > 0;
+  }
 }
 
 export class Routing {
@@ -66,8 +75,9 @@ export class Routing {
   /** Tokens with a non-finite logit that validation 'sanitize' routed anyway (ascending). */
   readonly invalidTokens: Int32Array;
 
-  private pool: BufferPool<RouteBuffers> | undefined;
-  private readonly buffers: RouteBuffers;
+  // (#private: structuredClone and postMessage copy a result's own fields, and must not take the pool.)
+  #pool: BufferPool<RouteBuffers> | undefined;
+  readonly #buffers: RouteBuffers;
 
   /** @internal Built by DynamicRouter from the buffers a route just filled. */
   constructor(buffers: RouteBuffers, topK: number, withLosses: boolean, pool: BufferPool<RouteBuffers>) {
@@ -93,15 +103,15 @@ export class Routing {
     }
     this.flopReduction = s[Scalar.FlopReduction]!;
     this.droppedAssignments = s[Scalar.Dropped]!;
-    this.buffers = buffers;
-    this.pool = pool;
+    this.#buffers = buffers;
+    this.#pool = pool;
   }
 
   /** Hands the buffers back to the pool; the arrays of this result must not be used afterwards. */
   release(): void {
-    const pool = this.pool;
+    const pool = this.#pool;
     if (!pool) return;
-    this.pool = undefined;
-    pool.release(this.tokens, this.buffers);
+    this.#pool = undefined;
+    if (this.#buffers.reusable) pool.release(this.tokens, this.#buffers);
   }
 }

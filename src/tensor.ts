@@ -131,7 +131,7 @@ export class Tensor {
       throw new RouterError('E_DTYPE', `Tensor data must be a Float32Array, a Uint16Array of f16/bf16 bits or an array of numbers (got ${kindOf(data)})`);
     }
     const dtype = options.dtype ?? (data instanceof Uint16Array ? 'bf16' : 'f32');
-    if (!(dtype in DTYPE_CODE)) {
+    if (!Object.hasOwn(DTYPE_CODE, dtype)) {
       throw new RouterError('E_DTYPE', `Tensor dtype must be 'f32', 'f16' or 'bf16' (got '${String(dtype)}')`);
     }
     if (!Array.isArray(shape) || shape.some((d) => !Number.isInteger(d) || d < 0)) {

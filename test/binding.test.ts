@@ -128,6 +128,31 @@ describe('pooled outputs', () => {
     expect(() => engine.route(rows, 0, 4, false, new Float64Array(bytes / 8))).toThrow(/ArrayBuffer/);
     expect(() => engine.route(rows, 0, 4, false)).toThrow(/5 arguments/);
     expect(() => engine.route(rows, 0, 4, false, new ArrayBuffer(bytes))).not.toThrow();
+    // Arguments that are not numbers: an error, where reading them once aborted the process.
+    expect(() => engine.route(rows, () => 0, 4, false, new ArrayBuffer(bytes))).toThrow(/dtype must be a number/);
+    expect(() => engine.route(rows, 7, 4, false, new ArrayBuffer(bytes))).toThrow(/dtype must be 0 \(f32\)/);
+    expect(() => engine.route(rows, 0, '4', false, new ArrayBuffer(bytes))).toThrow(/tokens must be a number/);
+  });
+
+  it('drops an output buffer that was transferred away instead of handing it out again', async () => {
+    const router = makeRouter();
+    const x = randomRows(2, D, 19);
+    const expected = Array.from(router.route(x).experts);
+    const moved = router.route(x);
+    const { port1, port2 } = new MessageChannel();
+    port1.postMessage(moved.weights, [moved.weights.buffer as ArrayBuffer]); // detaches every array of `moved`
+    port1.close();
+    port2.close();
+    expect(moved.experts.length).toBe(0);
+    moved.release();
+    for (let i = 0; i < 3; i++) expect(Array.from(router.route(x).experts)).toEqual(expected);
+    expect(Array.from((await router.routeAsync(x)).experts)).toEqual(expected);
+    // A clone of a result carries its arrays, not the router's pool of buffers.
+    const clone = Object.keys(structuredClone(router.route(x)));
+    expect(clone).toContain('experts');
+    expect(clone).not.toContain('pool');
+    expect(clone).not.toContain('buffers');
+    router.dispose();
   });
 
   it('never hands out a buffer that a live result still holds', () => {

@@ -221,6 +221,25 @@ describe('E_SHAPE: wrong length or shape', () => {
     expect(Tensor.from([1, 2, 3, 4, 5, 6], [2, 3], { dtype: 'bf16' }).dtype).toBe('bf16');
   });
 
+  it('a dtype that is a name every object inherits, or options that are not an object, are errors', () => {
+    for (const dtype of ['toString', 'constructor', '__proto__', 'valueOf']) {
+      expectCode(() => Tensor.from(new Float32Array(D), [1, D], { dtype } as any), 'E_DTYPE', /dtype must be 'f32', 'f16' or 'bf16'/);
+    }
+    expectCode(() => Tensor.from(new Uint16Array(D), [1, D], 'f16' as any), 'E_CONFIG', /Tensor.from options must be an object \(got "f16"\)/);
+    const r = make();
+    expectCode(() => new RoutingCache(r, null as any), 'E_CONFIG', /cache options must be an object \(got null\)/);
+    expectCode(() => new MonitoredRouter(r, 5 as any), 'E_CONFIG', /monitor options must be an object/);
+    expectCode(() => r.modelCard([] as any), 'E_CONFIG', /modelCard options must be an object/);
+  });
+
+  it('an async call refuses rows in a resizable ArrayBuffer, which could shrink under the worker thread', async () => {
+    const r = make();
+    const Resizable = ArrayBuffer as unknown as new (bytes: number, options: { maxByteLength: number }) => ArrayBuffer;
+    const rows = new Float32Array(new Resizable(4 * D, { maxByteLength: 8 * D })).fill(0.5);
+    await expect(r.routeAsync(rows)).rejects.toMatchObject({ code: 'E_DTYPE', message: expect.stringMatching(/resizable ArrayBuffer/) });
+    expect(r.route(rows).tokens).toBe(1);
+  });
+
   it('calibrate sample and updateBias counts', () => {
     const p = make({ strategy: 'top-p', topP: 0.5 });
     expectCode(() => p.calibrate(new Float32Array(4), { meanExperts: 1.5 }), 'E_SHAPE', /sample/, /3/, /4/);

@@ -75,6 +75,31 @@ bool optional_view(Napi::Env env, Napi::Value value, napi_typedarray_type type, 
 // then returns is fatal to read (node-addon-api's Error::New of a null env aborts the process).
 bool flag(Napi::Value value) { return value.IsBoolean() && value.As<Napi::Boolean>().Value(); }
 
+// The number argument `value` (`name` in the message), or false after throwing E_DTYPE. The
+// TypeScript layer passes numbers, but reading a value of another type would leave an exception
+// pending, and the next throw (a call's own error) would abort the process.
+bool number_arg(Napi::Env env, Napi::Value value, const char* name, double* out) {
+  if (!value.IsNumber()) {
+    const std::string message = std::string(name) + " must be a number";
+    make_error(env, MOE_E_DTYPE, message.c_str()).ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = value.As<Napi::Number>().DoubleValue();
+  return true;
+}
+
+// The dtype code argument (moe_dtype), or false after throwing E_DTYPE.
+bool dtype_arg(Napi::Env env, Napi::Value value, moe_dtype* out) {
+  double code = -1;
+  if (!number_arg(env, value, "dtype", &code)) return false;
+  if (code != MOE_DTYPE_F32 && code != MOE_DTYPE_F16 && code != MOE_DTYPE_BF16) {
+    make_error(env, MOE_E_DTYPE, "dtype must be 0 (f32), 1 (f16) or 2 (bf16)").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<moe_dtype>(code);
+  return true;
+}
+
 double number_field(Napi::Object object, const char* name, double fallback) {
   Napi::Value v = object.Get(name);
   return v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : fallback;
@@ -171,8 +196,9 @@ bool parse_route(const Napi::CallbackInfo& info, moe_router* router, RouteCall* 
   }
   moe_router_options options;
   moe_router_get_options(router, &options);
-  call->dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
-  call->tokens = info[2].As<Napi::Number>().Int64Value();
+  double tokens = 0;
+  if (!dtype_arg(env, info[1], &call->dtype) || !number_arg(env, info[2], "tokens", &tokens)) return false;
+  call->tokens = static_cast<int64_t>(tokens);
   call->is_logits = flag(info[3]);
   if (call->tokens < 0) {
     make_error(env, MOE_E_SHAPE, "tokens must be >= 0").ThrowAsJavaScriptException();
@@ -457,10 +483,13 @@ Napi::Value RouterWrap::Calibrate(const Napi::CallbackInfo& info) {
   if (!router) return env.Undefined();
   moe_router_options options;
   moe_router_get_options(router, &options);
-  const auto dtype = static_cast<moe_dtype>(info[1].As<Napi::Number>().Int32Value());
-  const int64_t tokens = info[2].As<Napi::Number>().Int64Value();
+  moe_dtype dtype = MOE_DTYPE_F32;
+  double rows = 0, target = 0;
+  if (!dtype_arg(env, info[1], &dtype) || !number_arg(env, info[2], "tokens", &rows) ||
+      !number_arg(env, info[4], "meanExperts", &target))
+    return env.Undefined();
+  const int64_t tokens = static_cast<int64_t>(rows);
   const bool is_logits = flag(info[3]);
-  const double target = info[4].As<Napi::Number>().DoubleValue();
   const size_t row = is_logits ? options.num_experts : options.input_dim;
   View sample;
   if (tokens < 0 ||
