@@ -13,7 +13,7 @@ import { RoutingCache, type CacheStats, type RoutingCacheOptions } from './cache
 import { optionNames, rejectUnknownOptions, RouterError, type ErrorCode } from './errors';
 import { FailoverRouter, type BreakerEvent, type BreakerState } from './failover';
 import { RouterWrapper, type Routable, type RouteInput, type RoutingResult } from './routable';
-import type { CalibrateOptions, CalibrateResult, RouterStats } from './router';
+import { DynamicRouter, type CalibrateOptions, type CalibrateResult, type RouterStats } from './router';
 
 export type RouteEntry = 'route' | 'routeLogits' | 'routeAsync' | 'routeLogitsAsync';
 export type AlertName = 'p95-latency' | 'error-rate' | 'load-imbalance';
@@ -234,10 +234,13 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     this.faults = new Uint8Array(window);
     this.backendName = router.backend;
     const registry = options.registry ?? new Registry();
-    if (registry.getSingleMetric(METRIC.requests)) {
+    const taken = Object.values(METRIC).filter((name) => registry.getSingleMetric(name));
+    if (taken.length > 0) {
+      // (Registry.merge cannot combine two of them either: it refuses metrics of the same name.)
       throw new RouterError(
         'E_CONFIG',
-        'this registry already holds the moe_router_* metrics of another MonitoredRouter: give each router its own Registry (Registry.merge combines them for one endpoint)',
+        `this registry already holds ${taken.join(', ')}, the moe_router_* metrics of another MonitoredRouter or of its own: ` +
+          'give each router its own Registry, served at an endpoint of its own',
       );
     }
     this.registry = registry;
@@ -399,13 +402,17 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
   /**
    * Routes one token outside the metrics so the engine (and a GPU) is initialised before traffic; a
    * router that has not routed yet gets its stats reset after it. A router that adapts on every route
-   * (biasUpdateRate, noise) would keep the warm-up in its state, so it warms up on an empty batch.
+   * (biasUpdateRate, noise) would keep the warm-up in its state, so it warms up on an empty batch,
+   * and its noise step (which every route advances, an empty one too) is put back.
    */
   async warmUp(): Promise<void> {
     const o = this.router.options;
     const adapts = (o.biasUpdateRate ?? 0) > 0 || (o.noise?.std ?? 0) > 0;
     const fresh = this.router.stats().calls === 0;
+    const stepped = inStack(this.router, DynamicRouter);
+    const step = stepped?.step;
     (await this.router.routeAsync(new Float32Array(adapts ? 0 : this.router.inputDim))).release();
+    if (stepped && step !== undefined) stepped.step = step;
     if (fresh) this.router.resetStats();
   }
 

@@ -1,7 +1,7 @@
 // MonitoredRouter: the metrics (names, labels, values that agree with the routes made), health,
 // alerts with hysteresis, and the GPU→CPU breaker with an injected failing primary.
 import { afterEach, describe, expect, it } from 'vitest';
-import { Registry, register as globalRegistry } from 'prom-client';
+import { Counter, Registry, register as globalRegistry } from 'prom-client';
 import {
   FailoverRouter,
   MonitoredRouter,
@@ -144,7 +144,12 @@ describe('MonitoredRouter metrics', () => {
     expect(samples.get('moe_router_cache_misses_total')).toBe(2);
     expect(samples.get('moe_router_tokens_total')).toBe(8); // hits are not routed
     expect(m.health().cache).toMatchObject({ hits: 2, misses: 2 });
-    expect(() => new MonitoredRouter(own(makeRouter()), { registry })).toThrow(/already holds the moe_router_\* metrics/);
+    expect(() => new MonitoredRouter(own(makeRouter()), { registry })).toThrow(/already holds moe_router_requests_total, .*give each router its own Registry/);
+    // A registry holding one of the names only: the same E_CONFIG, and nothing of this monitor left in it.
+    const partial = new Registry();
+    new Counter({ name: 'moe_router_errors_total', help: 'someone else’s', registers: [partial] });
+    expect(() => new MonitoredRouter(own(makeRouter()), { registry: partial })).toThrow(/already holds moe_router_errors_total, /);
+    expect(partial.getMetricsAsArray().map((m) => m.name)).toEqual(['moe_router_errors_total']);
     m.dispose();
     expect(await registry.metrics()).not.toContain('moe_router_');
     own(new MonitoredRouter(makeRouter(), { registry })); // free again
@@ -265,6 +270,14 @@ describe('MonitoredRouter health and alerts', () => {
     await m.warmUp();
     expect(router.stats().calls).toBe(0);
     expect(m.health().windowCalls).toBe(0);
+    // A noisy router's first real route draws as a fresh router's would (the warm-up's step is put back).
+    const noisy = makeRouter({ noise: { std: 1, seed: 3 } });
+    const monitored = own(new MonitoredRouter(noisy));
+    await monitored.warmUp();
+    expect(noisy.step).toBe(0);
+    const x = data(4, D, 7);
+    const fresh = own(makeRouter({ noise: { std: 1, seed: 3 } }));
+    expect(routed(monitored, x)).toEqual(routed(fresh, x));
   });
 });
 
