@@ -1,16 +1,17 @@
 import { defineConfig } from 'tsup';
 
-// One build, two module systems: the library as CJS (require) and ESM (import), both with types,
-// and the CLI as a CJS executable.
+// The library as one CommonJS build with types, which `require` loads and `import` too (Node reads
+// its export names: esbuild annotates them for cjs-module-lexer), so that a program whose parts use
+// both gets one copy of each class (a second, ESM build made a Tensor from `import` foreign to a router
+// from `require`, and `instanceof RouterError` false across them); and the CLI as a CJS executable.
 export default defineConfig([
   {
     entry: { index: 'src/index.ts' },
-    format: ['cjs', 'esm'],
+    format: ['cjs'],
     dts: true,
     sourcemap: true,
     clean: true,
     target: 'node20',
-    shims: true,
   },
   {
     entry: { cli: 'src/cli.ts' },

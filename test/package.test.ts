@@ -84,7 +84,7 @@ describe('the npm package', () => {
   it('carries the prebuilt engine, the sources to build one, its license, and no bench or test files', () => {
     expect(prebuilt).toMatch(/^prebuilds[/\\][a-z0-9]+-[a-z0-9]+[/\\]node\.napi(\.(glibc|musl))?\.node$/);
     expect(tarballFiles).toContain(prebuilt.split(path.sep).join('/'));
-    const needed = ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/cli.js', 'scripts/install.js'];
+    const needed = ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'scripts/install.js'];
     for (const file of [...needed, 'CMakeLists.txt', 'LICENSE', 'README.md']) expect(tarballFiles).toContain(file);
     expect(tarballFiles.some((f) => f.startsWith('native/src/'))).toBe(true);
     expect(tarballFiles.filter((f) => /^(test|bench)\/|bench-anchors/.test(f))).toEqual([]);
@@ -98,6 +98,14 @@ describe('the npm package', () => {
     const app = path.resolve(installed, '..', '..');
     expect(routeWith(`require('dynamic-moe-router')`, { cwd: app })).toBe(reference);
     expect(routeWith(`await import('dynamic-moe-router')`, { cwd: app, esm: true })).toBe(reference);
+    // One copy of each class whichever way a part of the program loads it: a Tensor made through
+    // `import` routes on a router made through `require`.
+    const both =
+      `import { createRequire } from 'node:module'; const esm = await import('dynamic-moe-router');` +
+      `const cjs = createRequire(process.cwd() + '/')('dynamic-moe-router');` +
+      `const r = new cjs.DynamicRouter({ inputDim: 2, numExperts: 2, topK: 1, weight: new Float32Array(4) });` +
+      `console.log(esm.Tensor === cjs.Tensor, r.route(esm.Tensor.from(new Float32Array(2), [1, 2])).tokens)`;
+    expect(execFileSync(process.execPath, ['--input-type=module', '-e', both], { cwd: app, env, encoding: 'utf8' })).toBe('true 1\n');
     // Its types, for an ES module and a CommonJS one (with Node's types, as any Node project has them).
     const source =
       `import { DynamicRouter, Tensor } from 'dynamic-moe-router';\n` +
