@@ -14,7 +14,7 @@ import { endianness } from 'node:os';
 import path from 'node:path';
 import { CACHE_OPTIONS, type RoutingCacheOptions } from './cache';
 import { modelCard } from './card';
-import { didYouMean, optionNames, RouterError, unknownOptions } from './errors';
+import { didYouMean, isObject, optionNames, RouterError, unknownOptions } from './errors';
 import { BREAKER_OPTIONS, breakerSettings, FailoverRouter, type BreakerOptions } from './failover';
 import { ALERT_OPTIONS, MonitoredRouter, type AlertThresholds } from './monitor';
 import { ROUTER_OPTIONS, type RouterOptions } from './options';
@@ -66,10 +66,6 @@ function durationMs(value: unknown): number {
   const unit = (match[2] ?? 'ms').toLowerCase();
   const key = unit.startsWith('ms') || unit.startsWith('milli') ? 'ms' : unit[0]!;
   return Number(match[1]) * DURATION_UNITS[key]!;
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function positiveInteger(value: unknown): value is number {

@@ -43,6 +43,11 @@ export function native<T>(fn: () => T): T {
   }
 }
 
+/** Whether `value` is a plain object (not null, not an array): what an options object must be. */
+export function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
 /** The option names of T, as a record over its keys, so that the compiler keeps the list complete. */
 export function optionNames<T>(names: Record<keyof T, true>): readonly string[] {
   return Object.keys(names);
@@ -70,7 +75,7 @@ export function unknownOptions(given: object, known: readonly string[]): string[
 export function rejectUnknownOptions(what: string, given: unknown, known: readonly string[]): void {
   if (given === undefined) return;
   // (Not an object at all: a dtype given as Tensor.from's third argument, say, must not be skipped.)
-  if (given === null || typeof given !== 'object' || Array.isArray(given)) {
+  if (!isObject(given)) {
     throw new RouterError('E_CONFIG', `${what}s must be an object (got ${shown(given)})`);
   }
   const lines = unknownOptions(given, known);

@@ -4,7 +4,7 @@
  * is retried on another endpoint (within the retry budget) when it fails, and fails over to the next,
  * more expensive tier when its tier has nothing left; the whole request respects one deadline.
  */
-import { OptionProblems, optionNames, shown, unknownOptions } from '../errors';
+import { isObject, OptionProblems, optionNames, shown, unknownOptions } from '../errors';
 import { balancer, BALANCER_NAMES, type Balancer } from './balancer';
 import { TimeWindow, type Admission } from './breaker';
 import { Member } from './member';
@@ -43,10 +43,6 @@ const FLEET_BREAKER_OPTIONS = optionNames<BreakerOptions>({ failureRate: true, w
 const RETRY_OPTIONS = optionNames<RetryOptions>({ attempts: true, budgetPercent: true });
 
 const configError = (message: string) => new FleetError('E_CONFIG', message);
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return value !== null && typeof value === 'object' && !Array.isArray(value);
-}
 
 /**
  * Throws E_CONFIG naming every problem of the options, a line each: first every unknown name and every
