@@ -410,9 +410,9 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     const adapts = (o.biasUpdateRate ?? 0) > 0 || (o.noise?.std ?? 0) > 0;
     const fresh = this.router.stats().calls === 0;
     const stepped = inStack(this.router, DynamicRouter);
-    const step = stepped?.step;
+    const step = stepped?.step ?? 0;
     (await this.router.routeAsync(new Float32Array(adapts ? 0 : this.router.inputDim))).release();
-    if (stepped && step !== undefined) stepped.step = step;
+    if (stepped) stepped.step = step;
     if (fresh) this.router.resetStats();
   }
 

@@ -5,12 +5,15 @@
 export class BufferPool<T extends object = object> {
   private readonly free = new Map<number, T[]>();
   private readonly limitPerSize: number;
+  private readonly keeps: (item: T) => boolean;
   /** Items created (misses) and handed out again (hits). */
   allocated = 0;
   reused = 0;
 
-  constructor(limitPerSize = 8) {
+  /** `keeps` says whether a released item may be handed out again (else it is dropped). */
+  constructor(limitPerSize = 8, keeps: (item: T) => boolean = () => true) {
     this.limitPerSize = limitPerSize;
+    this.keeps = keeps;
   }
 
   /** A free item of this size, else make(size). */
@@ -25,6 +28,7 @@ export class BufferPool<T extends object = object> {
   }
 
   release(size: number, item: T): void {
+    if (!this.keeps(item)) return;
     let list = this.free.get(size);
     if (!list) {
       list = [];

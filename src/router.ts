@@ -107,7 +107,8 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
   readonly options: Readonly<Omit<RouterOptions, 'weight' | 'bias' | 'selectionBias'>>;
 
   private engine: NativeRouter | undefined;
-  private readonly pool = new BufferPool<RouteBuffers>();
+  // (A result's buffer detached by a transfer to another thread is dropped: RouteBuffers.reusable.)
+  private readonly pool = new BufferPool<RouteBuffers>(8, (buffers) => buffers.reusable);
   /** Makes a pool miss's buffers for T tokens (bound once: no closure per call). */
   private readonly makeBuffers = (tokens: number): RouteBuffers =>
     new RouteBuffers(this.live().outputLayout(tokens), tokens, this.topK, this.numExperts);
@@ -332,7 +333,7 @@ export class DynamicRouter extends EventEmitter<RouterEvents> {
 
   /** After a failed engine call: the buffers go back, the error leaves as a RouterError. */
   private failed(buffers: RouteBuffers, error: unknown): never {
-    if (buffers.reusable) this.pool.release(buffers.tokens, buffers);
+    this.pool.release(buffers.tokens, buffers);
     throw native(() => {
       throw error;
     });

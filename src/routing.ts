@@ -112,6 +112,6 @@ export class Routing {
     const pool = this.#pool;
     if (!pool) return;
     this.#pool = undefined;
-    if (this.#buffers.reusable) pool.release(this.tokens, this.#buffers);
+    pool.release(this.tokens, this.#buffers);
   }
 }
