@@ -5,6 +5,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyPluginAsync } from 'fastify';
+import { parse as parseSecureJson } from 'secure-json-parse';
 import { integerFlag } from './args';
 import { createRouter, loadConfig, type RateLimitConfig } from './config';
 import { RouterError } from './errors';
@@ -117,6 +118,18 @@ function classify(error: FastifyError | Error): { status: number; code: string; 
   return { status: 500, code: 'E_INTERNAL', message: 'internal error' };
 }
 
+/** A JSON body, refusing keys that could reach an object's prototype (as fastify does). */
+function parseJsonBody(text: string): unknown {
+  if (text.length === 0) throw new HttpError(400, 'E_JSON', 'the body is empty; send a JSON object');
+  try {
+    return parseSecureJson(text, null, { protoAction: 'error', constructorAction: 'error' });
+  } catch (error) {
+    const reason = (error as Error).message;
+    const refused = /forbidden/.test(reason);
+    throw new HttpError(400, 'E_JSON', refused ? `the body has a __proto__ or constructor.prototype key, which is refused` : `the body is not valid JSON: ${reason}`);
+  }
+}
+
 function sha256(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
@@ -174,6 +187,16 @@ export const moeRouterPlugin: FastifyPluginAsync<RouterPluginOptions> = async (a
   // Only JSON bodies: fastify would read text/plain into a string, which then failed the schema (400)
   // where any other type that is not JSON gets 415.
   app.removeContentTypeParser('text/plain');
+  // fastify's own JSON parser answers "not valid JSON" for every failure, a refused __proto__ key included;
+  // this one says which.
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string));
+    } catch (error) {
+      done(error as HttpError, undefined);
+    }
+  });
 
   app.addHook('onReady', async () => {
     await router.warmUp();

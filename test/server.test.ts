@@ -103,6 +103,18 @@ describe('POST /route', () => {
     }
     const shape = await json(await post(url, { hidden: [new Array(D + 1).fill(0)] }));
     expect(shape.message).toMatch(/hidden\[0\] has 33 values; every row needs inputDim = 32/);
+    // Each JSON failure says what it is: a key that could reach a prototype is valid JSON, but refused.
+    const jsonCases: [string, RegExp][] = [
+      ['{"hidden": [[1, 2]', /^the body is not valid JSON: .*position 18/],
+      ['', /^the body is empty/],
+      [`{"__proto__": {"x": 1}, "hidden": [${JSON.stringify(new Array(D).fill(0))}]}`, /__proto__ .* refused/],
+      ['{"constructor": {"prototype": {}}, "hidden": []}', /constructor\.prototype key, which is refused/],
+    ];
+    for (const [body, message] of jsonCases) {
+      const res = await post(url, body);
+      expect({ body, status: res.status }).toEqual({ body, status: 400 });
+      expect(await json(res)).toMatchObject({ code: 'E_JSON', message: expect.stringMatching(message) });
+    }
   });
 
   it('413 over the body limit, 415 for a body that is not JSON', async () => {
