@@ -354,6 +354,10 @@ export class RoutingCache extends RouterWrapper implements Routable {
     return this.router.configVersion;
   }
 
+  get disposed(): boolean {
+    return this.router.disposed;
+  }
+
   get parameters(): { topP: number; threshold: number } {
     return this.router.parameters;
   }
@@ -416,7 +420,8 @@ export class RoutingCache extends RouterWrapper implements Routable {
 
   private requestKey(input: RouteInput, isLogits: boolean): { key: string; version: number; hit?: CachedRouting } | null {
     const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
-    if (!rows) return null;
+    // A disposed router answers nothing, from the cache neither: the call goes to it and fails there.
+    if (!rows || this.router.disposed) return null;
     const version = this.currentVersion();
     const key = loadNative().hash128(rows.data, `${this.prefix(rows, isLogits, version)}${rows.tokens}:`);
     const found = this.lru.get(key);
@@ -448,7 +453,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
 
   private plan(input: RouteInput, isLogits: boolean): Plan | null {
     const rows = rowsOf(input, isLogits ? this.numExperts : this.inputDim);
-    if (!rows) return null;
+    if (!rows || this.router.disposed) return null;
     const version = this.currentVersion();
     const prefix = this.prefix(rows, isLogits, version);
     const { data, tokens } = rows;
@@ -543,7 +548,16 @@ export class RoutingCache extends RouterWrapper implements Routable {
   private routeRows(input: RouteInput, isLogits: boolean): RoutingResult {
     const plan = this.plan(input, isLogits);
     if (!plan) return this.direct(input, isLogits);
-    const routed = plan.missing.length > 0 ? this.direct(this.missingInput(input, plan), isLogits) : null;
+    let routed: RoutingResult | null = null;
+    if (plan.missing.length > 0) {
+      try {
+        routed = this.direct(this.missingInput(input, plan), isLogits);
+      } catch (error) {
+        // A row's error names its row in the rows sent; the whole input names it in the caller's.
+        if (isPartial(plan) && isRowError(error)) return this.direct(input, isLogits);
+        throw error;
+      }
+    }
     try {
       return this.assemble(plan, routed);
     } finally {
@@ -554,11 +568,34 @@ export class RoutingCache extends RouterWrapper implements Routable {
   private async routeRowsAsync(input: RouteInput, isLogits: boolean): Promise<RoutingResult> {
     const plan = this.plan(input, isLogits);
     if (!plan) return this.directAsync(input, isLogits);
-    const routed = plan.missing.length > 0 ? await this.directAsync(this.missingInput(input, plan), isLogits) : null;
+    let routed: RoutingResult | null = null;
+    if (plan.missing.length > 0) {
+      try {
+        routed = await this.directAsync(this.missingInput(input, plan), isLogits);
+      } catch (error) {
+        if (isPartial(plan) && isRowError(error)) return this.directAsync(input, isLogits);
+        throw error;
+      }
+      // The router changed (calibrate, updateBias) while this call waited: its rows may follow the new
+      // configuration and the cached ones the old. One answer from the router itself is consistent.
+      if (isPartial(plan) && this.router.configVersion !== plan.version) {
+        routed.release();
+        return this.directAsync(input, isLogits);
+      }
+    }
     try {
       return this.assemble(plan, routed);
     } finally {
       routed?.release();
     }
   }
+}
+
+/** Whether some of the plan's rows came from the cache (the rest were routed on their own). */
+function isPartial(plan: Plan): boolean {
+  return plan.missing.length < plan.rows.tokens;
+}
+
+function isRowError(error: unknown): boolean {
+  return error instanceof RouterError && error.code === 'E_NONFINITE';
 }

@@ -122,6 +122,11 @@ export class FailoverRouter extends RouterWrapper implements Routable {
     return this.primary.configVersion + this.fallback.configVersion;
   }
 
+  /** True once either router is disposed (a call may need the other). */
+  get disposed(): boolean {
+    return this.primary.disposed || this.fallback.disposed;
+  }
+
   get parameters(): { topP: number; threshold: number } {
     return this.primary.parameters;
   }

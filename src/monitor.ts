@@ -202,7 +202,7 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
   private readonly firing = new Set<AlertName>();
   private snapshot: RouterStats | null = null;
   private lastStats: RouterStats | null = null;
-  private disposed = false;
+  private unregistered = false;
 
   constructor(router: Routable, options: MonitorOptions = {}) {
     super(router);
@@ -358,6 +358,10 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     return this.router.configVersion;
   }
 
+  get disposed(): boolean {
+    return this.target.disposed;
+  }
+
   get parameters(): { topP: number; threshold: number } {
     return this.router.parameters;
   }
@@ -442,8 +446,8 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
 
   /** Unregisters the metrics and disposes the router (and cache). A second call does nothing. */
   dispose(): void {
-    if (this.disposed) return;
-    this.disposed = true;
+    if (this.unregistered) return;
+    this.unregistered = true;
     for (const name of Object.values(METRIC)) this.registry.removeSingleMetric(name);
     this.target.dispose();
   }

@@ -36,6 +36,8 @@ export interface Routable {
   readonly backend: string;
   /** Changes whenever the same input could route differently (see DynamicRouter.configVersion). */
   readonly configVersion: number;
+  /** True once dispose() ran on it or on a router it wraps: calls then throw E_DISPOSED. */
+  readonly disposed: boolean;
   /** The top-p and threshold parameters in force. */
   readonly parameters: { topP: number; threshold: number };
   route(hidden: RouteInput): RoutingResult;

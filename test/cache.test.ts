@@ -1,7 +1,7 @@
 // RoutingCache: a hit equals routing again, a changed input or a changed router never gets a stale
 // answer, cached answers do not alias pooled buffers, the byte bound holds, token mode reuses rows.
 import { afterEach, describe, expect, it } from 'vitest';
-import { RoutingCache, RouterError, Tensor, type DynamicRouter, type Routable } from '../src/index';
+import { FailoverRouter, RoutingCache, RouterError, Tensor, type DynamicRouter, type Routable } from '../src/index';
 import { randomGate } from '../src/random';
 import { D, E, data, makeRouter, plain, routed } from './helpers/service';
 
@@ -223,6 +223,29 @@ describe('RoutingCache, request mode', () => {
     expect(cache.cacheStats()).toMatchObject({ hits: 0, misses: 2, entries: 1 });
   });
 
+  it('answers nothing, not even a hit, once its router is disposed', async () => {
+    for (const mode of ['request', 'token'] as const) {
+      const r = router();
+      const cache = new RoutingCache(r, { mode });
+      const x = data(4, D, 18);
+      routed(cache, x);
+      r.dispose();
+      expect(cache.disposed).toBe(true);
+      expect(() => cache.route(x)).toThrow(expect.objectContaining({ code: 'E_DISPOSED' }));
+      await expect(cache.routeAsync(x)).rejects.toMatchObject({ code: 'E_DISPOSED' });
+      expect(cache.cacheStats().hits).toBe(0);
+    }
+    // Down a stack: a breaker whose primary is gone is disposed too (its calls fail there).
+    const primary = router();
+    const stacked = new RoutingCache(new FailoverRouter(primary, router()));
+    const x = data(2, D, 19);
+    routed(stacked, x);
+    expect(stacked.disposed).toBe(false);
+    primary.dispose();
+    expect(stacked.disposed).toBe(true);
+    expect(() => stacked.route(x)).toThrow(expect.objectContaining({ code: 'E_DISPOSED' }));
+  });
+
   it('rejects options it cannot honour', () => {
     const r = router();
     expect(() => new RoutingCache(r, { maxBytes: 0 })).toThrow(/maxBytes/);
@@ -280,6 +303,32 @@ describe('RoutingCache, token mode', () => {
     const after = routed(cache, x);
     expect(after).toEqual(routed(r, x));
     expect(after.expertsPerToken).not.toEqual(before.expertsPerToken);
+  });
+
+  it('answers from one configuration when calibrate runs while an async batch of cached and new rows waits', async () => {
+    const r = router({ strategy: 'threshold', threshold: 0.01 });
+    const cache = new RoutingCache(r, { mode: 'token' });
+    const x = data(64, D, 16);
+    const cachedHalf = x.subarray(0, 32 * D);
+    const before = routed(cache, x);
+    cache.clear();
+    routed(cache, cachedHalf);
+    const pending = cache.routeAsync(x); // 32 rows from the cache, 32 sent to the router
+    r.calibrate(x, { meanExperts: 2 }); // before the router reaches them
+    const answer = plain(await pending);
+    const after = routed(r, x);
+    expect(after.expertsPerToken.slice(0, 32)).not.toEqual(before.expertsPerToken.slice(0, 32));
+    expect(answer).toEqual(after);
+  });
+
+  it("names a non-finite row by its place in the caller's batch, cached rows before it included", async () => {
+    const r = router();
+    const cache = new RoutingCache(r, { mode: 'token' });
+    const x = data(4, D, 17);
+    routed(cache, x.subarray(0, 2 * D));
+    x[3 * D + 1] = Number.POSITIVE_INFINITY; // rows 0 and 1 cached, rows 2 and 3 sent: row 3 is bad
+    expect(() => cache.route(x)).toThrow(/^hidden row 3 gives a non-finite gate logit/);
+    await expect(cache.routeAsync(x)).rejects.toThrow(/^hidden row 3 gives a non-finite gate logit/);
   });
 
   it('refuses routers whose tokens depend on their batch', () => {

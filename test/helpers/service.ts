@@ -74,6 +74,9 @@ export class FlakyRouter implements Routable {
   get configVersion() {
     return this.inner.configVersion;
   }
+  get disposed() {
+    return this.inner.disposed;
+  }
   get parameters() {
     return this.inner.parameters;
   }
