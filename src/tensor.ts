@@ -31,18 +31,30 @@ function isNumberArray(data: unknown): data is NumberArray {
   return ArrayBuffer.isView(data) && !(data instanceof DataView) && !(data instanceof BigInt64Array) && !(data instanceof BigUint64Array);
 }
 
-/** Rounds an f32 to the nearest bf16 (ties to even), returning its bits. */
-export function f32ToBf16(value: number): number {
+/**
+ * The bits of `value` as an f32, rounded to odd: toward zero, with the last bit set when that lost
+ * anything. Exact for every f32; for a wider value, rounding these bits to the nearest f16 or bf16
+ * (13 or 16 bits fewer) gives the value's own nearest, where rounding to the nearest f32 first could
+ * land on a tie that was not one.
+ */
+function f32BitsRoundedToOdd(value: number): number {
   f32[0] = value;
-  const bits = u32[0]!;
+  const rounded = f32[0]!;
+  if (rounded === value || Number.isNaN(value)) return u32[0]!;
+  if (Math.abs(rounded) > Math.abs(value)) u32[0]! -= 1; // rounded away from zero (or to infinity): one step back
+  return u32[0]! | 1;
+}
+
+/** Rounds a number to the nearest bf16 (ties to even), returning its bits. */
+export function f32ToBf16(value: number): number {
+  const bits = f32BitsRoundedToOdd(value);
   if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x40) & 0xffff; // quiet NaN
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-/** Rounds an f32 to the nearest f16 (ties to even), returning its bits. */
+/** Rounds a number to the nearest f16 (ties to even), returning its bits. */
 export function f32ToF16(value: number): number {
-  f32[0] = value;
-  const bits = u32[0]!;
+  const bits = f32BitsRoundedToOdd(value);
   const sign = (bits >>> 16) & 0x8000;
   const exponent = (bits >>> 23) & 0xff;
   let mantissa = bits & 0x7fffff;

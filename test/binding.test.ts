@@ -48,6 +48,51 @@ describe('inputs', () => {
     expect(snapshot(router.route(Tensor.from(bits, [9, D], { dtype: 'bf16' })))).toEqual(snapshot(router.route(widened)));
   });
 
+  it('rounds numbers to f16 and bf16 from their own value, not from their f32 rounding', () => {
+    // Reference: for v in [1, 2) · 2^e with m mantissa bits, the two candidates are floor and floor + 1
+    // of v · 2^(m − e) over that scale (exact in doubles); the nearer wins, a tie goes to the even one.
+    const nearest = (v: number, bits: number): number => {
+      const e = Math.floor(Math.log2(Math.abs(v)));
+      const scale = 2 ** (bits - e);
+      const low = Math.floor(Math.abs(v) * scale);
+      const rest = Math.abs(v) * scale - low;
+      const pick = rest > 0.5 || (rest === 0.5 && low % 2 === 1) ? low + 1 : low;
+      return (Math.sign(v) * pick) / scale;
+    };
+    let seed = 7;
+    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const values: number[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const ulps = [2 ** -8, 2 ** -11][i % 2]!; // half a bf16, half an f16 ulp at 1
+      // near a tie of one of the two formats, off it by less than an f32 ulp, or anywhere
+      const off = i % 3 === 0 ? random() : ulps * (1 + Math.floor(random() * 255) * 2) + (random() - 0.5) * 2 ** -26;
+      values.push((random() < 0.5 ? -1 : 1) * (1 + (off % 1)) * 2 ** (Math.floor(random() * 20) - 10));
+    }
+    const bf16 = Tensor.from(values, [values.length], { dtype: 'bf16' }).toFloat32();
+    const f16 = Tensor.from(values, [values.length], { dtype: 'f16' }).toFloat32();
+    values.forEach((v, i) => {
+      expect({ v, bf16: bf16[i] }).toEqual({ v, bf16: nearest(v, 7) });
+      expect({ v, f16: f16[i] }).toEqual({ v, f16: nearest(v, 10) });
+    });
+    // The cases rounding to f32 first gets wrong, and the edges.
+    const cases: [number, 'f16' | 'bf16', number][] = [
+      [1 + 2 ** -8 + 2 ** -30, 'bf16', 0x3f81],
+      [1 + 2 ** -8, 'bf16', 0x3f80],
+      [-(1 + 2 ** -11 + 2 ** -40), 'f16', 0xbc01],
+      [2 ** -25 + 2 ** -60, 'f16', 0x0001], // just over half the least subnormal
+      [2 ** -25, 'f16', 0x0000],
+      [65519.99, 'f16', 0x7bff],
+      [65520, 'f16', 0x7c00],
+      [1e39, 'bf16', 0x7f80],
+      [-1e-50, 'bf16', 0x8000],
+      [Number.NaN, 'bf16', 0x7fc0],
+    ];
+    for (const [v, dtype, bits] of cases) expect({ v, dtype, bits: Tensor.from([v], [1], { dtype }).data[0] }).toEqual({ v, dtype, bits });
+    // A Float32Array's values are exact already: the same bits as before.
+    const rows = randomRows(4, D, 9);
+    expect(Tensor.from(Array.from(rows), [4, D], { dtype: 'bf16' }).data).toEqual(Uint16Array.from(rows, (v) => f32ToBf16(v)));
+  });
+
   it('routes zero tokens to an empty result', () => {
     const r = makeRouter().route(new Float32Array(0));
     expect(r.tokens).toBe(0);
