@@ -148,13 +148,16 @@ class SimdBackend final : public Backend {
     if (chunk_p_sum) std::fill(chunk_p_sum, chunk_p_sum + chunks * E, 0.0);
 
     if (by_panels && threads > 1) {
-      auto gate_panel = [&](int64_t panel, int slot) {
+      // Each thread a run of consecutive panels, so that the rows left after the whole tiles go two
+      // panels at a time (rows_across_panels): one panel a job gave them half the FMA chains the core
+      // needs (AVX2 decode-olmoe, 4 panels: bench/NOTES.md item 38).
+      auto gate_panels = [&](int64_t job, int slot) {
         GateBlock g = gate_block(p, 0, static_cast<int>(T), scratch_[0].u.data(), scratch_[slot]);
-        g.panel_begin = static_cast<int>(panel);
-        g.panel_end = static_cast<int>(panel + 1);
+        g.panel_begin = static_cast<int>(job * panels / threads);
+        g.panel_end = static_cast<int>((job + 1) * panels / threads);
         k_.gate(g);
       };
-      ThreadPool::instance().run(panels, threads, gate_panel);
+      ThreadPool::instance().run(threads, threads, gate_panels);
       finish_block(p, out, 0, static_cast<int>(T), scratch_[0].u.data(), gate_stride(E), scratch_[0], chunk_p_sum);
     } else {
       auto body = [&](int64_t chunk, int slot) {

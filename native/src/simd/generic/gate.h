@@ -83,18 +83,18 @@ inline void dot_block(const GateBlock& g) {
   const int D = g.dim;
   const int groups = (g.experts + NE - 1) / NE;
   const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
-  for (int q = 0; q < groups; ++q) {
-    const float* w = g.weight + q * group_words;
-    int r = 0;
-    const int rows_ahead = g.rows + (q + 1 == groups ? g.rows_after : 0);  // the rows this thread reads next
-    for (; r + MR <= g.rows; r += MR) {
-      const T* next = r + 2 * MR <= rows_ahead ? x + static_cast<int64_t>(r + MR) * D : nullptr;
-      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride,
-                          reinterpret_cast<const char*>(next));
-    }
-    for (; r < g.rows; ++r)
-      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, w, D, g.u + r * g.u_stride + q * NE, g.u_stride, nullptr);
+  const int rows_ahead = g.rows + g.rows_after;  // the rows this thread reads next
+  int r = 0;
+  for (; r + MR <= g.rows; r += MR) {
+    const T* next = r + 2 * MR <= rows_ahead ? x + static_cast<int64_t>(r + MR) * D : nullptr;
+    for (int q = 0; q < groups; ++q)
+      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, D, g.u + r * g.u_stride + q * NE,
+                          g.u_stride, reinterpret_cast<const char*>(q == 0 ? next : nullptr));
   }
+  for (; r < g.rows; ++r)
+    for (int q = 0; q < groups; ++q)
+      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, D, g.u + r * g.u_stride + q * NE,
+                         g.u_stride, nullptr);
 }
 
 // Larger E: MR tokens x NP consecutive panels of NV vectors of experts each (ldb floats apart); per
@@ -120,7 +120,11 @@ inline void panel_tile(const float* a, int64_t lda, const float* b, int kc, floa
   for (int d = 0; d < kc; ++d) {
     F bv[NB];
 #pragma GCC unroll 8
-    for (int v = 0; v < NB; ++v) bv[v] = Vec::load(b + v / NV * ldb + d * NR + v % NV * kLanes);
+    for (int v = 0; v < NB; ++v) {
+      bv[v] = Vec::load(b + v / NV * ldb + d * NR + v % NV * kLanes);
+      // One load per W vector: a tile of 2 or 3 rows otherwise got one per row (bench/NOTES.md item 38).
+      if constexpr (MR > 1) Vec::pin(bv[v]);
+    }
     if (next) {
 #pragma GCC unroll 4
       for (int i = 0; i < NR; i += 16) __builtin_prefetch(next + d * NR + i, 0, 2);
