@@ -15,7 +15,8 @@ namespace MOE_SIMD_ISA {
 // the input is widened on load), reduced at the end. W comes packed per group of NE experts as
 // [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
 // would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB.
-// A tile walks its MR rows whole, so that each row is one long stream from DRAM. (D was once walked
+// A tile walks its MR rows whole, so that each row is one long stream from DRAM, once for each group
+// of NE experts in a row, while its rows are still in L2 (bench/NOTES.md item 39). (D was once walked
 // in slices that kept a slice of W in L1 across the block's tiles; that cut each row into pieces too
 // short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
 // While it does, it fetches the next tile's rows into L2 in address order, MR vectors' worth per step:
