@@ -124,9 +124,10 @@ function parseJsonBody(text: string): unknown {
   try {
     return parseSecureJson(text, null, { protoAction: 'error', constructorAction: 'error' });
   } catch (error) {
+    // secure-json-parse refuses both kinds of key with one SyntaxError: 'forbidden prototype property'.
     const reason = (error as Error).message;
-    const refused = /forbidden/.test(reason);
-    throw new HttpError(400, 'E_JSON', refused ? `the body has a __proto__ or constructor.prototype key, which is refused` : `the body is not valid JSON: ${reason}`);
+    const refused = /forbidden prototype property/.test(reason);
+    throw new HttpError(400, 'E_JSON', refused ? 'the body has a __proto__ or constructor.prototype key, which is refused' : `the body is not valid JSON: ${reason}`);
   }
 }
 
