@@ -354,10 +354,6 @@ export class RoutingCache extends RouterWrapper implements Routable {
     return this.router.configVersion;
   }
 
-  get disposed(): boolean {
-    return this.router.disposed;
-  }
-
   get parameters(): { topP: number; threshold: number } {
     return this.router.parameters;
   }

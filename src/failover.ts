@@ -123,7 +123,7 @@ export class FailoverRouter extends RouterWrapper implements Routable {
   }
 
   /** True once either router is disposed (a call may need the other). */
-  get disposed(): boolean {
+  override get disposed(): boolean {
     return this.primary.disposed || this.fallback.disposed;
   }
 

@@ -358,10 +358,6 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     return this.router.configVersion;
   }
 
-  get disposed(): boolean {
-    return this.target.disposed;
-  }
-
   get parameters(): { topP: number; threshold: number } {
     return this.router.parameters;
   }

@@ -53,7 +53,7 @@ export interface Routable {
 
 /**
  * Base of the wrappers (cache, monitor, breaker): a router's shape (dimensions, options) never changes,
- * so it is read from the router whose shape the wrapper has.
+ * so it is read from the router whose shape the wrapper has, and so is whether it was disposed.
  */
 export abstract class RouterWrapper extends EventEmitter {
   protected readonly shaped: Routable;
@@ -77,5 +77,10 @@ export abstract class RouterWrapper extends EventEmitter {
 
   get options(): Routable['options'] {
     return this.shaped.options;
+  }
+
+  /** The wrapped router's (a wrapper holds nothing a call could still use once it is gone). */
+  get disposed(): boolean {
+    return this.shaped.disposed;
   }
 }
