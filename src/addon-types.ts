@@ -39,6 +39,8 @@ export const enum Scalar {
   ZLoss = 4,
   Entropy = 5,
   FlopReduction = 6,
+  /** The engine's backend code (BACKENDS index) that ran the call. */
+  Backend = 7,
 }
 
 /**

@@ -53,6 +53,9 @@ const REQUEST_ENTRY_OVERHEAD_BYTES = 700;
 const TOKEN_ENTRY_OVERHEAD_BYTES = 320;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
+/** The `backend` of an answer whose every row came from the cache. */
+export const CACHE_BACKEND = 'cache';
+
 /** The names of the arrays partsOf() returns. */
 type PackedArray = 'experts' | 'weights' | 'expertsPerToken' | 'expertCounts' | 'invalidTokens';
 
@@ -82,6 +85,7 @@ export class StoredRouting {
   entropy?: number;
   flopReduction = 0;
   droppedAssignments = 0;
+  backend = '';
 
   constructor(bytes: number) {
     this.ints = new Int32Array(bytes / 4);
@@ -122,6 +126,7 @@ export class StoredRouting {
     this.entropy = source.entropy;
     this.flopReduction = source.flopReduction;
     this.droppedAssignments = source.droppedAssignments;
+    this.backend = source.backend;
     return this;
   }
 
@@ -145,6 +150,7 @@ export class CachedRouting implements RoutingResult {
   readonly flopReduction: number;
   readonly droppedAssignments: number;
   readonly invalidTokens: Int32Array;
+  readonly backend: string;
 
   /** The one buffer all its arrays are views of. */
   private readonly buffer: ArrayBuffer;
@@ -190,6 +196,7 @@ export class CachedRouting implements RoutingResult {
     }
     this.flopReduction = stored.flopReduction;
     this.droppedAssignments = stored.droppedAssignments;
+    this.backend = stored.backend;
   }
 
   /** A pooled copy's buffer goes back to its cache (its arrays must not be used afterwards); otherwise nothing. */
@@ -409,7 +416,9 @@ export class RoutingCache extends RouterWrapper implements Routable {
     if (this.router.configVersion !== version) return;
     const parts = partsOf(result);
     const bytes = StoredRouting.bytesOf(parts);
-    this.lru.set(key, this.spare.acquire(bytes, (n) => new StoredRouting(n)).fill(result, parts));
+    const entry = this.spare.acquire(bytes, (n) => new StoredRouting(n)).fill(result, parts);
+    entry.backend = CACHE_BACKEND; // what a hit names: the cache answered it
+    this.lru.set(key, entry);
   }
 
   // Request mode ------------------------------------------------------------------------------------
@@ -535,6 +544,7 @@ export class RoutingCache extends RouterWrapper implements Routable {
       topK: K,
       flopReduction: T === 0 ? 0 : 1 - chosen / (T * K),
       droppedAssignments: 0,
+      backend: routed?.backend ?? CACHE_BACKEND,
     });
     const answer = new CachedRouting(stored, this.copies);
     this.spare.release(bytes, stored);

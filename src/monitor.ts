@@ -251,7 +251,7 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     const requestCounts = this.requestCounts;
     new Counter({
       name: METRIC.requests,
-      help: 'Route calls, by entry point and serving backend.',
+      help: "Route calls, by entry point and the backend that answered ('cache' when the cache answered every row).",
       labelNames: ['entry', 'backend'],
       registers,
       collect() {
@@ -476,10 +476,10 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     try {
       result = call();
     } catch (error) {
-      this.record(entry, started, error);
+      this.record(entry, started, this.backendName, error);
       throw error;
     }
-    this.record(entry, started, undefined);
+    this.record(entry, started, result.backend, undefined);
     return result;
   }
 
@@ -489,14 +489,15 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     try {
       result = await call();
     } catch (error) {
-      this.record(entry, started, error);
+      this.record(entry, started, this.backendName, error);
       throw error;
     }
-    this.record(entry, started, undefined);
+    this.record(entry, started, result.backend, undefined);
     return result;
   }
 
-  private record(entry: RouteEntry, started: number, error: unknown): void {
+  /** Counts a call under the backend that answered it (a failed call: the one serving). */
+  private record(entry: RouteEntry, started: number, backend: string, error: unknown): void {
     const ms = this.clock() - started;
     const seconds = ms / 1000;
     const bounds = this.durationBounds;
@@ -504,10 +505,10 @@ export class MonitoredRouter extends RouterWrapper implements Routable {
     while (bucket < bounds.length && seconds > bounds[bucket]!) ++bucket;
     ++this.durationCounts[bucket]!;
     this.durationSum += seconds;
-    const key = `${entry} ${this.backendName}`;
+    const key = `${entry} ${backend}`;
     const calls = this.requestCounts.get(key);
     if (calls) ++calls.calls;
-    else this.requestCounts.set(key, { entry, backend: this.backendName, calls: 1 });
+    else this.requestCounts.set(key, { entry, backend, calls: 1 });
     let fault = 0;
     if (error !== undefined) {
       const code = errorCode(error);

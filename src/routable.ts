@@ -24,6 +24,12 @@ export interface RoutingResult {
   readonly flopReduction: number;
   readonly droppedAssignments: number;
   readonly invalidTokens: Int32Array;
+  /**
+   * The backend that computed it: a DynamicRouter's call names the one that ran it (after a CUDA call
+   * fell back, the CPU one); a RoutingCache answer names the router's for the rows it routed, or
+   * 'cache' when the cache answered every row.
+   */
+  readonly backend: string;
   release(): void;
 }
 

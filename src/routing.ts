@@ -1,5 +1,6 @@
 /** The result of one route: views over one buffer from the router's pool. */
 import { Layout, Scalar } from './addon-types';
+import { BACKENDS } from './options';
 import type { BufferPool } from './pool';
 
 const EMPTY = new Int32Array(0);
@@ -32,7 +33,7 @@ export class RouteBuffers {
     const ints = (at: Layout, length: number) => new Int32Array(buffer, layout[at]!, length);
     this.tokens = tokens;
     this.buffer = buffer;
-    this.scalars = new Float64Array(buffer, layout[Layout.Scalars]!, Scalar.FlopReduction + 1);
+    this.scalars = new Float64Array(buffer, layout[Layout.Scalars]!, Scalar.Backend + 1);
     this.experts = ints(Layout.Experts, tokens * topK);
     this.weights = new Float32Array(buffer, layout[Layout.Weights]!, tokens * topK);
     this.expertsPerToken = ints(Layout.ExpertsPerToken, tokens);
@@ -74,6 +75,8 @@ export class Routing {
   readonly droppedAssignments: number;
   /** Tokens with a non-finite logit that validation 'sanitize' routed anyway (ascending). */
   readonly invalidTokens: Int32Array;
+  /** The backend that ran this call: after a CUDA call fell back, the CPU one. */
+  readonly backend: string;
 
   // (#private: structuredClone and postMessage copy a result's own fields, and must not take the pool.)
   #pool: BufferPool<RouteBuffers> | undefined;
@@ -103,6 +106,7 @@ export class Routing {
     }
     this.flopReduction = s[Scalar.FlopReduction]!;
     this.droppedAssignments = s[Scalar.Dropped]!;
+    this.backend = BACKENDS[s[Scalar.Backend]!]!;
     this.#buffers = buffers;
     this.#pool = pool;
   }

@@ -148,7 +148,7 @@ function toFloat32(data: number[][], width: number, name: string, widthName: str
 }
 
 /** Experts and weights per token: the first k_t slots of each token (a capacity drop shows as -1). */
-function answer(r: RoutingResult, backend: string) {
+function answer(r: RoutingResult) {
   const K = r.topK;
   const experts: number[][] = [];
   const weights: number[][] = [];
@@ -160,7 +160,7 @@ function answer(r: RoutingResult, backend: string) {
   return {
     tokens: r.tokens,
     topK: K,
-    backend,
+    backend: r.backend,
     experts,
     weights,
     expertsPerToken: Array.from(r.expertsPerToken),
@@ -245,7 +245,7 @@ export const moeRouterPlugin: FastifyPluginAsync<RouterPluginOptions> = async (a
       if (work <= SYNC_WORK_LIMIT) result = isLogits ? router.routeLogits(input) : router.route(input);
       else result = await (isLogits ? router.routeLogitsAsync(input) : router.routeAsync(input));
       try {
-        return answer(result, router.backend);
+        return answer(result);
       } finally {
         result.release();
       }

@@ -4,7 +4,7 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { DynamicRouter, RouterError, Tensor, f32ToBf16 } from '../src/index';
+import { DynamicRouter, RouterError, Tensor, backends, f32ToBf16 } from '../src/index';
 import { randomGate } from '../src/random';
 import { randomRows } from './helpers/rows';
 
@@ -132,6 +132,17 @@ describe('async twins', () => {
     expect(snapshot(await pending)).toEqual(expected);
     expect(() => router.route(rows)).toThrowError(RouterError);
     await expect(router.routeAsync(rows)).rejects.toMatchObject({ code: 'E_DISPOSED' });
+  });
+
+  it('names the backend that ran each call, sync and async', async () => {
+    for (const backend of backends()) {
+      const router = makeRouter({ backend });
+      const rows = randomRows(5, D, 14);
+      const answers = [router.route(rows), router.routeLogits(randomRows(5, E, 15)), router.route(new Float32Array(0))];
+      answers.push(await router.routeAsync(rows), await router.routeLogitsAsync(randomRows(2, E, 16)));
+      expect(answers.map((r) => r.backend)).toEqual(answers.map(() => backend));
+      router.dispose();
+    }
   });
 
   it('rejects with a RouterError carrying the code', async () => {

@@ -352,3 +352,29 @@ describe('RoutingCache, token mode', () => {
     expect(routed(cache, new Float32Array(0))).toEqual(routed(r, new Float32Array(0)));
   });
 });
+
+describe('RoutingCache, the backend an answer names', () => {
+  it("names the router's backend when it routed rows, 'cache' when the cache answered every row", async () => {
+    for (const mode of ['request', 'token'] as const) {
+      const r = router();
+      const cache = new RoutingCache(r, { mode });
+      const x = data(4, D, 40);
+      const backendOf = (result: { backend: string; release(): void }) => {
+        result.release();
+        return result.backend;
+      };
+      expect(backendOf(cache.route(x))).toBe(r.backend);
+      expect(backendOf(cache.route(x))).toBe('cache');
+      expect(backendOf(await cache.routeAsync(x))).toBe('cache');
+      const y = data(2, D, 41);
+      expect(backendOf(await cache.routeAsync(y))).toBe(r.backend);
+      if (mode === 'token') {
+        // one row cached, one new: the router routed the new one
+        const mixed = new Float32Array(2 * D);
+        mixed.set(x.subarray(0, D));
+        mixed.set(data(1, D, 42), D);
+        expect(backendOf(cache.route(mixed))).toBe(r.backend);
+      }
+    }
+  });
+});

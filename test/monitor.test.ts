@@ -411,6 +411,28 @@ describe('FailoverRouter (GPU→CPU breaker)', () => {
     expect(() => new FailoverRouter(primary, own(makeRouter({ topK: 2 })))).toThrow(/shape/);
   });
 
+  it('counts each call under the backend that answered it, not the one serving', async () => {
+    const { primary, breaker, x, fallback } = setup();
+    const m = new MonitoredRouter(breaker);
+    open.pop(); // the monitor owns the breaker now
+    own(m);
+    release(m.route(x)); // on the GPU
+    primary.fallsBack = true; // the GPU call failed and the router answered on the CPU itself
+    release(m.route(x));
+    primary.fallsBack = false;
+    primary.broken = true; // the GPU call failed; the breaker (still closed) asked the fallback
+    release(await m.routeAsync(x));
+    expect(breaker.state).toBe('closed');
+    expect(m.health()).toMatchObject({ breaker: 'closed', backend: 'cuda' });
+    const { samples } = parse(await m.metricsText());
+    const cpu = fallback.backend;
+    expect(cpu).not.toBe('cuda');
+    expect(samples.get('moe_router_requests_total{entry="route",backend="cuda"}')).toBe(1);
+    expect(samples.get(`moe_router_requests_total{entry="route",backend="${cpu}"}`)).toBe(1);
+    expect(samples.get(`moe_router_requests_total{entry="routeAsync",backend="${cpu}"}`)).toBe(1);
+    expect(samples.has('moe_router_requests_total{entry="routeAsync",backend="cuda"}')).toBe(false);
+  });
+
   it('shows in the monitor: events, the breaker metric, backend_info and health', async () => {
     const { clock, primary, breaker, x, fallback } = setup();
     const m = new MonitoredRouter(breaker);

@@ -142,6 +142,8 @@ typedef struct moe_route_outputs {
   double z_loss;               /* written when options.losses */
   double entropy;              /* written when options.losses */
   double flop_reduction;       /* written: 1 - sum(k_t) / (T*K) */
+  moe_backend backend;         /* written: the backend that ran this call (a CUDA router's call that
+                                  fell back: the CPU backend; see moe_router_last_fallback) */
 } moe_route_outputs;
 
 /* Cumulative statistics over every route call since creation. */

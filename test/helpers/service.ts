@@ -40,13 +40,25 @@ export function routed(router: Pick<Routable, 'route'>, input: RouteInput) {
   return snapshot;
 }
 
+/** `r` naming 'cuda' as the backend that computed it. */
+function onCuda(r: RoutingResult): RoutingResult {
+  return new Proxy(r, {
+    get: (target, key) => (key === 'backend' ? 'cuda' : key === 'release' ? () => target.release() : Reflect.get(target, key)),
+  });
+}
+
 /**
- * A router that delegates to a real one, but throws `failWith` (E_CUDA by default) while `broken`:
- * what a failing GPU backend looks like to the breaker and the monitor.
+ * A router that delegates to a real one and says it runs on CUDA, but throws `failWith` (E_CUDA by
+ * default) while `broken`: what a failing GPU backend looks like to the breaker and the monitor.
  */
 export class FlakyRouter implements Routable {
   broken = false;
   failWith: RouterError['code'] = 'E_CUDA';
+  /**
+   * While set, its answers name the real router's CPU backend, as a native CUDA router's call that fell
+   * back to the CPU does (no error: the breaker does not see it).
+   */
+  fallsBack = false;
   /** Calls that reached this router. */
   calls = 0;
   constructor(readonly inner: DynamicRouter) {}
@@ -54,6 +66,10 @@ export class FlakyRouter implements Routable {
   private check(): void {
     this.calls += 1;
     if (this.broken) throw new RouterError(this.failWith, `injected ${this.failWith} failure`);
+  }
+
+  private answer(r: RoutingResult): RoutingResult {
+    return this.fallsBack ? r : onCuda(r);
   }
 
   get inputDim() {
@@ -82,19 +98,19 @@ export class FlakyRouter implements Routable {
   }
   route(x: RouteInput) {
     this.check();
-    return this.inner.route(x);
+    return this.answer(this.inner.route(x));
   }
   routeLogits(x: RouteInput) {
     this.check();
-    return this.inner.routeLogits(x);
+    return this.answer(this.inner.routeLogits(x));
   }
   async routeAsync(x: RouteInput) {
     this.check();
-    return this.inner.routeAsync(x);
+    return this.answer(await this.inner.routeAsync(x));
   }
   async routeLogitsAsync(x: RouteInput) {
     this.check();
-    return this.inner.routeLogitsAsync(x);
+    return this.answer(await this.inner.routeLogitsAsync(x));
   }
   calibrate(...args: Parameters<DynamicRouter['calibrate']>) {
     return this.inner.calibrate(...args);

@@ -152,7 +152,7 @@ struct OutputLayout {
   bool dispatch = false;
 };
 
-constexpr size_t kScalarCount = 7;  // what write_scalars writes, as doubles, at offset 0
+constexpr size_t kScalarCount = 8;  // what write_scalars writes, as doubles, at offset 0
 
 OutputLayout output_layout(moe_router* router, const moe_router_options& options, size_t tokens) {
   OutputLayout l;
@@ -264,6 +264,7 @@ void write_scalars(const RouteCall& call) {
   s[4] = o.z_loss;
   s[5] = o.entropy;
   s[6] = o.flop_reduction;
+  s[7] = o.backend;
 }
 
 // Runs one route on a libuv worker; holds references to every array it touches until it settles

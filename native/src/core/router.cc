@@ -260,9 +260,9 @@ moe::StageParams on_host(moe_router* r, moe::StageParams p) {
 }
 
 // Runs work(backend, its packed weight, p) on the router's backend. When the CUDA work of a router that
-// may fall back fails, reruns it on the CPU and records why.
+// may fall back fails, reruns it on the CPU and records why. Returns the backend that ran it.
 template <typename Work>
-void with_fallback(moe_router* r, const moe::StageParams& p, Work&& work) {
+moe_backend with_fallback(moe_router* r, const moe::StageParams& p, Work&& work) {
   // What router.backend and lastFallback report; written under state_mutex so getters never wait.
   const auto record = [r](moe_backend kind, bool fell_back, const char* reason) {
     std::lock_guard<std::mutex> lock(r->state_mutex);
@@ -273,13 +273,13 @@ void with_fallback(moe_router* r, const moe::StageParams& p, Work&& work) {
   if (r->backend_kind != MOE_BACKEND_CUDA) {
     work(*r->backend, r->packed_weight, on_host(r, p));
     record(r->backend_kind, false, nullptr);
-    return;
+    return r->backend_kind;
   }
   std::string reason;
   try {
     work(*r->backend, r->packed_weight, p);
     record(MOE_BACKEND_CUDA, false, nullptr);
-    return;
+    return MOE_BACKEND_CUDA;
   } catch (const moe::Failure& f) {
     if (f.code() != MOE_E_CUDA || !r->may_fall_back) throw;
     reason = f.what();
@@ -287,6 +287,7 @@ void with_fallback(moe_router* r, const moe::StageParams& p, Work&& work) {
   moe::Backend& cpu = fallback_backend(r);
   work(cpu, r->fallback_weight, on_host(r, p));
   record(r->fallback_kind, true, reason.c_str());
+  return r->fallback_kind;
 }
 
 // Whether the norm strategy takes its statistics from the batch (not calibrated yet).
@@ -320,7 +321,7 @@ void route_checked(moe_router* r, const void* input, bool on_device, moe_dtype d
   ComputeCall call(r);
   moe::StageParams p = stage_params(r, input, dtype, tokens, is_logits, out);
   p.input_on_device = on_device;
-  with_fallback(r, p, [&](moe::Backend& backend, const std::vector<float>& weight, const moe::StageParams& q) {
+  out->backend = with_fallback(r, p, [&](moe::Backend& backend, const std::vector<float>& weight, const moe::StageParams& q) {
     route_on(r, backend, weight, q, out);
   });
 
