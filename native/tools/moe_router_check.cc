@@ -667,7 +667,9 @@ int run_checks(moe_backend backend, int cases, uint64_t seed) {
     const Outputs first = route(tested.router, c, c.on_device);
     moe_router_set_step(tested.router, 0);
     const Outputs second = route(tested.router, c, c.on_device);
-    const Verdict v = compare(c, expected, first, second);
+    Verdict v = compare(c, expected, first, second);
+    if (first.status == MOE_OK && first.raw.backend != backend)  // (device 'cuda' never falls back)
+      v.fail(format("the outputs name backend %s", moe_backend_name(first.raw.backend)));
     const int loose = c.tolerance > 1e-4 ? 1 : 0;
     weight_error[loose] = std::max(weight_error[loose], v.weight_error);
     loss_error[loose] = std::max(loss_error[loose], v.loss_error);

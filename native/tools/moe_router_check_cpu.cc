@@ -216,7 +216,7 @@ struct Result {
            weights.size() == o.weights.size() &&
            (weights.empty() || std::memcmp(weights.data(), o.weights.data(), weights.size() * sizeof(float)) == 0) &&
            out.dispatch_length == o.out.dispatch_length && out.invalid_count == o.out.invalid_count &&
-           out.dropped_assignments == o.out.dropped_assignments &&
+           out.dropped_assignments == o.out.dropped_assignments && out.backend == o.out.backend &&
            std::memcmp(&out.aux_loss, &o.out.aux_loss, sizeof(double)) == 0 &&
            std::memcmp(&out.z_loss, &o.out.z_loss, sizeof(double)) == 0 &&
            std::memcmp(&out.entropy, &o.out.entropy, sizeof(double)) == 0 &&
@@ -495,7 +495,9 @@ int main(int argc, char** argv) {
       const Result one = run(c, b, 1);
       ++compared;
       const int before = near_ties;
-      const std::string why = compare(c, oracle, one, keys, &near_ties);
+      std::string why = compare(c, oracle, one, keys, &near_ties);
+      if (why.empty() && one.status == MOE_OK && one.out.backend != b)
+        why = std::string("the outputs name backend ") + moe_backend_name(one.out.backend);
       if (getenv("MOE_CHECK_VERBOSE") && near_ties > before) std::printf("near %d: %s\n", near_ties - before, c.describe.c_str());
       if (!why.empty()) {
         std::printf("FAIL %s vs scalar: %s\n  %s\n", moe_backend_name(b), why.c_str(), c.describe.c_str());
