@@ -12,11 +12,13 @@ namespace simd {
 namespace avx2 {
 
 namespace {
-constexpr int kDotTokens = 3, kDotExperts = 4, kPanelTokens = 6, kPanelVectors = 2, kKc = 128;
+constexpr int kDotTokens = 3, kDotExperts = 4, kPanelTokens = 6, kPanelVectors = 2, kKc = 128, kDotMaxExperts = 24;
 }
 
 const GateShape kGateShape = {Vec::kLanes,  kDotExperts, kDotTokens, kPanelVectors * Vec::kLanes,
-                              kPanelTokens, kKc,         24};
+                              kPanelTokens, kKc,         kDotMaxExperts};
+
+static_assert(kDotMaxExperts <= kDotMaxGroups * kDotExperts, "the dot kernel's saved accumulators");
 
 void gate(const GateBlock& block) {
   gate_block<kDotTokens, kDotExperts, kPanelTokens, kPanelVectors, kKc>(block);

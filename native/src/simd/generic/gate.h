@@ -15,10 +15,11 @@ namespace MOE_SIMD_ISA {
 // the input is widened on load), reduced at the end. W comes packed per group of NE experts as
 // [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
 // would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB.
-// A tile walks its MR rows whole, so that each row is one long stream from DRAM, once for each group
-// of NE experts in a row, while its rows are still in L2 (bench/NOTES.md item 39). (D was once walked
-// in slices that kept a slice of W in L1 across the block's tiles; that cut each row into pieces too
-// short for the prefetcher and cost 25-40% from DRAM; W is re-read from L2 instead: bench/NOTES.md.)
+// A tile walks its MR rows whole, so that each row is one long stream from DRAM, every group of NE
+// experts in turn over each span of kDotSpan values, while the span is in L1 (bench/NOTES.md items
+// 39-40). (D was once walked in slices that kept a slice of W in L1 across the block's tiles; that
+// cut each row into pieces too short for the prefetcher and cost 25-40% from DRAM; W is re-read from
+// L2 instead: bench/NOTES.md.)
 // While it does, it fetches the next tile's rows into L2 in address order, MR vectors' worth per step:
 // one linear stream ahead instead of MR interleaved ones (two threads, mixtral bf16 -8 to -16%, f32
 // the same within noise; bench/NOTES.md, item 13). A tile with no next tile fetches its own rows
@@ -26,17 +27,15 @@ namespace MOE_SIMD_ISA {
 // left the FMAs waiting).
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
+// The FMAs of an MR x NE tile over D values [d, end) (end = D or a multiple of kLanes) into acc; w is
+// the group's packed W from its start. With `next`, fetches the next tile's rows as described above.
 template <int MR, int NE, class L>
-inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, int64_t ldu, const char* next) {
+[[gnu::always_inline]] inline void dot_span(const typename L::T* x, const float* w, int d, int end, int D,
+                                            F (&acc)[MR][NE], const char* next) {
   const int64_t ldx = D;  // the tile's rows are consecutive rows of the input, and so are next's
   constexpr int kStepBytes = MR * kLanes * static_cast<int>(sizeof(typename L::T));  // of next, per step
-  F acc[MR][NE];
-#pragma GCC unroll 8
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 16
-    for (int n = 0; n < NE; ++n) acc[m][n] = Vec::zero();
-  int d = 0;
-  for (; d + kLanes <= D; d += kLanes, w += NE * kLanes) {
+  w += static_cast<int64_t>(d / kLanes) * NE * kLanes;
+  for (; d + kLanes <= end; d += kLanes, w += NE * kLanes) {
     F xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
@@ -60,7 +59,7 @@ inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, in
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
   }
-  if (d < D) {  // the tail of D
+  if (d < end) {  // the tail of D
     F xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, D - d);
@@ -71,11 +70,30 @@ inline void dot_tile(const typename L::T* x, const float* w, int D, float* u, in
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
   }
+}
+
+template <int MR, int NE>
+[[gnu::always_inline]] inline void dot_store(const F (&acc)[MR][NE], float* u, int64_t ldu) {
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) u[m * ldu + n] = Vec::reduce_add(acc[m][n]);
 }
+
+template <int MR, int NE>
+[[gnu::always_inline]] inline void dot_copy(F (&to)[MR][NE], const F (&from)[MR][NE]) {
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int n = 0; n < NE; ++n) to[m][n] = from[m][n];
+}
+
+// The groups of NE experts the dot kernel may be given (each ISA checks its dot_max_experts), and
+// the D values a tile of several groups walks for each group in turn: its rows' span (3 rows of
+// 1 KiB f32) is read from L2 by the first group and from L1 by the others, where the tile's whole
+// rows (48 KiB at D = 4096) had left L1 before the next group read them again (AVX2 mixtral f32
+// -10 to -14%; spans of 512 the same within noise, 1024 worse; bench/NOTES.md item 40).
+constexpr int kDotMaxGroups = 8, kDotSpan = 256;
 
 template <int MR, int NE, class L>
 inline void dot_block(const GateBlock& g) {
@@ -87,15 +105,35 @@ inline void dot_block(const GateBlock& g) {
   const int rows_ahead = g.rows + g.rows_after;  // the rows this thread reads next
   int r = 0;
   for (; r + MR <= g.rows; r += MR) {
-    const T* next = r + 2 * MR <= rows_ahead ? x + static_cast<int64_t>(r + MR) * D : nullptr;
-    for (int q = 0; q < groups; ++q)
-      dot_tile<MR, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, D, g.u + r * g.u_stride + q * NE,
-                          g.u_stride, reinterpret_cast<const char*>(q == 0 ? next : nullptr));
+    const T* rows = x + static_cast<int64_t>(r) * D;
+    const char* next = r + 2 * MR <= rows_ahead ? reinterpret_cast<const char*>(rows + MR * static_cast<int64_t>(D)) : nullptr;
+    float* u = g.u + r * g.u_stride;
+    if (groups == 1) {
+      F acc[MR][NE] = {};
+      dot_span<MR, NE, L>(rows, g.weight, 0, D, D, acc, next);
+      dot_store(acc, u, g.u_stride);
+      continue;
+    }
+    // Each group's accumulators wait here between spans: the same FMAs in the same order as one
+    // walk over D, so u does not depend on the span.
+    F saved[kDotMaxGroups][MR][NE];
+    for (int d = 0; d < D; d += kDotSpan) {
+      const int end = D - d <= kDotSpan ? D : d + kDotSpan;
+      for (int q = 0; q < groups; ++q) {
+        F acc[MR][NE] = {};
+        if (d > 0) dot_copy(acc, saved[q]);
+        dot_span<MR, NE, L>(rows, g.weight + q * group_words, d, end, D, acc, q == 0 ? next : nullptr);
+        if (end == D) dot_store(acc, u + q * NE, g.u_stride);
+        else dot_copy(saved[q], acc);
+      }
+    }
   }
   for (; r < g.rows; ++r)
-    for (int q = 0; q < groups; ++q)
-      dot_tile<1, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, D, g.u + r * g.u_stride + q * NE,
-                         g.u_stride, nullptr);
+    for (int q = 0; q < groups; ++q) {
+      F acc[1][NE] = {};
+      dot_span<1, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, 0, D, D, acc, nullptr);
+      dot_store(acc, g.u + r * g.u_stride + q * NE, g.u_stride);
+    }
 }
 
 // Larger E: MR tokens x NP consecutive panels of NV vectors of experts each (ldb floats apart); per
