@@ -54,7 +54,7 @@ const TOKEN_ENTRY_OVERHEAD_BYTES = 320;
 const DEFAULT_MAX_BYTES = 64 * 1024 * 1024;
 
 /** The `backend` of an answer whose every row came from the cache. */
-export const CACHE_BACKEND = 'cache';
+const CACHE_BACKEND = 'cache';
 
 /** The names of the arrays partsOf() returns. */
 type PackedArray = 'experts' | 'weights' | 'expertsPerToken' | 'expertCounts' | 'invalidTokens';

@@ -92,7 +92,7 @@ template <int MR, int NE>
 // the D values a tile of several groups walks for each group in turn: its rows' span (3 rows of
 // 1 KiB f32) is read from L2 by the first group and from L1 by the others, where the tile's whole
 // rows (48 KiB at D = 4096) had left L1 before the next group read them again (AVX2 mixtral f32
-// -10 to -14%; spans of 512 the same within noise, 1024 worse; bench/NOTES.md item 40).
+// -9 to -17%; spans of 512 the same within noise, 1024 worse; bench/NOTES.md item 40).
 constexpr int kDotMaxGroups = 8, kDotSpan = 256;
 
 template <int MR, int NE, class L>
