@@ -108,17 +108,12 @@ inline void dot_block(const GateBlock& g) {
     const T* rows = x + static_cast<int64_t>(r) * D;
     const char* next = r + 2 * MR <= rows_ahead ? reinterpret_cast<const char*>(rows + MR * static_cast<int64_t>(D)) : nullptr;
     float* u = g.u + r * g.u_stride;
-    if (groups == 1) {
-      F acc[MR][NE] = {};
-      dot_span<MR, NE, L>(rows, g.weight, 0, D, D, acc, next);
-      dot_store(acc, u, g.u_stride);
-      continue;
-    }
     // Each group's accumulators wait here between spans: the same FMAs in the same order as one
-    // walk over D, so u does not depend on the span.
+    // walk over D, so u does not depend on the span. One group walks D whole.
+    const int span = groups > 1 ? kDotSpan : D;
     F saved[kDotMaxGroups][MR][NE];
-    for (int d = 0; d < D; d += kDotSpan) {
-      const int end = D - d <= kDotSpan ? D : d + kDotSpan;
+    for (int d = 0; d < D; d += span) {
+      const int end = D - d <= span ? D : d + span;
       for (int q = 0; q < groups; ++q) {
         F acc[MR][NE] = {};
         if (d > 0) dot_copy(acc, saved[q]);
