@@ -94,6 +94,7 @@ struct Vec {
   static I int_min(I a, I b) { return _mm256_min_epi32(a, b); }
   template <int kShift> static I shift_right_arith(I a) { return _mm256_srai_epi32(a, kShift); }
   static I permute(I a, I index) { return _mm256_permutevar8x32_epi32(a, index); }  // lane i = a[index[i]]
+  static F gather(const float* base, I index) { return _mm256_i32gather_ps(base, index, 4); }  // lane i = base[index[i]]
   static I blend_bits(uint32_t bits, I if_set, I if_clear) {
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit), lane_bit);

@@ -449,6 +449,14 @@ struct HasAddCounts : std::false_type {};
 template <class V>
 struct HasAddCounts<V, std::void_t<decltype(V::kCountMaxE)>> : std::true_type {};
 
+// Whether V has gather (AVX2), and V::gather where it has.
+template <class V, class = void>
+struct HasGather : std::false_type {};
+template <class V>
+struct HasGather<V, decltype(void(V::gather(nullptr, typename V::I{})))> : std::true_type {};
+template <class V = Vec>
+inline F gather(const float* base, Vec::I index) { return V::gather(base, index); }
+
 // counts[e] += how many lanes of expert[0..n) hold e, where no lane holds an expert twice.
 template <class V = Vec>
 inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts) {
@@ -918,8 +926,9 @@ template <int K, bool kOneVector, int kNarrowE = 0>
   // are 0 like those of the largest logit's, so max - u (or its square) < 2^(b-149) and
   // exp(u - max) rounds to 1 (the oracle's expf too). For E <= 8 in registers the logit of expert
   // chosen[j] is picked from the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the
-  // rows by permutes (pick_logits); otherwise read by scalar loads (measured faster than a
-  // vgatherdps per slot on Zen 4).
+  // rows by permutes (pick_logits); on AVX2 by a vgatherdps per slot (Zen 3, in cache, one thread:
+  // logits E = 64 -8%, E = 32 -5% against scalar loads; bench/NOTES.md item 45); otherwise read by
+  // scalar loads (measured faster than a vgatherdps per slot on Zen 4).
   constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
   F weight[K];
   if (kOneVector && E <= 8) {
@@ -936,6 +945,13 @@ template <int K, bool kOneVector, int kNarrowE = 0>
       if (E <= kLanes) pick_logits<K, 1>(base, stride, E, live, chosen, weight);
       else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, live, chosen, weight);
       else pick_logits<K, 4>(base, stride, E, live, chosen, weight);
+    }
+  } else if (HasGather<Vec>::value && K > 1) {
+    if constexpr (HasGather<Vec>::value) {
+      alignas(64) int32_t offset[kLanes];  // (kLanes rows of a group: far below 2^31 values)
+      for (int l = 0; l < kLanes; ++l) offset[l] = static_cast<int32_t>((l < live ? l : 0) * stride);
+      const Vec::I row = Vec::int_load(offset);
+      for (int j = 1; j < K; ++j) weight[j] = gather<>(base, Vec::int_add(row, chosen[j]));
     }
   } else if (K > 1) {
     alignas(64) int32_t index[K][kLanes];
