@@ -927,7 +927,7 @@ template <int K, bool kOneVector, int kNarrowE = 0>
   // exp(u - max) rounds to 1 (the oracle's expf too). For E <= 8 in registers the logit of expert
   // chosen[j] is picked from the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the
   // rows by permutes (pick_logits); on AVX2 by a vgatherdps per slot (Zen 3, in cache, one thread:
-  // logits E = 64 -8%, E = 32 -5% against scalar loads; bench/NOTES.md item 45); otherwise read by
+  // logits E = 64 and 256 -7 to -9% against scalar loads; bench/NOTES.md item 45); otherwise read by
   // scalar loads (measured faster than a vgatherdps per slot on Zen 4).
   constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
   F weight[K];
