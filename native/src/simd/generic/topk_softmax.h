@@ -449,13 +449,11 @@ struct HasAddCounts : std::false_type {};
 template <class V>
 struct HasAddCounts<V, std::void_t<decltype(V::kCountMaxE)>> : std::true_type {};
 
-// Whether V has gather (AVX2), and V::gather where it has.
+// Whether V has gather (AVX2).
 template <class V, class = void>
 struct HasGather : std::false_type {};
 template <class V>
 struct HasGather<V, decltype(void(V::gather(nullptr, typename V::I{})))> : std::true_type {};
-template <class V = Vec>
-inline F gather(const float* base, Vec::I index) { return V::gather(base, index); }
 
 // counts[e] += how many lanes of expert[0..n) hold e, where no lane holds an expert twice.
 template <class V = Vec>
@@ -855,6 +853,18 @@ template <int K, int M, class V = Vec>
   for (int j = 1; j < K; ++j) weight[j] = rows[j];
 }
 
+// The logits of experts chosen[1, K) of kLanes tokens (lane l: token l, whose row is at base + l *
+// stride; tokens [live, kLanes) read row 0) into weight[1, K), one gather a slot. (V: a Vec with
+// gather, HasGather.)
+template <int K, class V = Vec>
+[[gnu::always_inline]] inline void gather_logits(const float* base, int64_t stride, int live, const Vec::I* chosen,
+                                                 F* weight) {
+  alignas(64) int32_t offset[kLanes];  // (kLanes rows of a group: far below 2^31 values)
+  for (int l = 0; l < kLanes; ++l) offset[l] = static_cast<int32_t>((l < live ? l : 0) * stride);
+  const Vec::I row = Vec::int_load(offset);
+  for (int j = 1; j < K; ++j) weight[j] = V::gather(base, Vec::int_add(row, chosen[j]));
+}
+
 // rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
 // (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
@@ -947,12 +957,7 @@ template <int K, bool kOneVector, int kNarrowE = 0>
       else pick_logits<K, 4>(base, stride, E, live, chosen, weight);
     }
   } else if (HasGather<Vec>::value && K > 1) {
-    if constexpr (HasGather<Vec>::value) {
-      alignas(64) int32_t offset[kLanes];  // (kLanes rows of a group: far below 2^31 values)
-      for (int l = 0; l < kLanes; ++l) offset[l] = static_cast<int32_t>((l < live ? l : 0) * stride);
-      const Vec::I row = Vec::int_load(offset);
-      for (int j = 1; j < K; ++j) weight[j] = gather<>(base, Vec::int_add(row, chosen[j]));
-    }
+    if constexpr (HasGather<Vec>::value) gather_logits<K>(base, stride, live, chosen, weight);
   } else if (K > 1) {
     alignas(64) int32_t index[K][kLanes];
     for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
