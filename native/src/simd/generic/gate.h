@@ -20,11 +20,12 @@ namespace MOE_SIMD_ISA {
 // 39-40). (D was once walked in slices that kept a slice of W in L1 across the block's tiles; that
 // cut each row into pieces too short for the prefetcher and cost 25-40% from DRAM; W is re-read from
 // L2 instead: bench/NOTES.md.)
-// While it does, it fetches the next tile's rows into L2 in address order, MR vectors' worth per step:
-// one linear stream ahead instead of MR interleaved ones (two threads, mixtral bf16 -8 to -16%, f32
-// the same within noise; bench/NOTES.md, item 13). A tile with no next tile fetches its own rows
-// kPrefetchBytes ahead into L2 and kNearPrefetchBytes ahead into L1 (the hardware prefetcher alone
-// left the FMAs waiting).
+// While it does, a tile of 16-bit rows fetches the next tile's rows into L2 in address order, MR
+// vectors' worth per step: one linear stream ahead instead of MR interleaved ones (two threads, mixtral
+// bf16 -8 to -16%; bench/NOTES.md, item 13). A tile of f32 rows, or one with no next tile, fetches its
+// own rows kPrefetchBytes ahead into L2 and kNearPrefetchBytes ahead into L1 (the hardware prefetcher
+// alone left the FMAs waiting; for f32 the next tile's stream measured the same on AVX-512 and 2-10%
+// slower on AVX2, where one thread read its rows at 75% of a plain read's rate: item 48).
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
 // The FMAs of an MR x NE tile over D values [d, end) (end = D or a multiple of kLanes) into acc; w is
@@ -103,10 +104,14 @@ inline void dot_block(const GateBlock& g) {
   const int groups = (g.experts + NE - 1) / NE;
   const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
   const int rows_ahead = g.rows + g.rows_after;  // the rows this thread reads next
+  // 16-bit rows: the next tile's rows in one stream; f32 rows: each fetched ahead by its own tile.
+  constexpr bool kStreamNext = sizeof(T) < sizeof(float);
   int r = 0;
   for (; r + MR <= g.rows; r += MR) {
     const T* rows = x + static_cast<int64_t>(r) * D;
-    const char* next = r + 2 * MR <= rows_ahead ? reinterpret_cast<const char*>(rows + MR * static_cast<int64_t>(D)) : nullptr;
+    const char* next = kStreamNext && r + 2 * MR <= rows_ahead
+                           ? reinterpret_cast<const char*>(rows + MR * static_cast<int64_t>(D))
+                           : nullptr;
     float* u = g.u + r * g.u_stride;
     // Each group's accumulators wait here between spans: the same FMAs in the same order as one
     // walk over D, so u does not depend on the span. One group walks D whole.
