@@ -719,10 +719,15 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
 // vectors of the next group's rows are fetched (they may lie past this block; a prefetch never
 // faults), spread over the pass rather than all at the start of the group (256 lines for E = 256,
 // more than the core keeps in flight): logits-256x8 from DRAM, one thread, 4.4 -> 2.7 ms;
-// logits-64x8 5.4 -> 3.4-4.4 ms.
+// logits-64x8 5.4 -> 3.4-4.4 ms. Rows of E = kLanes back to back are one stream that a group reads
+// in ~200 cycles, less than DRAM's latency: their lines kNarrowAheadBytes on go into L2 as well, as
+// narrow_columns' do (AVX2 logits-8x2 from DRAM -5%; bench/NOTES.md item 49).
 [[gnu::always_inline]] inline void load_columns(const float* base, int E, int e0, int64_t stride, F* block) {
   const int width = E - e0 < kLanes ? E - e0 : kLanes;
   for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
+  if (E == kLanes && stride == E)
+    for (int l = 0; l < kLanes; l += 2)
+      __builtin_prefetch(reinterpret_cast<const char*>(base + l * stride) + kNarrowAheadBytes, 0, 2);
   for (int l = 0; l < kLanes; ++l)
     block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
                                : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
