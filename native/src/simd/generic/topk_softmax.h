@@ -725,8 +725,9 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
 [[gnu::always_inline]] inline void load_columns(const float* base, int E, int e0, int64_t stride, F* block) {
   const int width = E - e0 < kLanes ? E - e0 : kLanes;
   for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
+  constexpr int kRowsPerLine = 64 / (kLanes * 4) > 0 ? 64 / (kLanes * 4) : 1;  // rows of E = kLanes
   if (E == kLanes && stride == E)
-    for (int l = 0; l < kLanes; l += 2)
+    for (int l = 0; l < kLanes; l += kRowsPerLine)
       __builtin_prefetch(reinterpret_cast<const char*>(base + l * stride) + kNarrowAheadBytes, 0, 2);
   for (int l = 0; l < kLanes; ++l)
     block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
