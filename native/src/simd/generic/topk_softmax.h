@@ -382,20 +382,30 @@ template <int N>
   }
 }
 
+// Rows of E <= kLanes logits stored back to back are one stream, of which a group of kLanes rows is
+// read in a few hundred cycles, less than DRAM's latency: each group fetches the lines of its `vectors`
+// vectors kNarrowAheadBytes on into L2, one request a line. 4 KiB is eight groups of E = 8, where
+// three (1.5 KiB) left the loads waiting on DRAM (AVX-512 logits-8x2 from DRAM, two threads, 0.164 ->
+// 0.146 ms; 3 to 16 groups: bench/NOTES.md item 17; AVX2's E = 8, a whole vector, -5%: item 49).
+constexpr int kNarrowAheadBytes = 4096;
+[[gnu::always_inline]] inline void fetch_rows_ahead(const float* base, int vectors) {
+  const char* ahead = reinterpret_cast<const char*>(base) + kNarrowAheadBytes;
+  const int bytes = vectors * kLanes * static_cast<int>(sizeof(float));
+#pragma GCC unroll 16
+  for (int at = 0; at < bytes; at += 64) __builtin_prefetch(ahead + at, 0, 2);
+}
+
 // The columns of kLanes rows of E < kLanes experts (E a power of two) stored back to back, into
 // column[0..E): the rows are E whole vectors, which to_columns turns into columns, where loading
 // kLanes rows of E lanes would take kLanes masked loads and a full kLanes x kLanes transpose. The
-// next group is fetched into L1, and the lines kNarrowAheadBytes on into L2 (the rows are one
-// stream; 4 KiB is eight groups of E = 8, where three (1.5 KiB) left the loads waiting on DRAM:
-// logits-8x2 from DRAM, two threads, 0.164 -> 0.146 ms; 3 to 16 groups: bench/NOTES.md item 17).
-constexpr int kNarrowAheadBytes = 4096;
+// next group is fetched into L1, and the stream ahead into L2 (fetch_rows_ahead).
 template <int E>
 [[gnu::always_inline]] inline void narrow_columns(const float* base, F* column) {
   static_assert(E < kLanes && (E & (E - 1)) == 0, "narrow rows: a power of two below kLanes");
+  fetch_rows_ahead(base, E);
 #pragma GCC unroll 8
   for (int i = 0; i < E; ++i) {
     __builtin_prefetch(base + (E + i) * kLanes);
-    __builtin_prefetch(reinterpret_cast<const char*>(base + i * kLanes) + kNarrowAheadBytes, 0, 2);
     column[i] = Vec::load(base + i * kLanes);
   }
   to_columns<E>(column);
@@ -719,16 +729,10 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
 // vectors of the next group's rows are fetched (they may lie past this block; a prefetch never
 // faults), spread over the pass rather than all at the start of the group (256 lines for E = 256,
 // more than the core keeps in flight): logits-256x8 from DRAM, one thread, 4.4 -> 2.7 ms;
-// logits-64x8 5.4 -> 3.4-4.4 ms. Rows of E = kLanes back to back are one stream that a group reads
-// in ~200 cycles, less than DRAM's latency: their lines kNarrowAheadBytes on go into L2 as well, as
-// narrow_columns' do (AVX2 logits-8x2 from DRAM -5%; bench/NOTES.md item 49).
+// logits-64x8 5.4 -> 3.4-4.4 ms.
 [[gnu::always_inline]] inline void load_columns(const float* base, int E, int e0, int64_t stride, F* block) {
   const int width = E - e0 < kLanes ? E - e0 : kLanes;
   for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
-  constexpr int kRowsPerLine = 64 / (kLanes * 4) > 0 ? 64 / (kLanes * 4) : 1;  // rows of E = kLanes
-  if (E == kLanes && stride == E)
-    for (int l = 0; l < kLanes; l += kRowsPerLine)
-      __builtin_prefetch(reinterpret_cast<const char*>(base + l * stride) + kNarrowAheadBytes, 0, 2);
   for (int l = 0; l < kLanes; ++l)
     block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
                                : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
@@ -776,7 +780,7 @@ template <int L, int kPower = 1>
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
-// or for kNarrowE = E, rows back to back, narrow_columns, which fetches its own rows ahead) into
+// or for kNarrowE = E, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
 // column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, with best
 // and row_max unset, when a logit of the group is not finite. (Against column_keys, which kept them
 // in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
@@ -787,6 +791,7 @@ template <int L, int kNarrowE>
   if constexpr (kNarrowE > 0) {
     narrow_columns<kNarrowE>(base, column);
   } else {
+    if (E == kLanes && stride == E) fetch_rows_ahead(base, kLanes);  // (a whole vector a row)
     load_columns(base, E, 0, stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
