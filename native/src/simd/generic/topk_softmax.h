@@ -763,6 +763,20 @@ struct ColumnCheck {
   }
 };
 
+// The expert indices 0, 1, ... in memory, so that a column's index vector is a broadcast load: on
+// Zen 3 a broadcast from a register takes the one pipe that also runs the transposes' cross-lane
+// shuffles (vperm2f128, one a cycle each, the two together half as fast), and from memory only the
+// load unit (in cache, one thread: logits E = 64 -3%, E = 256 -3 to -16%; bench/NOTES.md item 50).
+struct ExpertIndex {
+  int32_t of[kColumnMaxE];
+};
+constexpr ExpertIndex make_expert_index() {
+  ExpertIndex x{};
+  for (int e = 0; e < kColumnMaxE; ++e) x.of[e] = e;
+  return x;
+}
+alignas(64) constexpr ExpertIndex kExpertIndex = make_expert_index();
+
 // The keys (logit_key) of columns [e0, e0 + L) into keys[e0, e0 + L) unless keys is null, sorted
 // by a network and merged into each lane's list of the L smallest, best[0, L) (with e0 = 0, the
 // list's start).
@@ -772,7 +786,7 @@ template <int L, int kPower = 1>
   Vec::I key[L];
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
-    key[i] = logit_key<kPower>(row_max, column[e0 + i], value_bits, Vec::int_set1(e0 + i));
+    key[i] = logit_key<kPower>(row_max, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]));
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
   add_keys<L>(best, key, e0 == 0);
