@@ -34,6 +34,19 @@ inline bool finite_row(const float* row, int E) {
   return check_passed(check);
 }
 
+// The finiteness check of the selections across tokens, on the keys (logit_key): a logit that is
+// not finite makes its w (= max - u, max the row's) +inf or NaN, and its key at least +inf's bits
+// (keys have the sign bit clear, value_bits, so they compare as their floats do), whatever the row's
+// max came out as. So does a w^p that overflows from finite logits: keys of +inf's bits | e, which
+// order as the oracle's scores of 0 do (ties to the lower expert). So only when some lane's largest
+// key over its real experts, `worst`, is that large are the rows [0, rows) checked one by one.
+inline bool keys_finite(Vec::I worst, const float* base, int64_t stride, int rows, int E) {
+  if (Vec::bits(Vec::int_gt(worst, Vec::int_set1(0x7f7fffff))) == 0) return true;
+  for (int l = 0; l < rows; ++l)
+    if (!finite_row(base + l * stride, E)) return false;
+  return true;
+}
+
 // An order-preserving int32 image of a float (no NaN): a larger float gives a larger int, and -0 a
 // smaller one than +0 (select_in_vector, where that would break a tie, makes its -0 keys +0 first).
 // The same operation maps it back.
@@ -695,15 +708,9 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     std::memcpy(winners[l], winners[0], sizeof winners[0]);
     maxes[l] = maxes[0];
   }
-  // The finiteness check, on the keys: a logit that is not finite makes its w (= max - u, max the
-  // row's) +inf or NaN, and its key at least +inf's bits (keys have the sign bit clear, value_bits,
-  // so they compare as their floats do). So does a w^p that overflows
-  // from finite logits: keys of +inf's bits | e, which order as the oracle's scores of 0 do (ties to
-  // the lower expert). Only then are the rows checked one by one. (It replaces an FMA a vector and a
-  // sum a token: bench/NOTES.md item 26.)
-  if (Vec::bits(Vec::int_gt(worst, Vec::int_set1(0x7f7fffff))) != 0)
-    for (int l = 0; l < rows_read; ++l)
-      if (!finite_row(base + l * stride, E)) return false;
+  // The finiteness check, on the keys (keys_finite; it replaces an FMA a vector and a sum a token:
+  // bench/NOTES.md item 26).
+  if (!keys_finite(worst, base, stride, rows_read, E)) return false;
   row_max = Vec::load(maxes);
 
   F column[kLanes];
@@ -739,8 +746,9 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
   Vec::transpose(block);
 }
 
-// Each lane's maximum over columns, and whether every logit is finite (add_to_check); four
+// Each lane's maximum over columns, and (kCheck) whether every logit is finite (add_to_check); four
 // accumulators each, so that no chain of E dependent steps bounds the pass.
+template <bool kCheck>
 struct ColumnCheck {
   F max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
   F nonfinite[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
@@ -751,14 +759,16 @@ struct ColumnCheck {
     for (int i = 0; i < kLanes; ++i) {
       if (i >= n) break;
       max[i % 4] = Vec::max(max[i % 4], block[i]);
-      nonfinite[i % 4] = add_to_check(nonfinite[i % 4], block[i]);
+      if constexpr (kCheck) nonfinite[i % 4] = add_to_check(nonfinite[i % 4], block[i]);
     }
   }
+  [[gnu::always_inline]] F maximum() const { return Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3])); }
   // Whether every logit was finite; if so, each lane's maximum into row_max.
   [[gnu::always_inline]] bool finite(F& row_max) const {
+    static_assert(kCheck, "a check that was kept");
     const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
     if (!check_passed(check)) return false;
-    row_max = Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3]));
+    row_max = maximum();
     return true;
   }
 };
@@ -777,18 +787,25 @@ constexpr ExpertIndex make_expert_index() {
 }
 alignas(64) constexpr ExpertIndex kExpertIndex = make_expert_index();
 
-// The keys (logit_key) of columns [e0, e0 + L) into keys[e0, e0 + L) unless keys is null, sorted
-// by a network and merged into each lane's list of the L smallest, best[0, L) (with e0 = 0, the
-// list's start).
-template <int L, int kPower = 1>
-[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
-                                                   Vec::I* best) {
-  Vec::I key[L];
+// The keys (logit_key) of columns [e0, e0 + L) into key[0, L), and into keys[e0, e0 + L) unless
+// keys is null.
+template <int L, int kPower>
+[[gnu::always_inline]] inline void column_block_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
+                                                     Vec::I* key) {
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
     key[i] = logit_key<kPower>(row_max, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]));
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
+}
+
+// The keys of columns [e0, e0 + L) (column_block_keys), sorted by a network and merged into each
+// lane's list of the L smallest, best[0, L) (with e0 = 0, the list's start).
+template <int L>
+[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
+                                                   Vec::I* best) {
+  Vec::I key[L];
+  column_block_keys<L, 1>(column, e0, row_max, value_bits, keys, key);
   add_keys<L>(best, key, e0 == 0);
 }
 
@@ -809,7 +826,7 @@ template <int L, int kNarrowE>
     load_columns(base, E, 0, stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
-  ColumnCheck check;
+  ColumnCheck<true> check;
   check.add(column, used);
   if (!check.finite(row_max)) return false;
 #pragma GCC unroll 16
@@ -823,12 +840,14 @@ template <int L, int kNarrowE>
 // The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnMaxE experts, sorted,
 // into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
 // loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
-// lane's maximum and check, the second their keys (into keys[0, E) unless null). False, with best
-// and row_max unset, when a logit of the group is not finite. kPower: key_power(E).
+// lane's maximum, the second their keys (into keys[0, E) unless null), and from them the check
+// (keys_finite, on each lane's largest key: the last of a sorted whole block, one operation a block
+// where the check of every logit took an FMA each; in cache, one thread: bench/NOTES.md item 50).
+// False, with best and row_max unset, when a logit of the group is not finite. kPower: key_power(E).
 template <int L, int kPower>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
-  ColumnCheck check;
+  ColumnCheck<false> check;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     F block[kLanes];
     load_columns(base, E, e0, stride, block);
@@ -841,7 +860,8 @@ template <int L, int kPower>
     }
     check.add(block, used);
   }
-  if (!check.finite(row_max)) return false;
+  row_max = check.maximum();
+  Vec::I worst = Vec::int_set1(0);
   for (int e0 = 0; e0 < E; e0 += L) {
     // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
     // memory requests at all while it was as long as pass 1, and pass 1 issued these together with
@@ -850,9 +870,17 @@ template <int L, int kPower>
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
-    add_column_keys<L, kPower>(columns, e0, row_max, value_bits, keys, best);
+    Vec::I key[L];
+    column_block_keys<L, kPower>(columns, e0, row_max, value_bits, keys, key);
+    const bool whole = e0 + L <= E;
+    if (!whole)  // (the padding's keys may be +inf's bits)
+#pragma GCC unroll 8
+      for (int i = 0; i < L; ++i)
+        if (e0 + i < E) worst = Vec::int_max(worst, key[i]);
+    add_keys<L>(best, key, e0 == 0);
+    if (whole) worst = Vec::int_max(worst, key[L - 1]);  // (sorted: the block's largest)
   }
-  return true;
+  return keys_finite(worst, base, stride, kLanes, E);
 }
 
 // The logits of experts chosen[1, K) (4 < K <= 8) of kLanes tokens (lane l: token l, whose E <= M *
