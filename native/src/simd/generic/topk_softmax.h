@@ -765,7 +765,7 @@ struct ColumnCheck {
   [[gnu::always_inline]] F maximum() const { return Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3])); }
   // Whether every logit was finite; if so, each lane's maximum into row_max.
   [[gnu::always_inline]] bool finite(F& row_max) const {
-    static_assert(kCheck, "a check that was kept");
+    static_assert(kCheck, "finite() needs the check (kCheck)");
     const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
     if (!check_passed(check)) return false;
     row_max = maximum();
@@ -843,7 +843,8 @@ template <int L, int kNarrowE>
 // lane's maximum, the second their keys (into keys[0, E) unless null), and from them the check
 // (keys_finite, on each lane's largest key: the last of a sorted whole block, one operation a block
 // where the check of every logit took an FMA each; in cache, one thread: bench/NOTES.md item 50).
-// False, with best and row_max unset, when a logit of the group is not finite. kPower: key_power(E).
+// False, best and row_max then meaningless, when a logit of the group is not finite. kPower:
+// key_power(E).
 template <int L, int kPower>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
