@@ -746,12 +746,10 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
   Vec::transpose(block);
 }
 
-// Each lane's maximum over columns, and (kCheck) whether every logit is finite (add_to_check); four
-// accumulators each, so that no chain of E dependent steps bounds the pass.
-template <bool kCheck>
-struct ColumnCheck {
+// Each lane's maximum over columns; four accumulators, so that no chain of E dependent steps bounds
+// the pass. (Whether the logits are finite is read off their keys: add_column_keys, keys_finite.)
+struct ColumnMax {
   F max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
-  F nonfinite[4] = {Vec::zero(), Vec::zero(), Vec::zero(), Vec::zero()};
 
   // block[0, n), n <= kLanes.
   [[gnu::always_inline]] void add(const F* block, int n) {
@@ -759,18 +757,9 @@ struct ColumnCheck {
     for (int i = 0; i < kLanes; ++i) {
       if (i >= n) break;
       max[i % 4] = Vec::max(max[i % 4], block[i]);
-      if constexpr (kCheck) nonfinite[i % 4] = add_to_check(nonfinite[i % 4], block[i]);
     }
   }
   [[gnu::always_inline]] F maximum() const { return Vec::max(Vec::max(max[0], max[1]), Vec::max(max[2], max[3])); }
-  // Whether every logit was finite; if so, each lane's maximum into row_max.
-  [[gnu::always_inline]] bool finite(F& row_max) const {
-    static_assert(kCheck, "finite() needs the check (kCheck)");
-    const F check = Vec::add(Vec::add(nonfinite[0], nonfinite[1]), Vec::add(nonfinite[2], nonfinite[3]));
-    if (!check_passed(check)) return false;
-    row_max = maximum();
-    return true;
-  }
 };
 
 // The expert indices 0, 1, ... in memory, so that a column's index vector is a broadcast load: on
@@ -800,20 +789,29 @@ template <int L, int kPower>
 }
 
 // The keys of columns [e0, e0 + L) (column_block_keys), sorted by a network and merged into each
-// lane's list of the L smallest, best[0, L) (with e0 = 0, the list's start).
-template <int L>
-[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
-                                                   Vec::I* best) {
+// lane's list of the L smallest, best[0, L) (with e0 = 0, the list's start), and each lane's largest
+// key of experts [e0, e0 + L) below E into worst, for keys_finite: after a whole block's sort, its
+// last key, one operation a block where checking every logit had taken an FMA each (bench/NOTES.md
+// item 50); past E, the padding's keys may be +inf's bits and are left out.
+template <int L, int kPower>
+[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, int E, F row_max, Vec::I value_bits,
+                                                   F* keys, Vec::I* best, Vec::I& worst) {
   Vec::I key[L];
-  column_block_keys<L, 1>(column, e0, row_max, value_bits, keys, key);
+  column_block_keys<L, kPower>(column, e0, row_max, value_bits, keys, key);
+  const bool whole = e0 + L <= E;
+  if (!whole)
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i)
+      if (e0 + i < E) worst = Vec::int_max(worst, key[i]);
   add_keys<L>(best, key, e0 == 0);
+  if (whole) worst = Vec::int_max(worst, key[L - 1]);  // (sorted: the block's largest)
 }
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
 // or for kNarrowE = E, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
-// column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, with best
-// and row_max unset, when a logit of the group is not finite. (Against column_keys, which kept them
+// column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, best and
+// row_max then meaningless, when a logit of the group is not finite. (Against column_keys, which kept them
 // in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
 // 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
 template <int L, int kNarrowE>
@@ -826,29 +824,28 @@ template <int L, int kNarrowE>
     load_columns(base, E, 0, stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
-  ColumnCheck<true> check;
+  ColumnMax check;
   check.add(column, used);
-  if (!check.finite(row_max)) return false;
+  row_max = check.maximum();
+  Vec::I worst = Vec::int_set1(0);
 #pragma GCC unroll 16
   for (int e0 = 0; e0 < kLanes; e0 += L) {
     if (e0 >= used) break;
-    add_column_keys<L>(column, e0, row_max, value_bits, keys, best);
+    add_column_keys<L, 1>(column, e0, E, row_max, value_bits, keys, best, worst);
   }
-  return true;
+  return keys_finite(worst, base, stride, kLanes, E);
 }
 
 // The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnMaxE experts, sorted,
 // into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
 // loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
 // lane's maximum, the second their keys (into keys[0, E) unless null), and from them the check
-// (keys_finite, on each lane's largest key: the last of a sorted whole block, one operation a block
-// where the check of every logit took an FMA each; in cache, one thread: bench/NOTES.md item 50).
-// False, best and row_max then meaningless, when a logit of the group is not finite. kPower:
-// key_power(E).
+// (add_column_keys, keys_finite). False, best and row_max then meaningless, when a logit of the
+// group is not finite. kPower: key_power(E).
 template <int L, int kPower>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
-  ColumnCheck<false> check;
+  ColumnMax check;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     F block[kLanes];
     load_columns(base, E, e0, stride, block);
@@ -871,15 +868,7 @@ template <int L, int kPower>
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
     if (e0 % kLanes == 0)
       for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
-    Vec::I key[L];
-    column_block_keys<L, kPower>(columns, e0, row_max, value_bits, keys, key);
-    const bool whole = e0 + L <= E;
-    if (!whole)  // (the padding's keys may be +inf's bits)
-#pragma GCC unroll 8
-      for (int i = 0; i < L; ++i)
-        if (e0 + i < E) worst = Vec::int_max(worst, key[i]);
-    add_keys<L>(best, key, e0 == 0);
-    if (whole) worst = Vec::int_max(worst, key[L - 1]);  // (sorted: the block's largest)
+    add_column_keys<L, kPower>(columns, e0, E, row_max, value_bits, keys, best, worst);
   }
   return keys_finite(worst, base, stride, kLanes, E);
 }
