@@ -28,29 +28,43 @@ namespace MOE_SIMD_ISA {
 // slower on AVX2, where one thread read its rows at 75% of a plain read's rate: item 48).
 constexpr int kPrefetchBytes = 3072, kNearPrefetchBytes = 512;
 
-// The FMAs of an MR x NE tile over D values [d, end) (end = D or a multiple of kLanes) into acc; w is
-// the group's packed W from its start. With `next`, fetches the next tile's rows as described above.
-template <int MR, int NE, class L>
-[[gnu::always_inline]] inline void dot_span(const typename L::T* x, const float* w, int d, int end, int D,
-                                            F (&acc)[MR][NE], const char* next) {
-  const int64_t ldx = D;  // the tile's rows are consecutive rows of the input, and so are next's
+// The groups of NE experts the dot kernel may be given (each ISA checks its dot_max_experts), and
+// the D values a tile of several groups walks for each group in turn: its rows' span (3 rows of
+// 1 KiB f32) is read from L2 by the first group and from L1 by the others, where the tile's whole
+// rows (48 KiB at D = 4096) had left L1 before the next group read them again (AVX2 mixtral f32
+// -9 to -17%; spans of 512 the same within noise, 1024 worse; bench/NOTES.md item 40).
+constexpr int kDotMaxGroups = 8, kDotSpan = 256;
+
+// How a span's rows are read (dot_span): from the input, fetching the tile's own rows ahead (kOwn) or
+// the next tile's rows (kNext), or from the f32 copy an earlier group of the tile kept (kKept).
+enum class DotFetch { kOwn, kNext, kKept };
+
+// The FMAs of an MR x NE tile over the len values of a span into acc: x is the tile's first row at the
+// span's start (rows ldx apart), w the group's packed W there; len is a multiple of kLanes but in the
+// span that ends D. kNext fetches the next tile's rows from `next` (at the span's start) as described
+// above. With `keep`, each widened vector is also stored there (MR rows kDotSpan apart), so that the
+// tile's other groups read the span in f32 from L1 (kKept) instead of widening it again.
+template <int MR, int NE, class L, DotFetch kFetch>
+[[gnu::always_inline]] inline void dot_span(const typename L::T* x, int64_t ldx, const float* w, int len,
+                                            F (&acc)[MR][NE], const char* next, float* keep) {
   constexpr int kStepBytes = MR * kLanes * static_cast<int>(sizeof(typename L::T));  // of next, per step
-  w += static_cast<int64_t>(d / kLanes) * NE * kLanes;
-  for (; d + kLanes <= end; d += kLanes, w += NE * kLanes) {
+  int i = 0;
+  for (; i + kLanes <= len; i += kLanes, w += NE * kLanes) {
     F xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      xv[m] = L::load(x + m * ldx + d);
-      if (!next) {
-        const char* at = reinterpret_cast<const char*>(x + m * ldx + d);
+      xv[m] = L::load(x + m * ldx + i);
+      if (keep) Vec::store(keep + m * kDotSpan + i, xv[m]);
+      if constexpr (kFetch == DotFetch::kOwn) {
+        const char* at = reinterpret_cast<const char*>(x + m * ldx + i);
         __builtin_prefetch(at + kPrefetchBytes, 0, 2);
         __builtin_prefetch(at + kNearPrefetchBytes, 0, 3);
       }
     }
-    if (next) {
-      const char* at = next + static_cast<int64_t>(d / kLanes) * kStepBytes;
+    if constexpr (kFetch == DotFetch::kNext) {
+      const char* at = next + static_cast<int64_t>(i / kLanes) * kStepBytes;
 #pragma GCC unroll 8
-      for (int i = 0; i < kStepBytes; i += 64) __builtin_prefetch(at + i, 0, 2);
+      for (int b = 0; b < kStepBytes; b += 64) __builtin_prefetch(at + b, 0, 2);
     }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
@@ -60,10 +74,13 @@ template <int MR, int NE, class L>
       for (int m = 0; m < MR; ++m) acc[m][n] = Vec::fmadd(xv[m], wv, acc[m][n]);
     }
   }
-  if (d < end) {  // the tail of D
+  if (i < len) {  // the tail of D
     F xv[MR];
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) xv[m] = L::tail(x + m * ldx + d, D - d);
+    for (int m = 0; m < MR; ++m) {
+      xv[m] = L::tail(x + m * ldx + i, len - i);
+      if (keep) Vec::store(keep + m * kDotSpan + i, xv[m]);  // zeros past D, as a tail load gives
+    }
 #pragma GCC unroll 16
     for (int n = 0; n < NE; ++n) {
       const F wv = Vec::load(w + n * kLanes);
@@ -89,13 +106,6 @@ template <int MR, int NE>
     for (int n = 0; n < NE; ++n) to[m][n] = from[m][n];
 }
 
-// The groups of NE experts the dot kernel may be given (each ISA checks its dot_max_experts), and
-// the D values a tile of several groups walks for each group in turn: its rows' span (3 rows of
-// 1 KiB f32) is read from L2 by the first group and from L1 by the others, where the tile's whole
-// rows (48 KiB at D = 4096) had left L1 before the next group read them again (AVX2 mixtral f32
-// -9 to -17%; spans of 512 the same within noise, 1024 worse; bench/NOTES.md item 40).
-constexpr int kDotMaxGroups = 8, kDotSpan = 256;
-
 template <int MR, int NE, class L>
 inline void dot_block(const GateBlock& g) {
   using T = typename L::T;
@@ -104,26 +114,37 @@ inline void dot_block(const GateBlock& g) {
   const int groups = (g.experts + NE - 1) / NE;
   const int64_t group_words = static_cast<int64_t>((D + kLanes - 1) / kLanes) * NE * kLanes;
   const int rows_ahead = g.rows + g.rows_after;  // the rows this thread reads next
-  // 16-bit rows: the next tile's rows in one stream; f32 rows: each fetched ahead by its own tile.
-  constexpr bool kStreamNext = sizeof(T) < sizeof(float);
+  // 16-bit rows: the next tile's rows in one stream, and with several groups the first one keeps
+  // the span widened for the others; f32 rows: each fetched ahead by its own tile.
+  constexpr bool kWide = sizeof(T) < sizeof(float);
+  alignas(64) float kept[MR][kDotSpan];
   int r = 0;
   for (; r + MR <= g.rows; r += MR) {
     const T* rows = x + static_cast<int64_t>(r) * D;
-    const char* next = kStreamNext && r + 2 * MR <= rows_ahead
+    const char* next = kWide && r + 2 * MR <= rows_ahead
                            ? reinterpret_cast<const char*>(rows + MR * static_cast<int64_t>(D))
                            : nullptr;
     float* u = g.u + r * g.u_stride;
     // Each group's accumulators wait here between spans: the same FMAs in the same order as one
     // walk over D, so u does not depend on the span. One group walks D whole.
     const int span = groups > 1 ? kDotSpan : D;
+    float* keep = kWide && groups > 1 ? &kept[0][0] : nullptr;
     F saved[kDotMaxGroups][MR][NE];
     for (int d = 0; d < D; d += span) {
-      const int end = D - d <= span ? D : d + span;
-      for (int q = 0; q < groups; ++q) {
+      const int n = D - d <= span ? D - d : span;
+      const float* w = g.weight + static_cast<int64_t>(d / kLanes) * NE * kLanes;
+      for (int q = 0; q < groups; ++q, w += group_words) {
         F acc[MR][NE] = {};
         if (d > 0) dot_copy(acc, saved[q]);
-        dot_span<MR, NE, L>(rows, g.weight + q * group_words, d, end, D, acc, q == 0 ? next : nullptr);
-        if (end == D) dot_store(acc, u + q * NE, g.u_stride);
+        if (q > 0 && keep) {
+          dot_span<MR, NE, LoadF32, DotFetch::kKept>(keep, kDotSpan, w, n, acc, nullptr, nullptr);
+        } else if (q == 0 && next) {  // the next tile's MR rows, MR values of them per value of d
+          dot_span<MR, NE, L, DotFetch::kNext>(rows + d, D, w, n, acc, next + static_cast<int64_t>(d) * MR * sizeof(T),
+                                               keep);
+        } else {
+          dot_span<MR, NE, L, DotFetch::kOwn>(rows + d, D, w, n, acc, nullptr, q == 0 ? keep : nullptr);
+        }
+        if (d + n == D) dot_store(acc, u + q * NE, g.u_stride);
         else dot_copy(saved[q], acc);
       }
     }
@@ -131,7 +152,8 @@ inline void dot_block(const GateBlock& g) {
   for (; r < g.rows; ++r)
     for (int q = 0; q < groups; ++q) {
       F acc[1][NE] = {};
-      dot_span<1, NE, L>(x + static_cast<int64_t>(r) * D, g.weight + q * group_words, 0, D, D, acc, nullptr);
+      dot_span<1, NE, L, DotFetch::kOwn>(x + static_cast<int64_t>(r) * D, D, g.weight + q * group_words, D, acc,
+                                         nullptr, nullptr);
       dot_store(acc, g.u + r * g.u_stride + q * NE, g.u_stride);
     }
 }
