@@ -809,7 +809,7 @@ template <int L, int kPower>
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
-// or for kNarrowE = E, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
+// or for kNarrowE = E < kLanes, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
 // column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, best and
 // row_max then meaningless, when a logit of the group is not finite. (Against column_keys, which kept them
 // in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
@@ -817,11 +817,11 @@ template <int L, int kPower>
 template <int L, int kNarrowE>
 [[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
                                                F* keys, Vec::I* best, F& row_max) {
-  if constexpr (kNarrowE > 0) {
+  if constexpr (kNarrowE > 0 && kNarrowE < kLanes) {
     narrow_columns<kNarrowE>(base, column);
   } else {
     if (E == kLanes && stride == E) fetch_rows_ahead(base, kLanes);  // (a whole vector a row)
-    load_columns(base, E, 0, stride, column);
+    load_columns(base, E, 0, kNarrowE ? kNarrowE : stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
   ColumnMax check;
@@ -1057,7 +1057,9 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 // experts back to back (logits) get E itself: with narrow_columns' shape and every loop known, the
 // columns stay in registers from the load on (otherwise its path and load_columns' met in a stack
 // array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
-// threads, 0.250 -> 0.220).
+// threads, 0.250 -> 0.220). So do rows of exactly a vector of 8 (AVX2): with E and the stride known,
+// the bounds' tests of the loops over experts fold away (l3-8x2 in cache, one thread, -11 to -13%;
+// bench/NOTES.md item 54).
 template <int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                                 float* weights_out, int32_t* experts_out, int32_t* counts) {
@@ -1066,7 +1068,7 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
   }
   if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
   if (stride == c.E) {
-    if constexpr (kLanes > 8 && K <= 8)
+    if constexpr (kLanes >= 8 && K <= 8)
       if (c.E == 8)
         return run_across_tokens<K, true, 8>(c, base, stride, groups, live, weights_out, experts_out, counts);
     if constexpr (kLanes > 4 && K <= 4)
@@ -1191,26 +1193,29 @@ constexpr float kLossFloor = -88.0f;
 // and p_dot_v (a lane each), and p_e added to p_lanes[e] lane by lane (the lanes past live add 0).
 // The caller takes the entropy -sum_e p_e ln p_e = sum_e p_e (ln S - v_e) = ln S - sum_e p_e v_e:
 // one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
-// scratch of padded(E) vectors. kNarrowE, when not 0, is E, a power of two below kLanes with the
-// rows back to back (narrow_columns).
+// scratch of padded(E) vectors. kNarrowE, when not 0, is E, a power of two up to kLanes with the
+// rows back to back (below kLanes narrow_columns, at it load_columns with every bound known).
 template <int kNarrowE = 0>
 inline void group_losses(const float* base, int E, int64_t stride, int live, F* columns, F* p_lanes, F& max,
                          F& sum, F& p_dot_v) {
   F lane_max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
-  if constexpr (kNarrowE > 0) {
+  if constexpr (kNarrowE > 0 && kNarrowE < kLanes) {
     narrow_columns<kNarrowE>(base, columns);
 #pragma GCC unroll 8
     for (int e = 0; e < kNarrowE; ++e) lane_max[e % 4] = Vec::max(lane_max[e % 4], columns[e]);
   } else {
-    if (stride == E) {
-      if constexpr (kLanes > 8)
-        if (E == 8) return group_losses<8>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
-      if constexpr (kLanes > 4)
-        if (E == 4) return group_losses<4>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
-      if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+    if constexpr (kNarrowE == 0) {
+      if (stride == E) {
+        if constexpr (kLanes >= 8)
+          if (E == 8) return group_losses<8>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+        if constexpr (kLanes > 4)
+          if (E == 4) return group_losses<4>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+        if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+      }
     }
-    for (int e0 = 0; e0 < E; e0 += kLanes) {
-      load_columns(base, E, e0, stride, columns + e0);  // (past E: the lowest float)
+    const int width = kNarrowE > 0 ? kNarrowE : E;  // (kNarrowE = kLanes: one vector of columns)
+    for (int e0 = 0; e0 < width; e0 += kLanes) {
+      load_columns(base, width, e0, kNarrowE > 0 ? kNarrowE : stride, columns + e0);  // (past E: the lowest float)
 #pragma GCC unroll 16
       for (int i = 0; i < kLanes; ++i) lane_max[i % 4] = Vec::max(lane_max[i % 4], columns[e0 + i]);
     }
