@@ -809,19 +809,19 @@ template <int L, int kPower>
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
-// or for kNarrowE = E < kLanes, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
+// or for kFixedE = E < kLanes, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
 // column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, best and
 // row_max then meaningless, when a logit of the group is not finite. (Against column_keys, which kept them
 // in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
 // 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
-template <int L, int kNarrowE>
+template <int L, int kFixedE>
 [[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
                                                F* keys, Vec::I* best, F& row_max) {
-  if constexpr (kNarrowE > 0 && kNarrowE < kLanes) {
-    narrow_columns<kNarrowE>(base, column);
+  if constexpr (kFixedE > 0 && kFixedE < kLanes) {
+    narrow_columns<kFixedE>(base, column);
   } else {
     if (E == kLanes && stride == E) fetch_rows_ahead(base, kLanes);  // (a whole vector a row)
-    load_columns(base, E, 0, kNarrowE ? kNarrowE : stride, column);
+    load_columns(base, E, 0, kFixedE ? kFixedE : stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
   ColumnMax check;
@@ -913,7 +913,8 @@ template <int K, class V = Vec>
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
 // (logit_key); vector_keys (kOneVector: E <= kLanes), column_keys or knockout_keys find the L = (K
 // rounded up to a power of two) smallest of each lane, and the weights come from the exact logits of
-// the K selected experts. kNarrowE, when not 0, is E, with the rows back to back (stride = E). Pure
+// the K selected experts. kFixedE, when not 0, is E known at compile time, with the rows back to back
+// (stride = E), so that every bound and address offset is a constant (run_across_tokens). Pure
 // throughput: no per-token chain of dependent steps. Returns false, writing nothing, when a token of
 // the group has a non-finite logit. Rows [live, kLanes) of a gathered group stand for copies of row
 // 0: the knockout and the picks of the weights do not read them; the columns do (across_rows).
@@ -921,11 +922,11 @@ template <int K, class V = Vec>
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int K, bool kOneVector, int kNarrowE = 0>
+template <int K, bool kOneVector, int kFixedE = 0>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
-  const int E = kNarrowE ? kNarrowE : c.E;
+  const int E = kFixedE ? kFixedE : c.E;
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1));
   Vec::I best[L];
@@ -946,7 +947,7 @@ template <int K, bool kOneVector, int kNarrowE = 0>
   const bool count_keys = counts && E <= kKeyCountMaxE && E <= 6 * K;
   bool finite = false;
   if constexpr (kOneVector) {
-    finite = vector_keys<L, kNarrowE>(base, E, stride, value_bits, columns, keys, best, row_max);
+    finite = vector_keys<L, kFixedE>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
     if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
       if (E > kColumnMaxE)
@@ -956,9 +957,9 @@ template <int K, bool kOneVector, int kNarrowE = 0>
       F* column_keys_out = count_keys ? keys : nullptr;
       if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
         if (E > kPlainKeyMaxE)
-          finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+          finite = column_keys<L, 2>(base, E, kFixedE ? kFixedE : stride, value_bits, columns, column_keys_out, best, row_max);
       if (E <= kPlainKeyMaxE)
-        finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+        finite = column_keys<L, 1>(base, E, kFixedE ? kFixedE : stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
   if (!finite) return false;
@@ -1023,10 +1024,10 @@ template <int K, bool kOneVector, int kNarrowE = 0>
 #pragma GCC diagnostic pop
 
 // rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
-template <int K>
+template <int K, int kFixedE = 0>
 [[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, int live,
                                                float* weights_out, int32_t* experts_out, int32_t* counts) {
-  return rows_across_tokens<K, false>(c, base, stride, live, weights_out, experts_out, counts);
+  return rows_across_tokens<K, false, kFixedE>(c, base, stride, live, weights_out, experts_out, counts);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -1035,7 +1036,7 @@ template <int K>
 // knockout or columns inlined measured 2-5% slower; bench/NOTES.md item 28). Returns the groups
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group).
-template <int K, bool kOneVector, int kNarrowE = 0>
+template <int K, bool kOneVector, int kFixedE = 0>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts) {
   for (int g = 0; g < groups; ++g) {
@@ -1044,12 +1045,28 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     int32_t* experts = experts_out + g * kLanes * K;
     bool routed;
     if constexpr (kOneVector)
-      routed = rows_across_tokens<K, true, kNarrowE>(c, rows, stride, live, weights, experts, counts);
+      routed = rows_across_tokens<K, true, kFixedE>(c, rows, stride, live, weights, experts, counts);
     else
-      routed = rows_across_tokens_call<K>(c, rows, stride, live, weights, experts, counts);
+      routed = rows_across_tokens_call<K, kFixedE>(c, rows, stride, live, weights, experts, counts);
     if (!routed) return g;
   }
   return groups;
+}
+
+// run_across_tokens for rows of kLanes < E <= kColumnMaxE experts, with E known at compile time where
+// the rows lie back to back and E is a power of two (kE, 2 kE, ...): the column path's bounds, its
+// fetches' addresses (constant offsets instead of a product a row) and its loops fold (AVX2, in
+// cache, one thread: E = 64 -7 to -9%, E = 256 -5 to -10%; bench/NOTES.md item 54).
+template <int K, int kE = 2 * kLanes>
+inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
+                       int32_t* experts_out, int32_t* counts) {
+  if constexpr (kE <= kColumnMaxE) {
+    if (c.E == kE && stride == kE)
+      return run_across_tokens<K, false, kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_columns<K, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  } else {
+    return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  }
 }
 
 // run_across_tokens for c.K, instantiated with K known at compile time, so that its lists live in
@@ -1059,14 +1076,18 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 // array: logits E = 8, K = 2 in cache, one thread, 0.067 -> 0.060 ms; logits-8x2 from DRAM, two
 // threads, 0.250 -> 0.220). So do rows of exactly a vector of 8 (AVX2): with E and the stride known,
 // the bounds' tests of the loops over experts fold away (l3-8x2 in cache, one thread, -11 to -13%;
-// bench/NOTES.md item 54).
+// bench/NOTES.md item 54), and on AVX2 the wider rows of a power of two (run_columns; AVX-512 and
+// NEON, not measured that way, keep E a run-time value there).
 template <int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                                 float* weights_out, int32_t* experts_out, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
     if (c.K != K) return groups_across_tokens<K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
-  if (c.E > kLanes) return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  if (c.E > kLanes) {
+    if constexpr (kLanes == 8) return run_columns<K>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  }
   if (stride == c.E) {
     if constexpr (kLanes >= 8 && K <= 8)
       if (c.E == 8)
@@ -1193,18 +1214,18 @@ constexpr float kLossFloor = -88.0f;
 // and p_dot_v (a lane each), and p_e added to p_lanes[e] lane by lane (the lanes past live add 0).
 // The caller takes the entropy -sum_e p_e ln p_e = sum_e p_e (ln S - v_e) = ln S - sum_e p_e v_e:
 // one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
-// scratch of padded(E) vectors. kNarrowE, when not 0, is E, a power of two up to kLanes with the
-// rows back to back (below kLanes narrow_columns, at it load_columns with every bound known).
-template <int kNarrowE = 0>
+// scratch of padded(E) vectors. kFixedE, when not 0, is E, a power of two up to kLanes with the
+// rows back to back (below kLanes narrow_columns, at kLanes load_columns with every bound known).
+template <int kFixedE = 0>
 inline void group_losses(const float* base, int E, int64_t stride, int live, F* columns, F* p_lanes, F& max,
                          F& sum, F& p_dot_v) {
   F lane_max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
-  if constexpr (kNarrowE > 0 && kNarrowE < kLanes) {
-    narrow_columns<kNarrowE>(base, columns);
+  if constexpr (kFixedE > 0 && kFixedE < kLanes) {
+    narrow_columns<kFixedE>(base, columns);
 #pragma GCC unroll 8
-    for (int e = 0; e < kNarrowE; ++e) lane_max[e % 4] = Vec::max(lane_max[e % 4], columns[e]);
+    for (int e = 0; e < kFixedE; ++e) lane_max[e % 4] = Vec::max(lane_max[e % 4], columns[e]);
   } else {
-    if constexpr (kNarrowE == 0) {
+    if constexpr (kFixedE == 0) {
       if (stride == E) {
         if constexpr (kLanes >= 8)
           if (E == 8) return group_losses<8>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
@@ -1213,16 +1234,16 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
         if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
       }
     }
-    const int width = kNarrowE > 0 ? kNarrowE : E;  // (kNarrowE = kLanes: one vector of columns)
+    const int width = kFixedE > 0 ? kFixedE : E;  // (kFixedE = kLanes: one vector of columns)
     for (int e0 = 0; e0 < width; e0 += kLanes) {
-      load_columns(base, width, e0, kNarrowE > 0 ? kNarrowE : stride, columns + e0);  // (past E: the lowest float)
+      load_columns(base, width, e0, kFixedE > 0 ? kFixedE : stride, columns + e0);  // (past E: the lowest float)
 #pragma GCC unroll 16
       for (int i = 0; i < kLanes; ++i) lane_max[i % 4] = Vec::max(lane_max[i % 4], columns[e0 + i]);
     }
   }
   max = Vec::max(Vec::max(lane_max[0], lane_max[1]), Vec::max(lane_max[2], lane_max[3]));
 
-  const int n = kNarrowE > 0 ? kNarrowE : E;
+  const int n = kFixedE > 0 ? kFixedE : E;
   F sums[2] = {Vec::zero(), Vec::zero()}, dot[2] = {Vec::zero(), Vec::zero()};
   const auto term = [&](int e, int j) {  // (two accumulators, and j known: registers, no chain)
     const F d = Vec::sub(columns[e], max);
