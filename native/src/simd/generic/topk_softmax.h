@@ -821,7 +821,7 @@ template <int L, int kFixedE>
     narrow_columns<kFixedE>(base, column);
   } else {
     if (E == kLanes && stride == E) fetch_rows_ahead(base, kLanes);  // (a whole vector a row)
-    load_columns(base, E, 0, kFixedE ? kFixedE : stride, column);
+    load_columns(base, E, 0, stride, column);
   }
   const int used = (E + L - 1) / L * L;  // whole L
   ColumnMax check;
@@ -927,6 +927,7 @@ template <int K, bool kOneVector, int kFixedE = 0>
                                                       float* weights_out, int32_t* experts_out, int32_t* counts) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kFixedE ? kFixedE : c.E;
+  if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1));
   Vec::I best[L];
@@ -957,9 +958,9 @@ template <int K, bool kOneVector, int kFixedE = 0>
       F* column_keys_out = count_keys ? keys : nullptr;
       if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
         if (E > kPlainKeyMaxE)
-          finite = column_keys<L, 2>(base, E, kFixedE ? kFixedE : stride, value_bits, columns, column_keys_out, best, row_max);
+          finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       if (E <= kPlainKeyMaxE)
-        finite = column_keys<L, 1>(base, E, kFixedE ? kFixedE : stride, value_bits, columns, column_keys_out, best, row_max);
+        finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
   if (!finite) return false;
@@ -1219,6 +1220,7 @@ constexpr float kLossFloor = -88.0f;
 template <int kFixedE = 0>
 inline void group_losses(const float* base, int E, int64_t stride, int live, F* columns, F* p_lanes, F& max,
                          F& sum, F& p_dot_v) {
+  if constexpr (kFixedE > 0) E = stride = kFixedE;  // (the same values, now constants)
   F lane_max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
   if constexpr (kFixedE > 0 && kFixedE < kLanes) {
     narrow_columns<kFixedE>(base, columns);
@@ -1234,16 +1236,14 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
         if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
       }
     }
-    const int width = kFixedE > 0 ? kFixedE : E;  // (kFixedE = kLanes: one vector of columns)
-    for (int e0 = 0; e0 < width; e0 += kLanes) {
-      load_columns(base, width, e0, kFixedE > 0 ? kFixedE : stride, columns + e0);  // (past E: the lowest float)
+    for (int e0 = 0; e0 < E; e0 += kLanes) {
+      load_columns(base, E, e0, stride, columns + e0);  // (past E: the lowest float)
 #pragma GCC unroll 16
       for (int i = 0; i < kLanes; ++i) lane_max[i % 4] = Vec::max(lane_max[i % 4], columns[e0 + i]);
     }
   }
   max = Vec::max(Vec::max(lane_max[0], lane_max[1]), Vec::max(lane_max[2], lane_max[3]));
 
-  const int n = kFixedE > 0 ? kFixedE : E;
   F sums[2] = {Vec::zero(), Vec::zero()}, dot[2] = {Vec::zero(), Vec::zero()};
   const auto term = [&](int e, int j) {  // (two accumulators, and j known: registers, no chain)
     const F d = Vec::sub(columns[e], max);
@@ -1254,16 +1254,16 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
     columns[e] = x;
   };
   int e = 0;
-  for (; e + 2 <= n; e += 2) {
+  for (; e + 2 <= E; e += 2) {
     term(e, 0);
     term(e + 1, 1);
   }
-  if (e < n) term(e, 0);
+  if (e < E) term(e, 0);
   sum = Vec::add(sums[0], sums[1]);
   const F inv = Vec::div(Vec::set1(1.0f), sum);
   p_dot_v = Vec::mul(Vec::add(dot[0], dot[1]), inv);
   const F inv_live = Vec::select(Vec::first(live), inv, Vec::zero());
-  for (int e = 0; e < n; ++e) p_lanes[e] = Vec::fmadd(columns[e], inv_live, p_lanes[e]);
+  for (int e = 0; e < E; ++e) p_lanes[e] = Vec::fmadd(columns[e], inv_live, p_lanes[e]);
 }
 
 // The losses of a block's valid rows, for the default routing after its selection: group_losses
