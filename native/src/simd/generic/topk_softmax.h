@@ -427,9 +427,12 @@ template <int E>
 // The slots of kLanes tokens, slot j of every token in weight[j] and expert[j] (one lane per token),
 // stored as kLanes rows of K: for K a power of two by to_rows into K whole vectors; otherwise back to
 // rows through a transpose, the weights in rows [0, K) and, when they fit beside them (2K <= kLanes),
-// the experts in rows [kLanes/2, ..) of the same one, and kLanes partial stores of each.
+// the experts in rows [kLanes/2, ..) of the same one, and kLanes partial stores of each. Always
+// inlined: GCC left store_slots<5..8> out of line in rows_across_tokens' larger instantiations, the
+// slots passed through memory (in cache, one thread, logits E = 64, K = 8 -10 to -14%; bench/NOTES.md
+// item 55).
 template <int K>
-inline void store_slots(const F* weight, const Vec::I* expert, float* weights_out, int32_t* experts_out) {
+[[gnu::always_inline]] inline void store_slots(const F* weight, const Vec::I* expert, float* weights_out, int32_t* experts_out) {
   if constexpr ((K & (K - 1)) == 0) {
     F w[K], x[K];
     for (int j = 0; j < K; ++j) {
@@ -739,7 +742,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
 // logits-64x8 5.4 -> 3.4-4.4 ms.
 [[gnu::always_inline]] inline void load_columns(const float* base, int E, int e0, int64_t stride, F* block) {
   const int width = E - e0 < kLanes ? E - e0 : kLanes;
-  for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + kLanes) * stride + e0);
+  const float* ahead = base + kLanes * stride + e0;  // (a running pointer: no product a row)
+  for (int l = 0; l < kLanes; ++l, ahead += stride) __builtin_prefetch(ahead);
   for (int l = 0; l < kLanes; ++l)
     block[l] = width == kLanes ? Vec::load(base + l * stride + e0)
                                : Vec::load_tail(base + l * stride + e0, width, std::numeric_limits<float>::lowest());
@@ -866,8 +870,10 @@ template <int L, int kPower>
     // the next group's (when they were three groups ahead). Spread over both passes, DRAM is read
     // during the whole group: logits-256x8 (columns, before knockout_keys), A/B interleaved, one
     // thread 2.6-2.8 -> 2.1-2.3 ms (in cache 1.9), two threads 1.59-1.95 -> 1.12-1.58 ms in five pairs.
-    if (e0 % kLanes == 0)
-      for (int l = 0; l < kLanes; ++l) __builtin_prefetch(base + (l + 2 * kLanes) * stride + e0, 0, 2);
+    if (e0 % kLanes == 0) {
+      const float* ahead = base + 2 * kLanes * stride + e0;
+      for (int l = 0; l < kLanes; ++l, ahead += stride) __builtin_prefetch(ahead, 0, 2);
+    }
     add_column_keys<L, kPower>(columns, e0, E, row_max, value_bits, keys, best, worst);
   }
   return keys_finite(worst, base, stride, kLanes, E);
@@ -967,12 +973,15 @@ template <int K, bool kOneVector, int kFixedE = 0>
 
   Vec::I chosen[K];
   for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
-  if (count_keys) {
-#pragma GCC unroll 16
-    for (int e = 0; e < kColumns; ++e) {
-      if (e >= E) break;
+  if (count_keys) {  // (by whole vectors of experts, then the rest: no test of E an expert)
+    const auto count = [&](int e) __attribute__((always_inline)) {
       counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(keys[e]), best[K - 1])));
-    }
+    };
+    int e0 = 0;
+    for (; e0 + kLanes <= E; e0 += kLanes)
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) count(e0 + i);
+    for (int e = e0; e < E; ++e) count(e);
   } else if (counts) {
     add_slot_counts(chosen, K, E, counts);
   }
