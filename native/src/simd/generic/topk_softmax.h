@@ -297,9 +297,11 @@ inline const float* row_ahead(const RowBlock& b, int i) {
 constexpr int kPhaseRows = 4;
 
 // Up to these E and K, rows_by_logit_order works across tokens: E so that an expert index fits in
-// the 10 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost), and on
-// the ISAs without knockout_keys (see kColumnMaxE) up to what column_keys holds.
-constexpr int kAcrossMaxE = kLanes >= 16 ? 1024 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+// the 10 low bits of a key (rows_across_tokens; docs/semantics.md §13 bounds what they cost); on NEON
+// (four lanes, not measured beyond 256) up to 256. On AVX2 the columns take E = 257-1024 too (at E =
+// 1024 the columns are 32 KiB, L1's size): against token by token, from DRAM, two threads,
+// E = 300 -63%, E = 512 -46%, E = 1024 -43% (bench/NOTES.md item 56).
+constexpr int kAcrossMaxE = kLanes >= 8 ? 1024 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -962,8 +964,13 @@ template <int K, bool kOneVector, int kFixedE = 0>
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
     if (E <= kColumnMaxE) {
       F* column_keys_out = count_keys ? keys : nullptr;
+      if constexpr (kColumnMaxE > 512)  // (AVX2)
+        if (E > 512) finite = column_keys<L, 8>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (kColumnMaxE > 256)
+        if (E > 256 && E <= 512)
+          finite = column_keys<L, 4>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
-        if (E > kPlainKeyMaxE)
+        if (E > kPlainKeyMaxE && E <= 256)
           finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       if (E <= kPlainKeyMaxE)
         finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
@@ -1064,13 +1071,14 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 }
 
 // run_across_tokens for rows of kLanes < E <= kColumnMaxE experts, with E known at compile time where
-// the rows lie back to back and E is a power of two (kE, 2 kE, ...): the column path's bounds, its
-// fetches' addresses (constant offsets instead of a product a row) and its loops fold (AVX2, in
-// cache, one thread: E = 64 -7 to -9%, E = 256 -5 to -10%; bench/NOTES.md item 54).
+// the rows lie back to back and E is a power of two up to 256 (kE, 2 kE, ...): the column path's
+// bounds, its fetches' addresses (constant offsets instead of a product a row) and its loops fold
+// (AVX2, in cache, one thread: E = 64 -7 to -9%, E = 256 -5 to -10%; bench/NOTES.md item 54; 512
+// and 1024, which take the columns since item 56, not measured that way).
 template <int K, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
                        int32_t* experts_out, int32_t* counts) {
-  if constexpr (kE <= kColumnMaxE) {
+  if constexpr (kE <= 256) {
     if (c.E == kE && stride == kE)
       return run_across_tokens<K, false, kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
     return run_columns<K, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
