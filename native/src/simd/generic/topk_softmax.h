@@ -964,16 +964,16 @@ template <int K, bool kOneVector, int kFixedE = 0>
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
     if (E <= kColumnMaxE) {
       F* column_keys_out = count_keys ? keys : nullptr;
-      if constexpr (kColumnMaxE > 512)  // (AVX2)
-        if (E > 512) finite = column_keys<L, 8>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (kColumnMaxE > 256)
-        if (E > 256 && E <= 512)
-          finite = column_keys<L, 4>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (kColumnMaxE > kPlainKeyMaxE)  // (AVX2, NEON)
-        if (E > kPlainKeyMaxE && E <= 256)
-          finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if (E <= kPlainKeyMaxE)
-        finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
+      // on AVX2, 1 on AVX-512.)
+      const int power = key_power(E);
+      if constexpr (key_power(kColumnMaxE) >= 8)
+        if (power == 8) finite = column_keys<L, 8>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (key_power(kColumnMaxE) >= 4)
+        if (power == 4) finite = column_keys<L, 4>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (key_power(kColumnMaxE) >= 2)
+        if (power == 2) finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if (power == 1) finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
   if (!finite) return false;
