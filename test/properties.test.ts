@@ -220,9 +220,9 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // the rest), the default routing selects across groups of 8 or 16 tokens (whole groups, then gathered
 // ones), and a token must get the same operations in any tile or group, and beside a sanitized
 // non-finite row. Checked bit for bit on every backend, for a small-E (dot) and three larger-E (panel)
-// gates (E = 300: across tokens with a knockout of 32 vectors on AVX-512), f32 and bf16, hidden
-// states and logits, top-k (its sanitized pass with losses on) and top-p: sub-batches against the
-// same rows of a whole batch.
+// gates (E = 300: across tokens, by a knockout of 32 vectors on AVX-512 and by the columns on AVX2),
+// f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses on) and top-p:
+// sub-batches against the same rows of a whole batch.
 describe('a token is routed the same alone as in any batch', () => {
   it(`dot and panel gates, f32 and bf16, hidden and logits, top-k and top-p × [${backendNames.join(', ')}]`, () => {
     const shapes = [
