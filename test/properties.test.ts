@@ -219,10 +219,10 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // batch and serves them in another): the gate kernels tile tokens (whole tiles, then smaller ones for
 // the rest), the default routing selects across groups of 8 or 16 tokens (whole groups, then gathered
 // ones), and a token must get the same operations in any tile or group, and beside a sanitized
-// non-finite row. Checked bit for bit on every backend, for a small-E (dot) and three larger-E (panel)
-// gates (E = 300: across tokens, by a knockout of 32 vectors on AVX-512 and by the columns on AVX2),
-// f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses on) and top-p:
-// sub-batches against the same rows of a whole batch.
+// non-finite row. Checked bit for bit on every backend, for a small-E (dot) and four larger-E (panel)
+// gates (E = 300 and 1000: across tokens, by a knockout on AVX-512 and by the columns on AVX2, keys
+// of w^4 and (16w)^8), f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses
+// on) and top-p: sub-batches against the same rows of a whole batch.
 describe('a token is routed the same alone as in any batch', () => {
   it(`dot and panel gates, f32 and bf16, hidden and logits, top-k and top-p × [${backendNames.join(', ')}]`, () => {
     const shapes = [
@@ -230,6 +230,7 @@ describe('a token is routed the same alone as in any batch', () => {
       { E: 64, D: 130, K: 8 },
       { E: 40, D: 67, K: 3 },
       { E: 300, D: 19, K: 6 },
+      { E: 1000, D: 11, K: 8 },
     ];
     const T = 37;
     const ranges = [[0, 1], [5, 1], [36, 1], [0, 2], [3, 3], [1, 4], [2, 5], [6, 7], [0, 8], [4, 9], [1, 11], [0, 16], [3, 17], [20, 17], [1, 36]] as const;
