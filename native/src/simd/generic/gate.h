@@ -12,9 +12,10 @@ namespace simd {
 namespace MOE_SIMD_ISA {
 
 // Small E: MR tokens x NE experts, each u an f32 vector along D (several tokens share each W load;
-// 16-bit input is widened on load, once a span for all the groups: item 51), reduced at the end. W comes packed per group of NE experts as
-// [ceil(D / kLanes)][NE][kLanes] (zero past D): one contiguous stream, where NE rows of stride D
-// would fight over the same L1 sets whenever D * 4 is a multiple of 4 KiB.
+// 16-bit input is widened on load, once a span for all the groups: item 51), reduced at the end. W
+// comes packed per group of NE experts as [ceil(D / kLanes)][NE][kLanes] (zero past D): one
+// contiguous stream, where NE rows of stride D would fight over the same L1 sets whenever D * 4 is a
+// multiple of 4 KiB.
 // A tile walks its MR rows whole, so that each row is one long stream from DRAM, every group of NE
 // experts in turn over each span of kDotSpan values, while the span is in L1 (bench/NOTES.md items
 // 39-40). (D was once walked in slices that kept a slice of W in L1 across the block's tiles; that

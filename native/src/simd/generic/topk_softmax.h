@@ -815,11 +815,11 @@ template <int L, int kPower>
 
 // The L smallest keys of kLanes tokens (one per lane) of E <= kLanes experts, sorted, into
 // best[0..L), and each token's largest logit into row_max: the one vector of columns (load_columns,
-// or for kFixedE = E < kLanes, rows back to back, narrow_columns; rows back to back fetch their stream ahead) into
-// column[0, kLanes) and their keys into keys[0, E), both the caller's registers. False, best and
-// row_max then meaningless, when a logit of the group is not finite. (Against column_keys, which kept them
-// in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4 -17%; logits-8x2 from DRAM
-// 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
+// or for kFixedE = E < kLanes, rows back to back, narrow_columns; rows back to back fetch their
+// stream ahead) into column[0, kLanes) and their keys into keys[0, E), both the caller's registers.
+// False, best and row_max then meaningless, when a logit of the group is not finite. (Against
+// column_keys, which kept them in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4
+// -17%; logits-8x2 from DRAM 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
 template <int L, int kFixedE>
 [[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
                                                F* keys, Vec::I* best, F& row_max) {
@@ -1075,10 +1075,11 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 // bounds, its fetches' addresses (constant offsets instead of a product a row) and its loops fold
 // (AVX2, in cache, one thread: E = 64 -7 to -9%, E = 256 -5 to -10%; bench/NOTES.md item 54; 512
 // and 1024, which take the columns since item 56, not measured that way).
+constexpr int kFixedColumnsMaxE = 256;
 template <int K, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
                        int32_t* experts_out, int32_t* counts) {
-  if constexpr (kE <= 256) {
+  if constexpr (kE <= kFixedColumnsMaxE) {
     if (c.E == kE && stride == kE)
       return run_across_tokens<K, false, kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
     return run_columns<K, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
