@@ -82,31 +82,62 @@ constexpr SortNetwork make_sort_network() {
 }
 constexpr SortNetwork kSortNetwork = make_sort_network();
 
-inline Vec::I sort_descending(Vec::I v) {
+// The network's stages [first, kSortStages): all of them sort any v; the last log2_lanes() (blocks of
+// kLanes) sort a bitonic v.
+inline Vec::I sort_descending(Vec::I v, int first = 0) {
 #pragma GCC unroll 16
-  for (int i = 0; i < kSortStages; ++i) {
+  for (int i = first; i < kSortStages; ++i) {
     const Vec::I other = Vec::permute(v, Vec::int_load(kSortNetwork.stage[i].partner));
     v = Vec::blend_bits(kSortNetwork.stage[i].keeps_max, Vec::int_max(v, other), Vec::int_min(v, other));
   }
   return v;
 }
 
+// kLanes - 1 - lane, for each lane (the last kLanes entries for kLanes lanes).
+alignas(64) constexpr int32_t kReversedLane[16] = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
+
+// The sortable image of keys (a float vector) with its low `bits` bits replaced by `low`: a lower
+// `low` ranks after a higher one among keys equal in the remaining bits. The caller makes -0 +0 first
+// (x + 0), since the sortable image puts -0 below +0 (u - max is -0 for a -0 logit where the max came
+// out +0), so that exact ties resolve by `low` alone, as the oracle's do by position.
+inline Vec::I key_image(F keys, int bits, Vec::I low) {
+  return Vec::and_or(sortable(Vec::to_bits(keys)), Vec::int_set1(-(1 << bits)), low);
+}
+
 // The k <= kLanes best lanes of `keys` in key order: their `index` lanes into out[0..kLanes) and
 // their keys into best[0..kLanes) (whole vectors; lanes past k are don't-care). Each key's sortable
 // image with its low bits replaced by the lane (a lower lane ranks first) is sorted; keys that differ
 // only in those bits (2^-19 relative at most) may come out in lane order, a near-tie that
-// docs/semantics.md §13 allows. Exact ties resolve exactly as the oracle's: -0 is made +0 first (x + 0),
-// since the sortable image puts -0 below +0 (u - max is -0 for a -0 logit where the max came out +0).
+// docs/semantics.md §13 allows. Exact ties resolve exactly as the oracle's (key_image).
 inline void select_in_vector(F keys, Vec::I index, int32_t* out, float* best) {
   keys = Vec::add(keys, Vec::zero());
-  alignas(64) static constexpr int32_t kReversedLane[16] = {15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0};
   const Vec::I lane_bits = Vec::int_set1(kLanes - 1);
-  const Vec::I reversed = Vec::int_load(kReversedLane + 16 - kLanes);  // kLanes - 1 - lane
-  const Vec::I high = Vec::int_and(sortable(Vec::to_bits(keys)), Vec::int_xor(lane_bits, Vec::int_set1(-1)));
-  const Vec::I sorted = sort_descending(Vec::int_or(high, reversed));
+  const Vec::I sorted = sort_descending(key_image(keys, log2_lanes(), Vec::int_load(kReversedLane + 16 - kLanes)));
   const Vec::I lane = Vec::int_sub(lane_bits, Vec::int_and(sorted, lane_bits));
   Vec::store_int(out, Vec::permute(index, lane));
   Vec::store(best, Vec::from_bits(Vec::permute(Vec::to_bits(keys), lane)));
+}
+
+// The k <= kLanes best of the 2 kLanes entries key/index[0, 2 kLanes) in key order (descending key,
+// ties to the lower position) into out[0..k) and best[0..k): as select_in_vector, with the position
+// in the low log2(2 kLanes) bits of each image (near-ties within 2^-(23 - log2(2 kLanes)) relative,
+// docs/semantics.md §13); each vector sorted, the kLanes best of both are the larger of each lane of
+// one and the mirror lane of the other, a bitonic sequence, which the network's last stages sort.
+inline void select_in_two_vectors(const float* key, const int32_t* index, int k, int32_t* out, float* best) {
+  constexpr int kPositions = 2 * kLanes;
+  const Vec::I reversed = Vec::int_load(kReversedLane + 16 - kLanes);
+  const auto sorted = [&](int v) {  // low bits: kPositions - 1 - position
+    const Vec::I low = Vec::int_add(reversed, Vec::int_set1((1 - v) * kLanes));
+    return sort_descending(key_image(Vec::add(Vec::load(key + v * kLanes), Vec::zero()), log2_lanes() + 1, low));
+  };
+  const Vec::I first = sorted(0);
+  alignas(64) int32_t top[kLanes];
+  Vec::store_int(top, sort_descending(Vec::int_max(first, Vec::permute(sorted(1), reversed)), kSortStages - log2_lanes()));
+  for (int j = 0; j < k; ++j) {
+    const int p = kPositions - 1 - (top[j] & (kPositions - 1));
+    out[j] = index[p];
+    best[j] = key[p];
+  }
 }
 
 // The m > kLanes entries of key/index in key order (descending key, ties to the lower position)
@@ -132,23 +163,41 @@ inline void rank_place(const float* key, const int32_t* index, int m, int k, int
   }
 }
 
+// Each lane's largest and second largest of the vectors added (-inf where there were fewer).
+struct LaneMaxima {
+  F first = Vec::set1(-kInf), second = Vec::set1(-kInf);
+  void add(F x) {
+    second = Vec::max(second, Vec::min(first, x));
+    first = Vec::max(first, x);
+  }
+  void add(const LaneMaxima& o) {
+    second = Vec::max(Vec::max(second, o.second), Vec::min(first, o.first));
+    first = Vec::max(first, o.first);
+  }
+};
+
 // The k best of key[0..n) in key order (descending key, ties to the lower index): their indices into
 // idx[0..) and keys into best[0..), each with room for max(k, kLanes) entries. key[n..) up to a whole
 // vector must hold -inf; `keys`, `index` and `order` are scratch of padded(n) words.
 // For k <= kLanes, the k-th largest of the lane-wise maxima bounds the k-th largest key from below
 // (those maxima are k distinct entries), so only the keys at or above it remain: about 1.3k of them
-// for random keys, compressed into keys[] and index[] (each vector's survivors stored at the running
-// count, so that the only chain from vector to vector is that count) and sorted in one vector.
-// (Appending them to a vector in registers made each vector wait on the previous one's expand, and
-// on AVX2 and NEON looped over the set bits: logits of E = 1024 from DRAM, one thread, AVX-512
-// 1.85-1.95 -> 1.72-1.76 ms, AVX2 3.4 -> 2.4; E = 300 on AVX2 6.5 -> 2.6.) Larger k, or more than a
-// vector of survivors: counting ranks, or the shared partial sort.
+// for random keys where 2k <= kLanes. For 2k > kLanes (AVX2's k = 5-8) that bound let ~2.3k through
+// (k = 8: 18 of E = 64, 21 of 1024), so there the bound is the k-th largest of the lanes' largest and
+// second largest together (2 kLanes distinct entries): ~1.1k survivors, more than a vector in ~45% of
+// rows, at most two in all but ~1e-4 (random keys). The survivors are compressed into keys[] and
+// index[] (each vector's survivors stored at the running count, so that the only chain from vector
+// to vector is that count) and sorted in one vector, or two. (Appending them to a vector in registers
+// made each vector wait on the previous one's expand, and on AVX2 and NEON looped over the set bits:
+// logits of E = 1024 from DRAM, one thread, AVX-512 1.85-1.95 -> 1.72-1.76 ms, AVX2 3.4 -> 2.4; E = 300
+// on AVX2 6.5 -> 2.6.) Larger k, or more than two vectors of survivors: the shared partial sort, or
+// counting ranks (which, before the second maxima and the two vectors, took a third of the engine's
+// instructions in AVX2's sigmoid scoring of E = 64, K = 8: bench/NOTES.md item 57).
 // With an offset (k <= kLanes only), the keys are key[e] - offset, computed as they are read, and
-// lane_max, when given, holds the lane-wise maxima of key[] (so that the rows_by_logit_order phase
+// lane_max, when given, holds the lanes' two largest of key[] (so that the rows_by_logit_order phase
 // selects on v = u - max without a pass that stores v and a pass for the maxima).
 inline void select_best(const float* key, int n, int k, int32_t* idx, float* best, float* keys,
                         int32_t* index, int32_t* order, std::vector<int32_t>& sort_order, float offset = 0.0f,
-                        const F* lane_max = nullptr) {
+                        const LaneMaxima* lane_max = nullptr) {
   const Vec::I lanes_index = Vec::int_load(kLaneIndex);
   if (k > kLanes) {
     select_top(key, n, k, sort_order, idx);
@@ -160,23 +209,31 @@ inline void select_best(const float* key, int n, int k, int32_t* idx, float* bes
     select_in_vector(Vec::sub(Vec::load(key), off), lanes_index, idx, best);
     return;
   }
-  F max_of_lane;
+  LaneMaxima maxima;
   if (lane_max) {
-    max_of_lane = *lane_max;
+    maxima = *lane_max;
   } else {
-    F acc[2] = {Vec::set1(-kInf), Vec::set1(-kInf)};  // two chains of max latency, not one
+    LaneMaxima acc[2];  // two chains of max latency, not one
     int e0 = 0;
     for (; e0 + 2 * kLanes <= n; e0 += 2 * kLanes) {
-      acc[0] = Vec::max(acc[0], Vec::load(key + e0));
-      acc[1] = Vec::max(acc[1], Vec::load(key + e0 + kLanes));
+      acc[0].add(Vec::load(key + e0));
+      acc[1].add(Vec::load(key + e0 + kLanes));
     }
-    if (e0 < n) acc[0] = Vec::max(acc[0], Vec::load(key + e0));
-    max_of_lane = Vec::max(acc[0], acc[1]);
+    if (e0 < n) acc[0].add(Vec::load(key + e0));
+    maxima = acc[0];
+    maxima.add(acc[1]);
   }
   // x - offset is non-decreasing in x, so the maxima of the keys are those of key[] less the offset.
-  alignas(64) int32_t maxima[kLanes];
-  Vec::store_int(maxima, sort_descending(sortable(Vec::to_bits(Vec::sub(max_of_lane, off)))));
-  const F bound = Vec::from_bits(sortable(Vec::int_set1(maxima[k - 1])));
+  const auto sorted = [&](F x, int32_t* to) { Vec::store_int(to, sort_descending(sortable(Vec::to_bits(Vec::sub(x, off))))); };
+  alignas(64) int32_t first[kLanes], second[kLanes];
+  sorted(maxima.first, first);
+  int32_t kth = first[k - 1];
+  if (2 * k > kLanes) {  // the k largest of both sorted lists: the larger of first[j] and second[k - 1 - j]
+    sorted(maxima.second, second);
+    kth = std::max(first[0], second[k - 1]);
+    for (int j = 1; j < k; ++j) kth = std::min(kth, std::max(first[j], second[k - 1 - j]));
+  }
+  const F bound = Vec::from_bits(sortable(Vec::int_set1(kth)));
   // Survivors so far never outnumber the keys before e0, so each whole-vector store stays inside
   // padded(n).
   int m = 0;
@@ -185,13 +242,16 @@ inline void select_best(const float* key, int n, int k, int32_t* idx, float* bes
     const F block = Vec::sub(Vec::load(key + e0), off);
     m += Vec::compress(keys + m, index + m, block, e0, Vec::bits(Vec::ge(block, bound)) & ((1u << lanes) - 1));
   }
+  // Lanes past m, up to 2 kLanes: -inf keys, which rank after every survivor (k <= m of them reach
+  // the bound), and padded(n) holds them.
   Vec::store(keys + m, Vec::set1(-kInf));
-  if (m > kLanes) {  // rare
+  if (m <= kLanes) {
+    select_in_vector(Vec::load(keys), Vec::int_load(index), idx, best);
+  } else if (m <= 2 * kLanes) {
+    select_in_two_vectors(keys, index, k, idx, best);
+  } else {  // rare
     rank_place(keys, index, m, k, idx, best, order);
-    return;
   }
-  // Lanes past m: -inf keys, which rank after every survivor (k <= m of them reach the bound).
-  select_in_vector(Vec::load(keys), Vec::int_load(index), idx, best);
 }
 
 // sum over the first n lanes of the vectors of `terms(e0, lanes) -> F`, accumulated in double.
@@ -263,9 +323,9 @@ inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
 // line per line of src: the token-by-token paths read rows one after another with a selection
 // between them that reads nothing, and the hardware prefetcher alone left a third of the time on
 // this function's loads (logits of E = 1024 from DRAM). row_ahead() says which. lane_max, unless
-// null, gets the lane-wise maxima of u (padding included).
-inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead, F* lane_max) {
-  F vmax = Vec::set1(-kInf);
+// null, gets the lanes' two largest of u (padding included).
+inline bool sanitized_copy(const float* src, int E, float* u, float* max, const float* ahead, LaneMaxima* lane_max) {
+  LaneMaxima vmax;
   bool invalid = false;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     if (ahead && e0 % 16 == 0) __builtin_prefetch(ahead + e0, 0, 2);
@@ -276,9 +336,9 @@ inline bool sanitized_copy(const float* src, int E, float* u, float* max, const 
     invalid |= (Vec::bits(finite) & real) != real;
     const F v = Vec::select(Vec::mask_and(finite, Vec::first(lanes)), x, Vec::set1(-kInf));
     Vec::store(u + e0, v);
-    vmax = Vec::max(vmax, v);
+    vmax.add(v);
   }
-  *max = Vec::reduce_max(vmax);
+  *max = Vec::reduce_max(vmax.first);
   if (lane_max) *lane_max = vmax;
   return invalid;
 }
@@ -1401,7 +1461,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
   int n = 0;
   const auto phase = [&] {
     float max[kPhaseRows];
-    F lane_max[kPhaseRows];
+    LaneMaxima lane_max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];
     for (int r = 0; r < n; ++r) {
       const int64_t t = b.first + phase_rows[r];
