@@ -1,0 +1,65 @@
+/**
+ * What the routing options beyond the default cost, on the canonical logits workloads (f32, the
+ * router's default backend and threads): the default routing (top-k, softmax, normalized weights,
+ * no bias or groups) selects across tokens with packed keys; every other option routes token by
+ * token (docs/semantics.md §13, bench/NOTES.md item 57). Each option set is timed in alternating
+ * rounds with the default (`measureTogether`), so that a ratio compares moments of the same phase of
+ * a shared machine; printed: median ms, ns a token, and the ratio to the default.
+ *
+ *   npm run bench:options [-- --workload logits-64x8,logits-256x8]
+ */
+import { CANONICAL_WORKLOADS, DEFAULT_TIMING, formatMs, makeInputs, measureTogether } from '../src/bench';
+import { DynamicRouter, type RouterOptions } from '../src/index';
+
+type Extra = Partial<RouterOptions>;
+
+/** The option sets, each named as a user would write it. */
+function optionSets(experts: number): [string, Extra][] {
+  const bias = new Float32Array(experts).map((_, e) => (e % 7) * 0.01);
+  return [
+    ['default', {}],
+    ['losses: true', { losses: true }],
+    ['normalize: false', { normalize: false }],
+    ["order: 'select-then-softmax'", { order: 'select-then-softmax' }],
+    ["scoring: 'sigmoid'", { scoring: 'sigmoid' }],
+    ["scoring: 'sigmoid', selectionBias", { scoring: 'sigmoid', selectionBias: bias }],
+    ['DeepSeek-V3 (sigmoid, bias, groups 8/4, scale 2.5)', { scoring: 'sigmoid', selectionBias: bias, groups: { count: 8, select: 4 }, normalize: true, scale: 2.5 }],
+    ["strategy: 'top-p'", { strategy: 'top-p', topP: 0.6 }],
+    ["strategy: 'threshold'", { strategy: 'threshold', threshold: 0.05 }],
+    ['capacityFactor: 1.25', { capacityFactor: 1.25 }],
+    ['dispatch: true', { dispatch: true }],
+  ];
+}
+
+async function main(): Promise<void> {
+  const at = process.argv.indexOf('--workload');
+  const names = at >= 0 ? process.argv[at + 1]!.split(',') : ['logits-64x8', 'logits-256x8'];
+  const timing = { ...DEFAULT_TIMING, timeMs: 600 };
+  for (const name of names) {
+    const workload = CANONICAL_WORKLOADS.find((w) => w.name === name && w.kind === 'logits');
+    if (!workload) throw new Error(`${name} is not a canonical logits workload`);
+    const inputs = makeInputs(workload, 'f32');
+    const base = { inputDim: 1, numExperts: workload.experts, topK: workload.topK, weight: new Float32Array(workload.experts) };
+    console.log(`${workload.name}: ${workload.tokens} tokens × ${workload.experts} experts, top-${workload.topK}, f32`);
+    console.log(`${'options'.padEnd(52)} ${'backend'.padEnd(7)} ${'median ms'.padStart(9)} ${'ns/token'.padStart(9)} ${'× default'.padStart(9)}`);
+    for (const [label, extra] of optionSets(workload.experts)) {
+      const routers = [new DynamicRouter(base), new DynamicRouter({ ...base, ...extra })];
+      let next = 0;
+      const tasks = routers.map((router) => () => {
+        router.routeLogits(inputs[next]!).release();
+        next = (next + 1) % inputs.length;
+      });
+      const [plain, optioned] = await measureTogether(tasks, timing);
+      const ms = optioned!.median_ms;
+      const ratio = ms / plain!.median_ms;
+      console.log(`${label.padEnd(52)} ${routers[1]!.backend.padEnd(7)} ${formatMs(ms).padStart(9)} ${((ms * 1e6) / workload.tokens).toFixed(0).padStart(9)} ${ratio.toFixed(2).padStart(9)}`);
+      for (const router of routers) router.dispose();
+    }
+    console.log('');
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
