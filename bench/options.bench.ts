@@ -8,8 +8,8 @@
  *
  *   npm run bench:options [-- --workload logits-64x8,logits-256x8]
  */
-import { CANONICAL_WORKLOADS, DEFAULT_TIMING, formatMs, makeInputs, measureTogether } from '../src/bench';
-import { DynamicRouter, type RouterOptions } from '../src/index';
+import { CANONICAL_WORKLOADS, DEFAULT_TIMING, formatMs, makeInputs, measureTogether, routerTask } from '../src/bench';
+import type { RouterOptions } from '../src/index';
 
 type Extra = Partial<RouterOptions>;
 
@@ -39,21 +39,15 @@ async function main(): Promise<void> {
     const workload = CANONICAL_WORKLOADS.find((w) => w.name === name && w.kind === 'logits');
     if (!workload) throw new Error(`${name} is not a canonical logits workload`);
     const inputs = makeInputs(workload, 'f32');
-    const base = { inputDim: 1, numExperts: workload.experts, topK: workload.topK, weight: new Float32Array(workload.experts) };
     console.log(`${workload.name}: ${workload.tokens} tokens × ${workload.experts} experts, top-${workload.topK}, f32`);
     console.log(`${'options'.padEnd(52)} ${'backend'.padEnd(7)} ${'median ms'.padStart(9)} ${'ns/token'.padStart(9)} ${'× default'.padStart(9)}`);
     for (const [label, extra] of optionSets(workload.experts)) {
-      const routers = [new DynamicRouter(base), new DynamicRouter({ ...base, ...extra })];
-      let next = 0;
-      const tasks = routers.map((router) => () => {
-        router.routeLogits(inputs[next]!).release();
-        next = (next + 1) % inputs.length;
-      });
-      const [plain, optioned] = await measureTogether(tasks, timing);
+      const tasks = [{}, extra].map((options) => routerTask({ workload, dtype: 'f32', options }, inputs));
+      const [plain, optioned] = await measureTogether(tasks.map((task) => task.run), timing);
       const ms = optioned!.median_ms;
       const ratio = ms / plain!.median_ms;
-      console.log(`${label.padEnd(52)} ${routers[1]!.backend.padEnd(7)} ${formatMs(ms).padStart(9)} ${((ms * 1e6) / workload.tokens).toFixed(0).padStart(9)} ${ratio.toFixed(2).padStart(9)}`);
-      for (const router of routers) router.dispose();
+      console.log(`${label.padEnd(52)} ${tasks[1]!.router.backend.padEnd(7)} ${formatMs(ms).padStart(9)} ${((ms * 1e6) / workload.tokens).toFixed(0).padStart(9)} ${ratio.toFixed(2).padStart(9)}`);
+      for (const task of tasks) task.router.dispose();
     }
     console.log('');
   }

@@ -8,7 +8,7 @@ import { Bench, hrtimeNow } from 'tinybench';
 import { integerFlag, oneOf, parseFlags } from './args';
 import { backends } from './engine';
 import { allocate, RouterError } from './errors';
-import { BACKENDS, STRATEGIES, type BackendName, type Strategy } from './options';
+import { BACKENDS, STRATEGIES, type BackendName, type RouterOptions, type Strategy } from './options';
 import { normalGenerator, randomGate, uniformGenerator } from './random';
 import { DynamicRouter } from './router';
 import { f32ToBf16, f32ToF16, Tensor, type DType } from './tensor';
@@ -201,6 +201,8 @@ export interface RouterCase {
   strategy?: Strategy;
   backend?: BackendName;
   threads?: number;
+  /** Further router options, over the ones above (bench/options.bench.ts). */
+  options?: Partial<RouterOptions>;
 }
 
 export interface BenchRecord extends Measurement {
@@ -238,6 +240,7 @@ export function createRouter(c: RouterCase): DynamicRouter {
     losses: workload.kind === 'gate',
     backend: c.backend,
     threads: c.threads,
+    ...c.options,
   });
 }
 
