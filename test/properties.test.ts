@@ -106,16 +106,17 @@ describe('native engine agrees with the reference', () => {
   });
 });
 
-// The default routing (top-k, softmax, normalized weights) selects on the logits by packed integer
-// keys on the SIMD backends (docs/semantics.md §13): their truncation must stay within SPEC §10 at
-// any scale of the logits, where the random cases above stay at a scale of about 1. Checked against
-// scores computed here in double: a slot may differ from the oracle's only where the two scores are
-// within 1e-5 of the largest score; with the same experts, the weights agree within 1e-5. Scales of
+// The default routing (top-k, softmax, normalized weights), and the same with `normalize: false`,
+// selects on the logits by packed integer keys on the SIMD backends (docs/semantics.md §13): their
+// truncation must stay within SPEC §10 at any scale of the logits, where the random cases above stay
+// at a scale of about 1. Checked against scores computed here in double: a slot may differ from the
+// oracle's only where the two scores are within 1e-5 of the largest score; with the same experts, the
+// weights agree within 1e-5, and unnormalized weights are their experts' scores within 1e-5. Scales of
 // 1e20 and 1e38 make max - u (1e38: u spanning more than the largest float) and its square overflow
 // to +inf in f32, keys the selection must order and not take for a non-finite logit.
 describe('default routing on logits of any scale agrees with the oracle', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows, normalized or not × [${simd.join(', ')}]`, () => {
     const normal = normalGenerator(20261122);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     let compared = 0;
@@ -139,39 +140,44 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
             for (let e = 0; e < E; e++) if (uniform() < 0.5) row[e] = top - Math.abs(top) * Math.floor(uniform() * 4) * 2 ** -21;
           }
         }
-        const route = (backend: string) => {
-          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName });
+        const route = (backend: string, normalize: boolean) => {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), normalize, backend: backend as BackendName });
           const r = router.routeLogits(logits);
           return { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
         };
-        const oracle = route('scalar');
-        for (const backend of simd) {
-          const got = route(backend);
-          for (let t = 0; t < T; t++) {
-            const row = logits.subarray(t * E, (t + 1) * E);
-            const max = Math.max(...row);
-            let Z = 0;
-            for (const u of row) Z += Math.exp(u - max);
-            const score = (e: number) => Math.exp(row[e]! - max) / Z;
-            const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
-            for (let j = 0; j < K; j++) {
-              const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
-              const where = `${backend} E=${E} K=${K} scale=${scale} token ${t} slot ${j}`;
-              if (a !== b) expect(Math.abs(score(a) - score(b)) * Z, `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5);
-              if (sameExperts) {
-                const w = got.weights[t * K + j]!, want = oracle.weights[t * K + j]!;
-                expect(Math.abs(w - want), `${where}: weight ${w} vs ${want}`).toBeLessThanOrEqual(1e-5 * Math.abs(want) + 1e-7);
+        for (const normalize of [true, false]) {
+          const oracle = route('scalar', normalize);
+          for (const backend of simd) {
+            const got = route(backend, normalize);
+            for (let t = 0; t < T; t++) {
+              const row = logits.subarray(t * E, (t + 1) * E);
+              const max = Math.max(...row);
+              let Z = 0;
+              for (const u of row) Z += Math.exp(u - max);
+              const score = (e: number) => Math.exp(row[e]! - max) / Z;
+              const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
+              for (let j = 0; j < K; j++) {
+                const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
+                const where = `${backend} E=${E} K=${K} scale=${scale} normalize=${normalize} token ${t} slot ${j}`;
+                if (a !== b) expect(Math.abs(score(a) - score(b)) * Z, `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5);
+                const w = got.weights[t * K + j]!;
+                if (sameExperts) {
+                  const want = oracle.weights[t * K + j]!;
+                  expect(Math.abs(w - want), `${where}: weight ${w} vs ${want}`).toBeLessThanOrEqual(1e-5 * Math.abs(want) + 1e-7);
+                }
+                // unnormalized, a weight is its expert's score, computed here in double
+                if (!normalize) expect(Math.abs(w - score(a)), `${where}: weight ${w} vs score ${score(a)}`).toBeLessThanOrEqual(1e-5 * score(a) + 1e-7);
               }
             }
+            const counts = new Array<number>(E).fill(0);
+            for (const e of got.experts) counts[e]! += 1;
+            expect(got.counts).toEqual(counts);
+            compared += 1;
           }
-          const counts = new Array<number>(E).fill(0);
-          for (const e of got.experts) counts[e]! += 1;
-          expect(got.counts).toEqual(counts);
-          compared += 1;
         }
       }
     }
-    expect(compared).toBe(experts.length * scales.length * simd.length);
+    expect(compared).toBe(2 * experts.length * scales.length * simd.length);
   });
 });
 
@@ -222,9 +228,10 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // non-finite row. Checked bit for bit on every backend, for a small-E (dot) and four larger-E (panel)
 // gates (E = 300 and 1000: across tokens, by a knockout on AVX-512 and by the columns on AVX2, keys
 // of w^4 and (16w)^8), f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses
-// on) and top-p: sub-batches against the same rows of a whole batch.
+// on, and with unnormalized weights, whose Z is summed across tokens too) and top-p: sub-batches
+// against the same rows of a whole batch.
 describe('a token is routed the same alone as in any batch', () => {
-  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k and top-p × [${backendNames.join(', ')}]`, () => {
+  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not and top-p × [${backendNames.join(', ')}]`, () => {
     const shapes = [
       { E: 8, D: 37, K: 2 },
       { E: 64, D: 130, K: 8 },
@@ -240,7 +247,8 @@ describe('a token is routed the same alone as in any batch', () => {
       const normal = normalGenerator(E * 1000 + D);
       const weight = Float32Array.from({ length: E * D }, () => normal());
       for (const backend of backendNames) {
-        for (const [sanitize, strategy, losses] of [[false, 'top-k', false], [true, 'top-k', true], [true, 'top-p', false]] as const) {
+        const variants = [[false, 'top-k', false, true], [true, 'top-k', true, true], [true, 'top-k', false, false], [true, 'top-p', false, true]] as const;
+        for (const [sanitize, strategy, losses, normalize] of variants) {
           const router = new DynamicRouter({
             inputDim: D,
             numExperts: E,
@@ -251,6 +259,7 @@ describe('a token is routed the same alone as in any batch', () => {
             strategy,
             topP: 0.7,
             losses,
+            normalize,
           });
           for (const input of ['f32', 'bf16', 'logits'] as const) {
             const width = input === 'logits' ? E : D;
@@ -267,7 +276,7 @@ describe('a token is routed the same alone as in any batch', () => {
             const whole = rows(0, T);
             for (const [first, n] of ranges) {
               const part = rows(first, n);
-              const where = `${backend} ${strategy} ${input} E=${E} sanitize=${sanitize} tokens [${first}, ${first + n})`;
+              const where = `${backend} ${strategy} ${input} E=${E} sanitize=${sanitize} normalize=${normalize} tokens [${first}, ${first + n})`;
               expect(part.experts, where).toEqual(whole.experts.slice(first * K, (first + n) * K));
               expect(part.weights, where).toEqual(whole.weights.slice(first * K, (first + n) * K));
               compared += 1;
@@ -277,7 +286,7 @@ describe('a token is routed the same alone as in any batch', () => {
         }
       }
     }
-    expect(compared).toBe(shapes.length * backendNames.length * 3 * 3 * ranges.length);
+    expect(compared).toBe(shapes.length * backendNames.length * 4 * 3 * ranges.length);
   });
 });
 

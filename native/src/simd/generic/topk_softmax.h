@@ -976,6 +976,55 @@ template <int K, class V = Vec>
   for (int j = 1; j < K; ++j) weight[j] = V::gather(base, Vec::int_add(row, chosen[j]));
 }
 
+// The sums of v[0, kLanes), lane j of the result that of v[j]'s lanes (v is overwritten): pairs
+// unzipped and added, log2(kLanes) rounds, kLanes - 1 unzips and adds in all.
+inline F sum_lanes(F* v) {
+  for (int n = kLanes; n > 1; n /= 2)
+    for (int i = 0; i < n / 2; ++i) {
+      F even, odd;
+      Vec::unzip(v[2 * i], v[2 * i + 1], even, odd);
+      v[i] = Vec::add(even, odd);
+    }
+  return v[0];
+}
+
+// The softmax denominators Z = sum_e exp(u_e - max) of kLanes tokens, lane l token l's (max: lane l
+// of row_max), for the weights of `normalize: false`, which are the scores themselves: from the
+// columns[0, E) of E <= kLanes experts, in registers.
+inline F column_exp_sums(const F* columns, int E, F row_max) {
+  F sum[2] = {Vec::zero(), Vec::zero()};
+#pragma GCC unroll 16
+  for (int e = 0; e < kLanes; ++e)
+    if (e < E) sum[e % 2] = Vec::add(sum[e % 2], vexp(Vec::sub(columns[e], row_max)));
+  return Vec::add(sum[0], sum[1]);
+}
+
+// The same from the kLanes rows at base (row stride `stride`), each a vector of experts at a time
+// (past E -inf, whose exponentials are 0), the rows' vectors summed across lanes together
+// (sum_lanes). Tokens [live, kLanes) read row 0.
+inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_max) {
+  alignas(64) float max[kLanes];
+  Vec::store(max, row_max);
+  F sums[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const int row = l < live ? l : 0;
+    const float* u = base + row * stride;
+    const F m = Vec::set1(max[row]);
+    F sum[2] = {Vec::zero(), Vec::zero()};
+    int e0 = 0;
+    for (; e0 + 2 * kLanes <= E; e0 += 2 * kLanes) {
+      sum[0] = Vec::add(sum[0], vexp(Vec::sub(Vec::load(u + e0), m)));
+      sum[1] = Vec::add(sum[1], vexp(Vec::sub(Vec::load(u + e0 + kLanes), m)));
+    }
+    for (; e0 < E; e0 += kLanes) {
+      const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
+      sum[0] = Vec::add(sum[0], vexp(Vec::sub(Vec::load_tail(u + e0, lanes, -kInf), m)));
+    }
+    sums[l] = Vec::add(sum[0], sum[1]);
+  }
+  return sum_lanes(sums);
+}
+
 // rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
 // (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
 // experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
@@ -1093,6 +1142,9 @@ template <int K, bool kOneVector, int kFixedE = 0>
     weight[j] = vexp(Vec::sub(weight[j], row_max));
     sum = Vec::add(sum, weight[j]);
   }
+  // normalize: false, the weights are the scores exp(u_j - max) / Z, Z over every expert (>= 1).
+  if (!c.normalize)
+    sum = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
   const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
   for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
   store_slots<K>(weight, chosen, weights_out, experts_out);
@@ -1271,18 +1323,6 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   }
 }
 
-// The sums of v[0, kLanes), lane j of the result that of v[j]'s lanes (v is overwritten): pairs
-// unzipped and added, log2(kLanes) rounds, kLanes - 1 unzips and adds in all.
-inline F sum_lanes(F* v) {
-  for (int n = kLanes; n > 1; n /= 2)
-    for (int i = 0; i < n / 2; ++i) {
-      F even, odd;
-      Vec::unzip(v[2 * i], v[2 * i + 1], even, odd);
-      v[i] = Vec::add(even, odd);
-    }
-  return v[0];
-}
-
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
 // entropy counts such p_e as 0 too), and v is clamped there (it is even -inf where u - m overflows).
 constexpr float kLossFloor = -88.0f;
@@ -1428,14 +1468,15 @@ inline void losses_across_tokens(const RowBlock& b) {
   if (groups > 0) add_p();
 }
 
-// Fused top-k with softmax scores and normalized weights, K <= kLanes, no selection bias or groups
-// (the default routing, with or without losses, and the logits workloads): softmax is monotone, so
-// the K best scores are the scores of the K best logits (the two orders differ only between equal
-// scores: near-ties, docs/semantics.md §13), and the weights s_j / sum_j s_j = exp(u_j - max) /
-// sum_j exp(u_j - max) need neither the other experts' scores nor their sum. So this path selects on
-// u and takes K exponentials instead of E, and writes the token's assignment directly (k_t = K,
-// every weight normalized and scaled, exactly what assign_token gives for this configuration,
-// rounded in f32). Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
+// Fused top-k with softmax scores, K <= kLanes, no selection bias or groups (the default routing, with
+// or without losses, the logits workloads, and the same with `normalize: false`): softmax is
+// monotone, so the K best scores are the scores of the K best logits (the two orders differ only
+// between equal scores: near-ties, docs/semantics.md §13), and the normalized weights s_j / sum_j s_j
+// = exp(u_j - max) / sum_j exp(u_j - max) need neither the other experts' scores nor their sum. So
+// this path selects on u and takes K exponentials instead of E (unnormalized weights, the scores
+// exp(u_j - max) / Z, take E for Z alone: no division, selection or store an expert), and writes the
+// token's assignment directly (k_t = K, every weight scaled, what assign_token gives for this
+// configuration, rounded in f32). Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
 // (across_rows); the rest token by token, in phases over kPhaseRows tokens, so that the selections
 // of neighbouring tokens, each a chain of dependent steps, overlap. (A block may hold any number of
 // rows: a chunk of f32 logits comes as one.) The losses, which need every expert's probability,
@@ -1460,7 +1501,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
   int phase_rows[kPhaseRows];
   int n = 0;
   const auto phase = [&] {
-    float max[kPhaseRows];
+    float max[kPhaseRows], offset[kPhaseRows];
     LaneMaxima lane_max[kPhaseRows];
     bool skip[kPhaseRows], invalid[kPhaseRows];
     for (int r = 0; r < n; ++r) {
@@ -1475,18 +1516,24 @@ inline void rows_by_logit_order(const RowBlock& b) {
     // 1e3 found score gaps of 2.7e-3 max_p), and on v stays below 2^-19 e^-1 max_p
     // (docs/semantics.md §13). v is also what the weights' exponentials take, bit for bit. (A row
     // of -inf only: v = u.)
-    for (int r = 0; r < n; ++r)
+    for (int r = 0; r < n; ++r) {
+      offset[r] = max[r] > -kInf ? max[r] : 0.0f;
       if (!skip[r])
         select_best(rows + r * row_words, E, K, cand + r * slot_words, best + r * slot_words, select_keys,
-                    select_index, select_order, *b.order, max[r] > -kInf ? max[r] : 0.0f, &lane_max[r]);
+                    select_index, select_order, *b.order, offset[r], &lane_max[r]);
+    }
     for (int r = 0; r < n; ++r) {
       if (skip[r]) continue;
       const int64_t t = b.first + phase_rows[r];
       const int32_t* experts = cand + r * slot_words;
       const F e = Vec::select(slots, vexp(Vec::load(best + r * slot_words)), Vec::zero());
-      const float sum = Vec::reduce_add(e);
-      // sum >= 1 (the largest logit is selected) unless every logit is -inf: then 1/K each.
-      const F w = sum > 0 ? Vec::mul(e, Vec::div(scale, Vec::set1(sum))) : Vec::div(scale, Vec::set1(static_cast<float>(K)));
+      // Normalized, over the slots: sum >= 1 (the largest logit is selected) unless every logit is
+      // -inf, then 1/K each. Otherwise the scores, over every expert: a row of -inf only has scores 0.
+      const float sum = c.normalize ? Vec::reduce_add(e)
+                                    : softmax_numerators(rows + r * row_words, E, offset[r], select_keys);
+      const F w = sum > 0        ? Vec::mul(e, Vec::div(scale, Vec::set1(sum)))
+                  : c.normalize ? Vec::div(scale, Vec::set1(static_cast<float>(K)))
+                                 : Vec::mul(e, scale);
       Vec::store_tail(fused->weights + t * K, w, K);
       Vec::store_int_tail(fused->experts + t * K, Vec::int_load(experts), K);
       fused->experts_per_token[t] = K;
@@ -1522,7 +1569,7 @@ inline void rows_block(const RowBlock& b) {
   const bool keys_from_logits = c.options.order == MOE_ORDER_SELECT_THEN_SOFTMAX;
   moe_route_outputs* fused = p.fused_out;
 
-  bool logit_order = fused && softmax && !keys_from_logits && c.normalize && K <= kLanes &&
+  bool logit_order = fused && softmax && !keys_from_logits && K <= kLanes &&
                      c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
   for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
   if (logit_order) {
