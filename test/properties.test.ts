@@ -322,6 +322,48 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
   });
 });
 
+// Group-limited routing (SPEC §3) on the SIMD backends keeps its groups by their two largest keys
+// from lane-wise maxima and counts the groups' ranks (sorts them above 64 groups), where the oracle
+// loops and sorts: the same groups every time, ties to the lower group included. Rows of three
+// values repeated make groups of equal scores; the experts must equal the oracle's exactly.
+describe('group-limited routing keeps the oracle\'s groups', () => {
+  it(`8 to 512 groups, tied group scores, sigmoid with a selection bias × [${backendNames.join(', ')}]`, () => {
+    const normal = normalGenerator(59);
+    const shapes = [
+      { E: 256, count: 8, select: 4, K: 8 },
+      { E: 64, count: 64, select: 7, K: 4 },
+      { E: 130, count: 65, select: 9, K: 8 },
+      { E: 256, count: 128, select: 40, K: 8 },
+      { E: 1024, count: 512, select: 3, K: 6 },
+      { E: 24, count: 3, select: 2, K: 5 },
+    ];
+    for (const { E, count, select, K } of shapes) {
+      const T = 40;
+      const logits = Float32Array.from({ length: T * E }, (_, i) => (Math.floor(i / E) % 4 === 0 ? ((i % E) % 3) * 0.5 : normal() * 2));
+      const selectionBias = Float32Array.from({ length: E }, (_, e) => ((e * 37) % 11) * 0.003);
+      const route = (backend: string) => {
+        const router = new DynamicRouter({
+          inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName,
+          scoring: 'sigmoid', selectionBias, groups: { count, select }, normalize: true,
+        });
+        const r = router.routeLogits(logits);
+        const out = { experts: Array.from(r.experts), weights: Array.from(r.weights) };
+        r.release();
+        router.dispose();
+        return out;
+      };
+      const oracle = route('scalar');
+      for (const backend of backendNames) {
+        const got = route(backend);
+        const where = `${backend} E=${E} groups ${count}/${select}`;
+        expect(got.experts, where).toEqual(oracle.experts);
+        const worst = Math.max(...got.weights.map((w, i) => Math.abs(w - oracle.weights[i]!) - 1e-5 * Math.abs(oracle.weights[i]!)));
+        expect(worst, `${where}: weights beyond 1e-5 relative`).toBeLessThanOrEqual(1e-7);
+      }
+    }
+  });
+});
+
 // bf16 and f16 logits are widened into blocks of f32 (hundreds of rows for small E) and routed by the
 // same kernels as f32 logits, which go in whole chunks: a half-precision batch must route exactly as
 // the f32 logits it widens to, bit for bit, across every block boundary.

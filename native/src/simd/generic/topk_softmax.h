@@ -4,10 +4,12 @@
 // scalar/topk_softmax.cc; docs/semantics.md §2–§4 defines every quantity.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <type_traits>
 
 #include "../../core/row_select.h"
@@ -175,6 +177,43 @@ struct LaneMaxima {
     first = Vec::max(first, o.first);
   }
 };
+
+// Group-limited routing (core/row_select.h, mask_groups, whose choice this is exactly): keeps the
+// `select` of the `groups` groups of `size` keys whose two largest keys sum highest (in double; ties:
+// the lower group) and sets every other key to -inf. A group's two largest are its lanes' (LaneMaxima
+// over its vectors, the tail's padding -inf), then across lanes: the largest of the lanes' largest,
+// and the second is that value again if two lanes hold it, otherwise the largest of the other lanes'
+// largest and every lane's second. The groups' ranks are counted, G^2 branch-free compares, up to
+// kCountedGroups groups; more are sorted (by score, then group: the same order). In place of the
+// scalar loop (a branch a key) and its stable sort (an allocation a token), which took half of the
+// DeepSeek-V3-style routing's time (bench/NOTES.md item 59). score and order: scratch of `groups`.
+constexpr int kCountedGroups = 64;
+inline void keep_best_groups(float* key, int groups, int size, int select, double* score, int32_t* order) {
+  for (int g = 0; g < groups; ++g) {
+    const float* k = key + static_cast<int64_t>(g) * size;
+    LaneMaxima m;
+    for (int i = 0; i < size; i += kLanes) m.add(Vec::load_tail(k + i, size - i < kLanes ? size - i : kLanes, -kInf));
+    const float first = Vec::reduce_max(m.first);
+    const M top = Vec::eq(m.first, Vec::set1(first));
+    const float others = __builtin_popcount(Vec::bits(top)) > 1
+                             ? first
+                             : Vec::reduce_max(Vec::select(top, Vec::set1(-kInf), m.first));
+    const float second = std::max(others, Vec::reduce_max(m.second));
+    score[g] = size == 1 ? first : static_cast<double>(first) + second;
+  }
+  const auto drop = [&](int g) { std::fill(key + static_cast<int64_t>(g) * size, key + static_cast<int64_t>(g + 1) * size, -kInf); };
+  if (groups <= kCountedGroups) {
+    for (int g = 0; g < groups; ++g) {
+      int rank = 0;
+      for (int h = 0; h < groups; ++h) rank += score[h] > score[g] || (score[h] == score[g] && h < g);
+      if (rank >= select) drop(g);
+    }
+  } else {
+    std::iota(order, order + groups, 0);
+    std::sort(order, order + groups, [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
+    for (int rank = select; rank < groups; ++rank) drop(order[rank]);
+  }
+}
 
 // The k best of key[0..n) in key order (descending key, ties to the lower index): their indices into
 // idx[0..) and keys into best[0..), each with room for max(k, kLanes) entries. key[n..) up to a whole
@@ -1633,9 +1672,12 @@ inline void rows_block(const RowBlock& b) {
         Vec::store(key + e0, Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias)));
       }
     }
-    if (c.group_size > 0)
-      mask_groups(key, E, c.options.group_count, c.group_size, c.options.group_select, *b.group_score,
-                  *b.group_order);
+    if (c.group_size > 0) {
+      b.group_score->resize(c.options.group_count);
+      b.group_order->resize(c.options.group_count);
+      keep_best_groups(key, c.options.group_count, c.group_size, c.options.group_select, b.group_score->data(),
+                       b.group_order->data());
+    }
 
     // 3. Candidates: the K best experts in key order.
     int32_t* cand_out = fused ? cand : out.candidate_expert + t * K;
