@@ -106,23 +106,25 @@ describe('native engine agrees with the reference', () => {
   });
 });
 
-// The default routing (top-k, softmax, normalized weights), and the same with `normalize: false`,
-// selects on the logits by packed integer keys on the SIMD backends (docs/semantics.md §13): their
-// truncation must stay within SPEC §10 at any scale of the logits, where the random cases above stay
-// at a scale of about 1. Checked against scores computed here in double: a slot may differ from the
-// oracle's only where the two scores are within 1e-5 of the largest score; with the same experts, the
-// weights agree within 1e-5, and unnormalized weights are their experts' scores within 1e-5. Scales of
+// The default routing (top-k, softmax, normalized weights), the same with `normalize: false`, and
+// sigmoid scores without a selection bias or groups select on the logits by packed keys on the SIMD
+// backends (docs/semantics.md §13): their truncation must stay within SPEC §10 at any scale of the
+// logits, where the random cases above stay at a scale of about 1. Checked against scores computed
+// here in double: a slot may differ from the oracle's only where the two scores are within 1e-5 of the
+// largest score; with the same experts, the weights agree within 1e-5, and unnormalized weights are
+// their experts' scores within 1e-5. Scales of
 // 1e20 and 1e38 make max - u (1e38: u spanning more than the largest float) and its square overflow
 // to +inf in f32, keys the selection must order and not take for a non-finite logit.
 describe('default routing on logits of any scale agrees with the oracle', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows, normalized or not × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows, softmax normalized or not and sigmoid × [${simd.join(', ')}]`, () => {
     const normal = normalGenerator(20261122);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     let compared = 0;
     const experts = [2, 4, 8, 12, 16, 17, 33, 60, 64, 65, 100, 200, 256, 300, 1000, 1024];
     const scales = [1e-3, 1, 40, 1e3, 1e20, 1e38];
     const largest = 3.4e38; // below the largest f32, so that every logit stays finite
+    const variants = [['softmax', true], ['softmax', false], ['sigmoid', false]] as const;
     for (const E of experts) {
       for (const scale of scales) {
         const K = Math.min(E, 1 + Math.floor(uniform() * 8));
@@ -139,27 +141,34 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
             // near-ties a few ulps apart, below what a truncated raw-logit key can tell apart
             for (let e = 0; e < E; e++) if (uniform() < 0.5) row[e] = top - Math.abs(top) * Math.floor(uniform() * 4) * 2 ** -21;
           }
+          // one large logit and the rest near 0, 4.5e-5 apart: sigmoid keys on max - u (~100, an ulp
+          // of 7.6e-6, the low 3 to 5 bits the position) would truncate them into ties whose scores
+          // differ by 1.1e-5
+          if (t === 3) for (let e = 0; e < E; e++) row[e] = e === 0 ? 100 : e * 4.5e-5;
         }
-        const route = (backend: string, normalize: boolean) => {
-          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), normalize, backend: backend as BackendName });
+        const route = (backend: string, scoring: 'softmax' | 'sigmoid', normalize: boolean) => {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, normalize, backend: backend as BackendName });
           const r = router.routeLogits(logits);
           return { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
         };
-        for (const normalize of [true, false]) {
-          const oracle = route('scalar', normalize);
+        for (const [scoring, normalize] of variants) {
+          const oracle = route('scalar', scoring, normalize);
           for (const backend of simd) {
-            const got = route(backend, normalize);
+            const got = route(backend, scoring, normalize);
             for (let t = 0; t < T; t++) {
               const row = logits.subarray(t * E, (t + 1) * E);
               const max = Math.max(...row);
               let Z = 0;
               for (const u of row) Z += Math.exp(u - max);
-              const score = (e: number) => Math.exp(row[e]! - max) / Z;
+              const score = scoring === 'softmax' ? (e: number) => Math.exp(row[e]! - max) / Z : (e: number) => 1 / (1 + Math.exp(-row[e]!));
+              const maxScore = scoring === 'softmax' ? 1 / Z : 1 / (1 + Math.exp(-max));
               const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
               for (let j = 0; j < K; j++) {
                 const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
-                const where = `${backend} E=${E} K=${K} scale=${scale} normalize=${normalize} token ${t} slot ${j}`;
-                if (a !== b) expect(Math.abs(score(a) - score(b)) * Z, `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5);
+                const where = `${backend} E=${E} K=${K} scale=${scale} ${scoring} normalize=${normalize} token ${t} slot ${j}`;
+                // (keys are f32 scores, SPEC §10: sigmoid scores below ~1e-39 are all 0, ties)
+                const key = (e: number) => Math.fround(score(e));
+                if (a !== b) expect(Math.abs(key(a) - key(b)), `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * Math.fround(maxScore));
                 const w = got.weights[t * K + j]!;
                 if (sameExperts) {
                   const want = oracle.weights[t * K + j]!;
@@ -177,7 +186,7 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
         }
       }
     }
-    expect(compared).toBe(2 * experts.length * scales.length * simd.length);
+    expect(compared).toBe(variants.length * experts.length * scales.length * simd.length);
   });
 });
 

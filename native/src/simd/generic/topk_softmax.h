@@ -327,6 +327,13 @@ inline float softmax_numerators(const float* u, int E, float max, float* e) {
   return Vec::reduce_add(sum);
 }
 
+// The sigmoid scores 1 / (1 + exp(-x)); 0, as the oracle's f32 formula gives it, where exp(-x)
+// overflows (vexp's value there is finite), and so where x is -inf (a sanitized logit).
+inline F vsigmoid(F x) {
+  const F s = Vec::div(Vec::set1(1.0f), Vec::add(Vec::set1(1.0f), vexp(Vec::sub(Vec::zero(), x))));
+  return Vec::select(Vec::lt(x, Vec::set1(-88.7228394f)), Vec::zero(), s);
+}
+
 // p_sum[0, E) += the vectors probabilities(e0) (experts [e0, e0 + kLanes)), in double.
 template <class Probabilities>
 inline void add_to_p_sum(double* p_sum, int E, Probabilities&& probabilities) {
@@ -1507,25 +1514,27 @@ inline void losses_across_tokens(const RowBlock& b) {
   if (groups > 0) add_p();
 }
 
-// Fused top-k with softmax scores, K <= kLanes, no selection bias or groups (the default routing, with
-// or without losses, the logits workloads, and the same with `normalize: false`): softmax is
-// monotone, so the K best scores are the scores of the K best logits (the two orders differ only
-// between equal scores: near-ties, docs/semantics.md §13), and the normalized weights s_j / sum_j s_j
-// = exp(u_j - max) / sum_j exp(u_j - max) need neither the other experts' scores nor their sum. So
-// this path selects on u and takes K exponentials instead of E (unnormalized weights, the scores
-// exp(u_j - max) / Z, take E for Z alone: no division, selection or store an expert), and writes the
-// token's assignment directly (k_t = K, every weight scaled, what assign_token gives for this
-// configuration, rounded in f32). Up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
-// (across_rows); the rest token by token, in phases over kPhaseRows tokens, so that the selections
-// of neighbouring tokens, each a chain of dependent steps, overlap. (A block may hold any number of
-// rows: a chunk of f32 logits comes as one.) The losses, which need every expert's probability,
-// take a pass of their own (losses_across_tokens).
+// Fused top-k, K <= kLanes, no selection bias or groups: softmax scores (the default routing, with or
+// without losses, the logits workloads, and the same with `normalize: false`), or sigmoid scores
+// without losses. Both are monotone, so the K best scores are the scores of the K best logits (the
+// two orders differ only between equal scores: near-ties, docs/semantics.md §13), and the normalized
+// softmax weights s_j / sum_j s_j = exp(u_j - max) / sum_j exp(u_j - max) need neither the other
+// experts' scores nor their sum. So this path selects on u and takes K exponentials instead of E
+// (unnormalized softmax weights, the scores exp(u_j - max) / Z, take E for Z alone: no division,
+// selection or store an expert; sigmoid weights, K sigmoids), and writes the token's assignment
+// directly (k_t = K, every weight scaled, what assign_token gives for this configuration, rounded in
+// f32). For softmax up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
+// (across_rows); the rest, and every sigmoid token, token by token, in phases over kPhaseRows
+// tokens, so that the selections of neighbouring tokens, each a chain of dependent steps, overlap.
+// (A block may hold any number of rows: a chunk of f32 logits comes as one.) The losses, which need
+// every expert's probability, take a pass of their own (losses_across_tokens, softmax's).
 inline void rows_by_logit_order(const RowBlock& b) {
   const Config& c = *b.config;
   const TokenStage& out = *b.out;
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
   const bool sanitize = c.options.validation == MOE_VALIDATION_SANITIZE;
+  const bool softmax = c.options.scoring == MOE_SCORING_SOFTMAX;
   const int64_t row_words = padded(E), slot_words = padded(K);
   float* rows = static_cast<float*>(b.scratch);  // kPhaseRows sanitized copies
   float* select_keys = rows + kPhaseRows * row_words;
@@ -1550,26 +1559,37 @@ inline void rows_by_logit_order(const RowBlock& b) {
       out.invalid[t] = invalid[r] ? 1 : 0;
       skip[r] = invalid[r] && !sanitize;
     }
-    // Select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low bits, a
-    // relative error that on u grows with the logits' scale (an adversarial test with logits up to
-    // 1e3 found score gaps of 2.7e-3 max_p), and on v stays below 2^-19 e^-1 max_p
-    // (docs/semantics.md §13). v is also what the weights' exponentials take, bit for bit. (A row
-    // of -inf only: v = u.)
+    // Softmax: select on v = u - max (<= 0), not on u: select_in_vector truncates its keys' low
+    // bits, a relative error that on u grows with the logits' scale (an adversarial test with logits
+    // up to 1e3 found score gaps of 2.7e-3 max_p), and on v stays below 2^-19 e^-1 max_p
+    // (docs/semantics.md §13). v is also what the weights' exponentials take, bit for bit. Sigmoid
+    // (monotone too): on v = u - min(max, 0), whose truncation §13 bounds the same way, the weights
+    // from u itself. (A row of -inf only: v = u.)
     for (int r = 0; r < n; ++r) {
-      offset[r] = max[r] > -kInf ? max[r] : 0.0f;
+      offset[r] = max[r] == -kInf ? 0.0f : softmax ? max[r] : std::min(max[r], 0.0f);
       if (!skip[r])
         select_best(rows + r * row_words, E, K, cand + r * slot_words, best + r * slot_words, select_keys,
                     select_index, select_order, *b.order, offset[r], &lane_max[r]);
     }
+    // Sigmoid: the selected experts' logits in place of their keys, for all the phase's rows before
+    // any is read as a vector (read right after their stores, each row's waited for them).
+    if (!softmax)
+      for (int r = 0; r < n; ++r)
+        if (!skip[r])
+          for (int j = 0; j < K; ++j) best[r * slot_words + j] = rows[r * row_words + cand[r * slot_words + j]];
     for (int r = 0; r < n; ++r) {
       if (skip[r]) continue;
       const int64_t t = b.first + phase_rows[r];
       const int32_t* experts = cand + r * slot_words;
-      const F e = Vec::select(slots, vexp(Vec::load(best + r * slot_words)), Vec::zero());
-      // Normalized, over the slots: sum >= 1 (the largest logit is selected) unless every logit is
-      // -inf, then 1/K each. Otherwise the scores, over every expert: a row of -inf only has scores 0.
+      // The slots' scores (softmax: up to the factor 1/Z), 0 past K.
+      const F v = Vec::load(best + r * slot_words);
+      const F e = Vec::select(slots, softmax ? vexp(v) : vsigmoid(v), Vec::zero());
+      // Normalized, over the slots: unless every score is 0 (a row of -inf only), sum > 0 (softmax:
+      // >= 1, the largest logit is selected); else 1/K each. Otherwise the scores themselves: softmax's
+      // over every expert, where a row of -inf only has scores 0.
       const float sum = c.normalize ? Vec::reduce_add(e)
-                                    : softmax_numerators(rows + r * row_words, E, offset[r], select_keys);
+                        : softmax   ? softmax_numerators(rows + r * row_words, E, offset[r], select_keys)
+                                    : 1.0f;
       const F w = sum > 0        ? Vec::mul(e, Vec::div(scale, Vec::set1(sum)))
                   : c.normalize ? Vec::div(scale, Vec::set1(static_cast<float>(K)))
                                  : Vec::mul(e, scale);
@@ -1588,7 +1608,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
     phase_rows[n++] = i;
     if (n == kPhaseRows) phase();
   };
-  if (E <= kAcrossMaxE && K <= kAcrossMaxK) {
+  if (softmax && E <= kAcrossMaxE && K <= kAcrossMaxK) {
     across_rows(b, token_row);
   } else {
     for (int i = 0; i < b.rows; ++i) token_row(i);
@@ -1608,7 +1628,7 @@ inline void rows_block(const RowBlock& b) {
   const bool keys_from_logits = c.options.order == MOE_ORDER_SELECT_THEN_SOFTMAX;
   moe_route_outputs* fused = p.fused_out;
 
-  bool logit_order = fused && softmax && !keys_from_logits && K <= kLanes &&
+  bool logit_order = fused && (softmax || !p.want_losses) && !keys_from_logits && K <= kLanes &&
                      c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
   for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
   if (logit_order) {
@@ -1664,9 +1684,7 @@ inline void rows_block(const RowBlock& b) {
         const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
         const F x = Vec::load(u + e0);
         const M dead = Vec::eq(x, Vec::set1(-kInf));
-        const F score = softmax ? Vec::mul(Vec::load(s + e0), inv)
-                                : Vec::select(dead, Vec::zero(),
-                                              Vec::div(Vec::set1(1.0f), Vec::add(Vec::set1(1.0f), vexp(Vec::sub(Vec::zero(), x)))));
+        const F score = softmax ? Vec::mul(Vec::load(s + e0), inv) : vsigmoid(x);
         Vec::store(s + e0, score);
         const F bias = Vec::load_tail(p.selection_bias + e0, lanes, 0.0f);
         Vec::store(key + e0, Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias)));
