@@ -1572,7 +1572,8 @@ inline void rows_by_logit_order(const RowBlock& b) {
                     select_index, select_order, *b.order, offset[r], &lane_max[r]);
     }
     // Sigmoid: the selected experts' logits in place of their keys, for all the phase's rows before
-    // any is read as a vector (read right after their stores, each row's waited for them).
+    // any is read as a vector (a row's vector load right after its K scalar stores waited for them:
+    // E = 8, K = 2 took 21% longer than through rows_block; bench/NOTES.md item 60).
     if (!softmax)
       for (int r = 0; r < n; ++r)
         if (!skip[r])
