@@ -327,6 +327,16 @@ inline float softmax_numerators(const float* u, int E, float max, float* e) {
   return Vec::reduce_add(sum);
 }
 
+// exp(u - max) summed lane by lane over the E entries of u, a vector at a time (the tail past E
+// read as -inf); reduce_add gives softmax_numerators' sum, bit for bit, without storing the terms.
+inline F lane_exp_sums(const float* u, int E, F max) {
+  F sum = Vec::zero();
+  int e0 = 0;
+  for (; e0 + kLanes <= E; e0 += kLanes) sum = Vec::add(sum, vexp(Vec::sub(Vec::load(u + e0), max)));
+  if (e0 < E) sum = Vec::add(sum, vexp(Vec::sub(Vec::load_tail(u + e0, E - e0, -kInf), max)));
+  return sum;
+}
+
 // The sigmoid scores 1 / (1 + exp(-x)); 0, as the oracle's f32 formula gives it, where exp(-x)
 // overflows (vexp's value there is finite), and so where x is -inf (a sanitized logit).
 inline F vsigmoid(F x) {
@@ -1045,28 +1055,15 @@ inline F column_exp_sums(const F* columns, int E, F row_max) {
   return Vec::add(sum[0], sum[1]);
 }
 
-// The same from the kLanes rows at base (row stride `stride`), each a vector of experts at a time
-// (past E -inf, whose exponentials are 0), the rows' vectors summed across lanes together
-// (sum_lanes). Tokens [live, kLanes) read row 0.
+// The same from the kLanes rows at base (row stride `stride`): each row's lane_exp_sums, the rows'
+// vectors summed across lanes together (sum_lanes). Tokens [live, kLanes) read row 0.
 inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_max) {
   alignas(64) float max[kLanes];
   Vec::store(max, row_max);
   F sums[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     const int row = l < live ? l : 0;
-    const float* u = base + row * stride;
-    const F m = Vec::set1(max[row]);
-    F sum[2] = {Vec::zero(), Vec::zero()};
-    int e0 = 0;
-    for (; e0 + 2 * kLanes <= E; e0 += 2 * kLanes) {
-      sum[0] = Vec::add(sum[0], vexp(Vec::sub(Vec::load(u + e0), m)));
-      sum[1] = Vec::add(sum[1], vexp(Vec::sub(Vec::load(u + e0 + kLanes), m)));
-    }
-    for (; e0 < E; e0 += kLanes) {
-      const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
-      sum[0] = Vec::add(sum[0], vexp(Vec::sub(Vec::load_tail(u + e0, lanes, -kInf), m)));
-    }
-    sums[l] = Vec::add(sum[0], sum[1]);
+    sums[l] = lane_exp_sums(base + row * stride, E, Vec::set1(max[row]));
   }
   return sum_lanes(sums);
 }
@@ -1589,7 +1586,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
       // >= 1, the largest logit is selected); else 1/K each. Otherwise the scores themselves: softmax's
       // over every expert, where a row of -inf only has scores 0.
       const float sum = c.normalize ? Vec::reduce_add(e)
-                        : softmax   ? softmax_numerators(rows + r * row_words, E, offset[r], select_keys)
+                        : softmax   ? Vec::reduce_add(lane_exp_sums(rows + r * row_words, E, Vec::set1(offset[r])))
                                     : 1.0f;
       const F w = sum > 0        ? Vec::mul(e, Vec::div(scale, Vec::set1(sum)))
                   : c.normalize ? Vec::div(scale, Vec::set1(static_cast<float>(K)))
