@@ -191,6 +191,7 @@ struct Vec {
   static I and_or(I a, I mask, I b) { return _mm512_ternarylogic_epi32(a, mask, b, 0xea); }  // (a & mask) | b, one op
   template <int kShift> static I shift_left(I a) { return _mm512_slli_epi32(a, kShift); }
   template <int kShift> static I shift_right(I a) { return _mm512_srli_epi32(a, kShift); }
+  static I shift_left_by(I a, I n) { return _mm512_sllv_epi32(a, n); }  // each lane by its own n in [0, 32)
 
   // acc[0..n) += a[0..n)^2 in double.
   static void add_squares_to_double(double* acc, F a, int n) {

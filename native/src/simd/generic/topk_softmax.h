@@ -612,6 +612,42 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
   }
 }
 
+// The expert counts of a run of whole groups of at most kTallyMaxE experts, kept in a register: each
+// lane holds eight 4-bit counters, expert e's in bits [4e, 4e + 4), and each slot adds 1 << 4e to its
+// lane (two operations a slot, where comparing every expert's key with the K-th took about six an
+// expert and an add to memory: logits E = 8, K = 2, in cache, one thread, counting was 14% of the
+// time; bench/NOTES.md item 61). Every kTallyGroups groups, a counter's most, and at the end of the
+// run, flush() adds them to counts: the even and the odd experts' counters as bytes, summed over the
+// lanes as words (a byte's sum is at most 16 lanes x 15 = 240, so no carry crosses bytes).
+constexpr int kTallyMaxE = 8, kTallyGroups = 15;
+struct NibbleTally {
+  Vec::I nibbles = Vec::int_set1(0);
+  int groups = 0;
+
+  template <int K>
+  [[gnu::always_inline]] void add(const Vec::I* chosen) {
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j)
+      nibbles = Vec::int_add(nibbles, Vec::shift_left_by(Vec::int_set1(1), Vec::shift_left<2>(chosen[j])));
+  }
+  // After a group's add: its counters into counts when they may be full.
+  [[gnu::always_inline]] void group_done(int E, int32_t* counts) {
+    if (++groups == kTallyGroups) flush(E, counts);
+  }
+  void flush(int E, int32_t* counts) {
+    alignas(64) int32_t lane[kLanes];
+    Vec::store_int(lane, nibbles);
+    uint32_t even = 0, odd = 0;
+    for (int l = 0; l < kLanes; ++l) {
+      even += static_cast<uint32_t>(lane[l]) & 0x0f0f0f0fu;
+      odd += static_cast<uint32_t>(lane[l]) >> 4 & 0x0f0f0f0fu;
+    }
+    for (int e = 0; e < E; ++e) counts[e] += static_cast<int32_t>(((e % 2 ? odd : even) >> (8 * (e / 2))) & 0xffu);
+    nibbles = Vec::int_set1(0);
+    groups = 0;
+  }
+};
+
 // The packed int key of rows_across_tokens for a logit u of a token whose largest logit is max:
 //   (bits of w^p, low b bits cleared) | expert,  w = max - u, b = bits of E - 1,
 //   p = key_power(E): 1 up to b = 7 (E <= 128), then 2, 4, 8 for b = 8, 9, 10,
@@ -1070,7 +1106,7 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 
 // rows_by_logit_order for kLanes tokens at once, one per lane: the kLanes rows of E logits at base
 // (row stride `stride`) give each token's K slots, stored as kLanes rows of K in weights_out and
-// experts_out, and, unless counts is null, add its experts to counts. Each logit becomes a key
+// experts_out, and add its experts to tally, or else to counts unless null. Each logit becomes a key
 // (logit_key); vector_keys (kOneVector: E <= kLanes), column_keys or knockout_keys find the L = (K
 // rounded up to a power of two) smallest of each lane, and the weights come from the exact logits of
 // the K selected experts. kFixedE, when not 0, is E known at compile time, with the rows back to back
@@ -1084,7 +1120,8 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int K, bool kOneVector, int kFixedE = 0>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
-                                                      float* weights_out, int32_t* experts_out, int32_t* counts) {
+                                                      float* weights_out, int32_t* experts_out, int32_t* counts,
+                                                      NibbleTally* tally = nullptr) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kFixedE ? kFixedE : c.E;
   if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
@@ -1132,7 +1169,9 @@ template <int K, bool kOneVector, int kFixedE = 0>
 
   Vec::I chosen[K];
   for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
-  if (count_keys) {  // (by whole vectors of experts, then the rest: no test of E an expert)
+  if (tally) {
+    tally->add<K>(chosen);
+  } else if (count_keys) {  // (by whole vectors of experts, then the rest: no test of E an expert)
     const auto count = [&](int e) __attribute__((always_inline)) {
       counts[e] += kLanes - __builtin_popcount(Vec::bits(Vec::int_gt(Vec::to_bits(keys[e]), best[K - 1])));
     };
@@ -1207,22 +1246,30 @@ template <int K, int kFixedE = 0>
 // of a group of logits E = 8 in cache. Inlined into the loop for E <= kLanes, a call for more (its
 // knockout or columns inlined measured 2-5% slower; bench/NOTES.md item 28). Returns the groups
 // routed before the first that holds a non-finite logit (which, like those after it, is left
-// unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group).
+// unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
+// kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
 template <int K, bool kOneVector, int kFixedE = 0>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts) {
-  for (int g = 0; g < groups; ++g) {
+  NibbleTally tally;
+  const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
+  int g = 0;
+  for (; g < groups; ++g) {
     const float* rows = base + g * kLanes * stride;
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
     bool routed;
-    if constexpr (kOneVector)
-      routed = rows_across_tokens<K, true, kFixedE>(c, rows, stride, live, weights, experts, counts);
-    else
+    if constexpr (kOneVector) {
+      routed = rows_across_tokens<K, true, kFixedE>(c, rows, stride, live, weights, experts,
+                                                    tallied ? nullptr : counts, tallied ? &tally : nullptr);
+      if (routed && tallied) tally.group_done(c.E, counts);
+    } else {
       routed = rows_across_tokens_call<K, kFixedE>(c, rows, stride, live, weights, experts, counts);
-    if (!routed) return g;
+    }
+    if (!routed) break;
   }
-  return groups;
+  if (tallied) tally.flush(c.E, counts);
+  return g;
 }
 
 // run_across_tokens for rows of kLanes < E <= kColumnMaxE experts, with E known at compile time where

@@ -118,6 +118,7 @@ struct Vec {
   template <int kShift> static I shift_right(I a) {
     return vreinterpretq_s32_u32(vshrq_n_u32(vreinterpretq_u32_s32(a), kShift));
   }
+  static I shift_left_by(I a, I n) { return vshlq_s32(a, n); }  // each lane by its own n in [0, 32)
   static void store_int(int32_t* p, I a) { vst1q_s32(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) {
     int32_t buffer[kLanes];
