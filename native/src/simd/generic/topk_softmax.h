@@ -542,6 +542,22 @@ template <int E>
   to_columns<E>(column);
 }
 
+// Rows of E logits back to back whose width the narrow paths take as a constant: f(width), width a
+// std::integral_constant of E for E = 8 (kLanes >= 8), 4 (kLanes > 4) or 2, and of 0 for any other
+// rows (groups_across_tokens' runs and group_losses: narrow_columns below kLanes, load_columns with
+// every bound known at kLanes).
+template <class Fn>
+[[gnu::always_inline]] inline auto with_fixed_width(int E, int64_t stride, Fn&& f) {
+  if (stride == E) {
+    if constexpr (kLanes >= 8)
+      if (E == 8) return f(std::integral_constant<int, 8>{});
+    if constexpr (kLanes > 4)
+      if (E == 4) return f(std::integral_constant<int, 4>{});
+    if (E == 2) return f(std::integral_constant<int, 2>{});
+  }
+  return f(std::integral_constant<int, 0>{});
+}
+
 // The slots of kLanes tokens, slot j of every token in weight[j] and expert[j] (one lane per token),
 // stored as kLanes rows of K: for K a power of two by to_rows into K whole vectors; otherwise back to
 // rows through a transpose, the weights in rows [0, K) and, when they fit beside them (2K <= kLanes),
@@ -1309,18 +1325,10 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
     if constexpr (kLanes == 8) return run_columns<K>(c, base, stride, groups, live, weights_out, experts_out, counts);
     return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
-  if (stride == c.E) {
-    if constexpr (kLanes >= 8 && K <= 8)
-      if (c.E == 8)
-        return run_across_tokens<K, true, 8>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    if constexpr (kLanes > 4 && K <= 4)
-      if (c.E == 4)
-        return run_across_tokens<K, true, 4>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    if constexpr (K <= 2)
-      if (c.E == 2)
-        return run_across_tokens<K, true, 2>(c, base, stride, groups, live, weights_out, experts_out, counts);
-  }
-  return run_across_tokens<K, true>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  return with_fixed_width(c.E, stride, [&](auto width) {
+    constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;  // (K <= E)
+    return run_across_tokens<K, true, kWidth>(c, base, stride, groups, live, weights_out, experts_out, counts);
+  });
 }
 
 // Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
@@ -1436,13 +1444,12 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
     for (int e = 0; e < kFixedE; ++e) lane_max[e % 4] = Vec::max(lane_max[e % 4], columns[e]);
   } else {
     if constexpr (kFixedE == 0) {
-      if (stride == E) {
-        if constexpr (kLanes >= 8)
-          if (E == 8) return group_losses<8>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
-        if constexpr (kLanes > 4)
-          if (E == 4) return group_losses<4>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
-        if (E == 2) return group_losses<2>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
-      }
+      const bool fixed = with_fixed_width(E, stride, [&](auto width) {
+        constexpr int kWidth = decltype(width)::value;
+        if constexpr (kWidth > 0) group_losses<kWidth>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+        return kWidth > 0;
+      });
+      if (fixed) return;
     }
     for (int e0 = 0; e0 < E; e0 += kLanes) {
       load_columns(base, E, e0, stride, columns + e0);  // (past E: the lowest float)
