@@ -630,7 +630,7 @@ inline void add_slot_counts(const Vec::I* expert, int n, int E, int32_t* counts)
 
 // The expert counts of a run of whole groups of at most kTallyMaxE experts, kept in a register: each
 // lane holds eight 4-bit counters, expert e's in bits [4e, 4e + 4), and each slot adds 1 << 4e to its
-// lane (two operations a slot, where comparing every expert's key with the K-th took about six an
+// lane (three operations a slot, where comparing every expert's key with the K-th took about six an
 // expert and an add to memory: logits E = 8, K = 2, in cache, one thread, counting was 14% of the
 // time; bench/NOTES.md item 61). Every kTallyGroups groups, a counter's most, and at the end of the
 // run, flush() adds them to counts: the even and the odd experts' counters as bytes, summed over the
@@ -1326,7 +1326,8 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
     return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
   return with_fixed_width(c.E, stride, [&](auto width) {
-    constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;  // (K <= E)
+    // (A width below K never comes, K <= E, and is not instantiated.)
+    constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;
     return run_across_tokens<K, true, kWidth>(c, base, stride, groups, live, weights_out, experts_out, counts);
   });
 }
