@@ -1,10 +1,11 @@
 /**
  * What the routing options beyond the default cost, on the canonical logits workloads (f32, the
  * router's default backend and threads): the default routing (top-k, softmax, normalized weights,
- * no bias or groups) selects across tokens with packed keys; every other option routes token by
- * token (docs/semantics.md §13, bench/NOTES.md item 57). Each option set is timed in alternating
- * rounds with the default (`measureTogether`), so that a ratio compares moments of the same phase of
- * a shared machine; printed: median ms, ns a token, and the ratio to the default.
+ * no bias or groups) selects across tokens with packed keys, and so does `normalize: false`; sigmoid
+ * scoring without a bias, groups or losses selects on the logits token by token; every other option
+ * routes token by token through the scores (bench/NOTES.md items 57-60). Each option set is timed
+ * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
+ * same phase of a shared machine; printed: median ms, ns a token, and the ratio to the default.
  *
  *   npm run bench:options [-- --workload logits-64x8,logits-256x8]
  */

@@ -1719,6 +1719,10 @@ inline void rows_block(const RowBlock& b) {
     }
   };
 
+  if (c.group_size > 0) {  // keep_best_groups' scratch
+    b.group_score->resize(c.options.group_count);
+    b.group_order->resize(c.options.group_count);
+  }
   for (int i = 0; i < b.rows; ++i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
@@ -1743,12 +1747,9 @@ inline void rows_block(const RowBlock& b) {
         Vec::store(key + e0, Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias)));
       }
     }
-    if (c.group_size > 0) {
-      b.group_score->resize(c.options.group_count);
-      b.group_order->resize(c.options.group_count);
+    if (c.group_size > 0)
       keep_best_groups(key, c.options.group_count, c.group_size, c.options.group_select, b.group_score->data(),
                        b.group_order->data());
-    }
 
     // 3. Candidates: the K best experts in key order.
     int32_t* cand_out = fused ? cand : out.candidate_expert + t * K;
