@@ -207,10 +207,10 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
   int64_t total = 0;
   for (int e = 0; e < E; ++e) total += ws.counts_before_valid[e];
   if (total > 0) {
+    // E sum_e (count_e / total) (p_sum_e / valid), with the two divisions taken out of the sum.
     double aux = 0;
-    for (int e = 0; e < E; ++e)
-      aux += static_cast<double>(ws.counts_before_valid[e]) / total * (st.p_sum[e] / valid);
-    out->aux_loss = E * aux;
+    for (int e = 0; e < E; ++e) aux += static_cast<double>(ws.counts_before_valid[e]) * st.p_sum[e];
+    out->aux_loss = E * aux / (static_cast<double>(total) * valid);
   }
   out->z_loss = z / valid;
   out->entropy = E > 1 ? h / valid / std::log(static_cast<double>(E)) : 0.0;
