@@ -9,8 +9,9 @@
  *
  *   npm run bench:options [-- --workload logits-64x8,logits-256x8]
  */
+import { parseFlags } from '../src/args';
 import { CANONICAL_WORKLOADS, DEFAULT_TIMING, formatMs, makeInputs, measureTogether, routerTask } from '../src/bench';
-import type { RouterOptions } from '../src/index';
+import { RouterError, type RouterOptions } from '../src/index';
 
 type Extra = Partial<RouterOptions>;
 
@@ -33,12 +34,13 @@ function optionSets(experts: number): [string, Extra][] {
 }
 
 async function main(): Promise<void> {
-  const at = process.argv.indexOf('--workload');
-  const names = at >= 0 ? process.argv[at + 1]!.split(',') : ['logits-64x8', 'logits-256x8'];
+  const usage = 'usage: npm run bench:options [-- --workload logits-64x8,logits-256x8]';
+  const flags = parseFlags(process.argv.slice(2), { workload: { type: 'string' } }, usage);
+  const names = (flags.workload ?? 'logits-64x8,logits-256x8').split(',');
   const timing = { ...DEFAULT_TIMING, timeMs: 600 };
   for (const name of names) {
     const workload = CANONICAL_WORKLOADS.find((w) => w.name === name && w.kind === 'logits');
-    if (!workload) throw new Error(`${name} is not a canonical logits workload`);
+    if (!workload) throw new RouterError('E_CONFIG', `${name} is not a canonical logits workload`);
     const inputs = makeInputs(workload, 'f32');
     console.log(`${workload.name}: ${workload.tokens} tokens × ${workload.experts} experts, top-${workload.topK}, f32`);
     console.log(`${'options'.padEnd(52)} ${'backend'.padEnd(7)} ${'median ms'.padStart(9)} ${'ns/token'.padStart(9)} ${'× default'.padStart(9)}`);
@@ -54,7 +56,8 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exit(1);
+main().catch((error: unknown) => {
+  if (!(error instanceof RouterError)) throw error;
+  process.stderr.write(`bench:options: ${error.code}: ${error.message}\n`);
+  process.exitCode = 1;
 });
