@@ -440,6 +440,25 @@ describe.each(backendList())('determinism and async twins, backend %s', (backend
     }
   });
 
+  it('a decoding batch, its gate split across threads by panels of experts, routes as on one thread', () => {
+    // Few tokens and a large E x D: each thread computes the logits of its own experts, which the
+    // caller gathers before the selection (bench/NOTES.md item 63).
+    for (const [D, E] of [[2048, 64], [1000, 96]] as const) {
+      const w = new Float32Array(E * D).map(() => rng.normal() * 0.05);
+      const routers = [1, 2, 3].map((threads) => new DynamicRouter({ inputDim: D, numExperts: E, topK: 8, weight: w, backend, losses: true, threads } as any));
+      for (const tokens of [1, 5, 8, 48]) {
+        const data = new Float32Array(tokens * D).map(() => rng.normal());
+        for (const dtype of ['f32', 'bf16'] as const) {
+          const x = Tensor.from(data, [tokens, D], { dtype });
+          const want = snapshot(routers[0]!.route(x));
+          // Twice: a worker asleep when the first call starts may leave all its panels to the caller.
+          for (const r of routers.slice(1))
+            for (const call of [1, 2]) expect(snapshot(r.route(x)), `D ${D} E ${E} T ${tokens} ${dtype} call ${call}`).toEqual(want);
+        }
+      }
+    }
+  });
+
   it('release() hands buffers back; routing again works', () => {
     const r = new DynamicRouter({ ...opts, noise: undefined } as any);
     const x1 = hidden;
