@@ -1,8 +1,8 @@
 // The gate kernels on AVX2 (generic/gate.h): dot tiles of 3 tokens x 4 experts, panel tiles of
-// 6 tokens x 16 experts (12 ymm accumulators) over D in slices of 256: against 128, each tile
-// reads, adds and stores its u half as often, and prefill took 2-5% less (f32; bf16 1.5-2%), one or
-// two threads, where decode bf16's two panels of a slice no longer fit L1 beside its rows (+3%;
-// bench/NOTES.md item 66).
+// 6 tokens x 16 experts (12 ymm accumulators) over D in slices of 256. Against slices of 128 each
+// tile reads, adds and stores its u half as often: prefill took 2-5% less (f32; bf16 1.5-2%) on one
+// or two threads, while decode bf16 took 3% more, its two panels' slices no longer fitting L1 beside
+// its rows (bench/NOTES.md item 66).
 #define MOE_SIMD_ISA avx2
 #include "vec_avx2.h"
 //
