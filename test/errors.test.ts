@@ -456,6 +456,7 @@ describe.each(backendList())('determinism and async twins, backend %s', (backend
             for (const call of [1, 2]) expect(snapshot(r.route(x)), `D ${D} E ${E} T ${tokens} ${dtype} call ${call}`).toEqual(want);
         }
       }
+      for (const r of routers) r.dispose();
     }
   });
 
