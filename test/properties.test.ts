@@ -331,10 +331,11 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
   });
 });
 
-// Group-limited routing (SPEC §3) on the SIMD backends keeps its groups by their two largest keys
-// from lane-wise maxima and counts the groups' ranks (sorts them above 64 groups), where the oracle
-// loops and sorts: the same groups every time, ties to the lower group included. Rows of three
-// values repeated make groups of equal scores; the experts must equal the oracle's exactly.
+// Group-limited routing (SPEC §3) on the SIMD backends scores its groups by their two largest keys
+// from lane-wise maxima, where the oracle loops over the keys (both then keep the best groups by
+// core/row_select.h's keep_top_groups, which test/reference checks independently): the same groups
+// every time, ties to the lower group included. Rows of three values repeated make groups of equal
+// scores; the experts must equal the oracle's exactly.
 describe('group-limited routing keeps the oracle\'s groups', () => {
   it(`8 to 512 groups, tied group scores, sigmoid with a selection bias × [${backendNames.join(', ')}]`, () => {
     const normal = normalGenerator(59);

@@ -64,13 +64,7 @@ void mask_groups(float* key, int n, int groups, int group_size, int select,
     }
     group_score[g] = group_size == 1 ? first : static_cast<double>(first) + second;
   }
-  std::iota(group_order.begin(), group_order.end(), 0);
-  std::stable_sort(group_order.begin(), group_order.end(),
-                   [&](int32_t a, int32_t b) { return group_score[a] > group_score[b]; });
-  for (int rank = select; rank < groups; ++rank) {
-    float* k = key + static_cast<int64_t>(group_order[rank]) * group_size;
-    std::fill(k, k + group_size, kMinusInf);
-  }
+  keep_top_groups(key, groups, group_size, select, group_score.data(), group_order.data());
 }
 
 void select_top(const float* key, int n, int k, std::vector<int32_t>& order, int32_t* out) {

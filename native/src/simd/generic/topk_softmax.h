@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 
 #include "../../core/row_select.h"
@@ -178,16 +177,13 @@ struct LaneMaxima {
   }
 };
 
-// Group-limited routing (core/row_select.h, mask_groups, whose choice this is exactly): keeps the
-// `select` of the `groups` groups of `size` keys whose two largest keys sum highest (in double; ties:
-// the lower group) and sets every other key to -inf. A group's two largest are its lanes' (LaneMaxima
-// over its vectors, the tail's padding -inf), then across lanes: the largest of the lanes' largest,
-// and the second is that value again if two lanes hold it, otherwise the largest of the other lanes'
-// largest and every lane's second. The groups' ranks are counted, G^2 branch-free compares, up to
-// kCountedGroups groups; more are sorted (by score, then group: the same order). In place of the
-// scalar loop (a branch a key) and its stable sort (an allocation a token), which took half of the
-// DeepSeek-V3-style routing's time (bench/NOTES.md item 59). score and order: scratch of `groups`.
-constexpr int kCountedGroups = 64;
+// Group-limited routing (core/row_select.h, mask_groups, whose choice this is exactly): each group's
+// score is the sum of its two largest keys (in double), taken from its lanes' (LaneMaxima over its
+// vectors, the tail's padding -inf), then across lanes: the largest of the lanes' largest, and the
+// second is that value again if two lanes hold it, otherwise the largest of the other lanes' largest
+// and every lane's second; keep_top_groups then keeps the best `select`. In place of the scalar loop
+// (a branch a key) and its stable sort (an allocation a token), which took half of the DeepSeek-V3-
+// style routing's time (bench/NOTES.md item 59). score and order: scratch of `groups`.
 inline void keep_best_groups(float* key, int groups, int size, int select, double* score, int32_t* order) {
   for (int g = 0; g < groups; ++g) {
     const float* k = key + static_cast<int64_t>(g) * size;
@@ -201,18 +197,7 @@ inline void keep_best_groups(float* key, int groups, int size, int select, doubl
     const float second = std::max(others, Vec::reduce_max(m.second));
     score[g] = size == 1 ? first : static_cast<double>(first) + second;
   }
-  const auto drop = [&](int g) { std::fill(key + static_cast<int64_t>(g) * size, key + static_cast<int64_t>(g + 1) * size, -kInf); };
-  if (groups <= kCountedGroups) {
-    for (int g = 0; g < groups; ++g) {
-      int rank = 0;
-      for (int h = 0; h < groups; ++h) rank += score[h] > score[g] || (score[h] == score[g] && h < g);
-      if (rank >= select) drop(g);
-    }
-  } else {
-    std::iota(order, order + groups, 0);
-    std::sort(order, order + groups, [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); });
-    for (int rank = select; rank < groups; ++rank) drop(order[rank]);
-  }
+  keep_top_groups(key, groups, size, select, score, order);
 }
 
 // The k best of key[0..n) in key order (descending key, ties to the lower index): their indices into
