@@ -63,9 +63,6 @@ struct Vec {
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static F min(F a, F b) { return _mm256_min_ps(a, b); }
   static F abs(F a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-  static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  // a * 2^n for integral n in [-126, 127]: a product with the power's bits.
-  static F times_pow2(F a, F n) { return mul(a, from_bits(shift_left<23>(int_add(to_int(n), int_set1(127))))); }
   static float reduce_add(F a) {
     const __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     const __m128 e = _mm_add_ps(q, _mm_movehl_ps(q, q));
@@ -85,6 +82,7 @@ struct Vec {
   static M mask_andnot(M a, M b) { return _mm256_andnot_ps(a, b); }  // !a && b
   static uint32_t bits(M m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
   static F select(M m, F if_true, F if_false) { return _mm256_blendv_ps(if_false, if_true, m); }
+  static F zero_where(M m, F a) { return _mm256_andnot_ps(m, a); }
 
   static void store_int(int32_t* p, I a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm256_maskstore_epi32(p, first_i(n), a); }

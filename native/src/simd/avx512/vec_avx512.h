@@ -58,7 +58,7 @@ struct Vec {
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
   static F abs(F a) { return _mm512_abs_ps(a); }
   static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static F times_pow2(F a, F n) { return _mm512_scalef_ps(a, n); }  // a * 2^n, n integral, one rounding
+  static F times_pow2(F a, F n) { return _mm512_scalef_ps(a, n); }  // a * 2^n, n integral, one rounding (vexp)
   // Horizontal reductions, in a fixed order (halves, then quarters, ...).
   static float reduce_add(F a) {
     const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
@@ -82,6 +82,7 @@ struct Vec {
   static M mask_andnot(M a, M b) { return static_cast<M>(~a & b); }  // !a && b
   static uint32_t bits(M m) { return m; }
   static F select(M m, F if_true, F if_false) { return _mm512_mask_blend_ps(m, if_false, if_true); }
+  static F zero_where(M m, F a) { return _mm512_mask_mov_ps(a, m, _mm512_setzero_ps()); }
 
   static void store_int(int32_t* p, I a) { _mm512_storeu_si512(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm512_mask_storeu_epi32(p, first(n), a); }

@@ -326,7 +326,7 @@ inline F lane_exp_sums(const float* u, int E, F max) {
 // overflows (vexp's value there is finite), and so where x is -inf (a sanitized logit).
 inline F vsigmoid(F x) {
   const F s = Vec::div(Vec::set1(1.0f), Vec::add(Vec::set1(1.0f), vexp(Vec::sub(Vec::zero(), x))));
-  return Vec::select(Vec::lt(x, Vec::set1(-88.7228394f)), Vec::zero(), s);
+  return Vec::zero_where(Vec::lt(x, Vec::set1(-88.7228394f)), s);
 }
 
 // p_sum[0, E) += the vectors probabilities(e0) (experts [e0, e0 + kLanes)), in double.

@@ -51,9 +51,6 @@ struct Vec {
   static F max(F a, F b) { return vmaxq_f32(a, b); }
   static F min(F a, F b) { return vminq_f32(a, b); }
   static F abs(F a) { return vabsq_f32(a); }
-  static F round(F a) { return vrndnq_f32(a); }
-  // a * 2^n for integral n in [-126, 127]: a product with the power's bits.
-  static F times_pow2(F a, F n) { return mul(a, from_bits(shift_left<23>(int_add(to_int(n), int_set1(127))))); }
   // Horizontal reductions, in a fixed order (halves, then pairs).
   static float reduce_add(F a) {
     const float32x2_t h = vadd_f32(vget_low_f32(a), vget_high_f32(a));
@@ -69,6 +66,7 @@ struct Vec {
   static M mask_andnot(M a, M b) { return vbicq_u32(b, a); }  // !a && b
   static uint32_t bits(M m) { return vaddvq_u32(vandq_u32(m, lane_bits())); }
   static F select(M m, F if_true, F if_false) { return vbslq_f32(m, if_true, if_false); }
+  static F zero_where(M m, F a) { return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(a), m)); }
 
   // Stores the lanes of v selected by `lanes` (a bit per lane), and their indices base + lane, at
   // keys[0..) and index[0..) in lane order (room for a whole vector each). Returns how many.
