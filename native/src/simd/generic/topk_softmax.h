@@ -1552,8 +1552,9 @@ inline void losses_across_tokens(const RowBlock& b) {
 }
 
 // Fused top-k, K <= kLanes, no selection bias or groups: softmax scores (the default routing, with or
-// without losses, the logits workloads, and the same with `normalize: false`), or sigmoid scores
-// without losses. Both are monotone, so the K best scores are the scores of the K best logits (the
+// without losses, the logits workloads, and the same with `normalize: false`), sigmoid scores
+// without losses, or select-then-softmax (weighted as normalized softmax; its losses as softmax
+// scoring's). Both scores are monotone, so the K best scores are the scores of the K best logits (the
 // two orders differ only between equal scores: near-ties, docs/semantics.md §13), and the normalized
 // softmax weights s_j / sum_j s_j = exp(u_j - max) / sum_j exp(u_j - max) need neither the other
 // experts' scores nor their sum. So this path selects on u and takes K exponentials instead of E
@@ -1571,7 +1572,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
   const bool sanitize = c.options.validation == MOE_VALIDATION_SANITIZE;
-  const bool softmax = c.options.scoring == MOE_SCORING_SOFTMAX;
+  const bool softmax = c.options.scoring == MOE_SCORING_SOFTMAX || c.weights_are_softmax;  // the weights' form
   const int64_t row_words = padded(E), slot_words = padded(K);
   float* rows = static_cast<float*>(b.scratch);  // kPhaseRows sanitized copies
   float* select_keys = rows + kPhaseRows * row_words;
@@ -1666,7 +1667,10 @@ inline void rows_block(const RowBlock& b) {
   const bool keys_from_logits = c.options.order == MOE_ORDER_SELECT_THEN_SOFTMAX;
   moe_route_outputs* fused = p.fused_out;
 
-  bool logit_order = fused && (softmax || !p.want_losses) && !keys_from_logits && K <= kLanes &&
+  // select-then-softmax selects on u itself, and its weights, the softmax of the selected logits, are
+  // the normalized softmax weights: the same routing whatever the scoring (the scores enter only the
+  // losses).
+  bool logit_order = fused && (softmax || !p.want_losses) && K <= kLanes &&
                      c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
   for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
   if (logit_order) {
