@@ -117,14 +117,20 @@ describe('native engine agrees with the reference', () => {
 // to +inf in f32, keys the selection must order and not take for a non-finite logit.
 describe('default routing on logits of any scale agrees with the oracle', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows, softmax normalized or not and sigmoid × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`E from 2 to 1024, logits from 1e-3 to 1e38, ties, near-ties and constant rows, softmax normalized or not, sigmoid, select-then-softmax × [${simd.join(', ')}]`, () => {
     const normal = normalGenerator(20261122);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     let compared = 0;
     const experts = [2, 4, 8, 12, 16, 17, 33, 60, 64, 65, 100, 200, 256, 300, 1000, 1024];
     const scales = [1e-3, 1, 40, 1e3, 1e20, 1e38];
     const largest = 3.4e38; // below the largest f32, so that every logit stays finite
-    const variants = [['softmax', true], ['softmax', false], ['sigmoid', false]] as const;
+    const variants = [
+      ['softmax', true, 'softmax-then-select'],
+      ['softmax', false, 'softmax-then-select'],
+      ['sigmoid', false, 'softmax-then-select'],
+      ['softmax', true, 'select-then-softmax'],
+      ['sigmoid', false, 'select-then-softmax'],
+    ] as const;
     for (const E of experts) {
       for (const scale of scales) {
         const K = Math.min(E, 1 + Math.floor(uniform() * 8));
@@ -145,16 +151,21 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
           // of 7.6e-6, the low 3 to 5 bits the position) would truncate them into ties whose scores
           // differ by 1.1e-5
           if (t === 3) for (let e = 0; e < E; e++) row[e] = e === 0 ? 100 : e * 4.5e-5;
+          // select-then-softmax keys on u: the rest near -scale, 1.2e-5 scale apart (no near-ties), w =
+          // max - u ~2 scale, whose packed keys lose 2^(b-22) of it, more than that gap from E = 33 on
+          if (t === 5) for (let e = 0; e < E; e++) row[e] = e === 0 ? scale : (-1 + e * 1.2e-5) * scale;
         }
-        const route = (backend: string, scoring: 'softmax' | 'sigmoid', normalize: boolean) => {
-          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, normalize, backend: backend as BackendName });
+        type Order = 'softmax-then-select' | 'select-then-softmax';
+        const route = (backend: string, scoring: 'softmax' | 'sigmoid', normalize: boolean, order: Order) => {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, normalize, order, backend: backend as BackendName });
           const r = router.routeLogits(logits);
           return { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
         };
-        for (const [scoring, normalize] of variants) {
-          const oracle = route('scalar', scoring, normalize);
+        for (const [scoring, normalize, order] of variants) {
+          const oracle = route('scalar', scoring, normalize, order);
+          const onLogits = order === 'select-then-softmax'; // its keys are u, its weights normalized
           for (const backend of simd) {
-            const got = route(backend, scoring, normalize);
+            const got = route(backend, scoring, normalize, order);
             for (let t = 0; t < T; t++) {
               const row = logits.subarray(t * E, (t + 1) * E);
               const max = Math.max(...row);
@@ -162,20 +173,21 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
               for (const u of row) Z += Math.exp(u - max);
               const score = scoring === 'softmax' ? (e: number) => Math.exp(row[e]! - max) / Z : (e: number) => 1 / (1 + Math.exp(-row[e]!));
               const maxScore = scoring === 'softmax' ? 1 / Z : 1 / (1 + Math.exp(-max));
+              const maxKey = onLogits ? Math.max(...row.map(Math.abs)) : Math.fround(maxScore);
               const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
               for (let j = 0; j < K; j++) {
                 const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
-                const where = `${backend} E=${E} K=${K} scale=${scale} ${scoring} normalize=${normalize} token ${t} slot ${j}`;
+                const where = `${backend} E=${E} K=${K} scale=${scale} ${scoring} normalize=${normalize} ${order} token ${t} slot ${j}`;
                 // (keys are f32 scores, SPEC §10: sigmoid scores below ~1e-39 are all 0, ties)
-                const key = (e: number) => Math.fround(score(e));
-                if (a !== b) expect(Math.abs(key(a) - key(b)), `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * Math.fround(maxScore));
+                const key = (e: number) => (onLogits ? row[e]! : Math.fround(score(e)));
+                if (a !== b) expect(Math.abs(key(a) - key(b)), `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * maxKey);
                 const w = got.weights[t * K + j]!;
                 if (sameExperts) {
                   const want = oracle.weights[t * K + j]!;
                   expect(Math.abs(w - want), `${where}: weight ${w} vs ${want}`).toBeLessThanOrEqual(1e-5 * Math.abs(want) + 1e-7);
                 }
                 // unnormalized, a weight is its expert's score, computed here in double
-                if (!normalize) expect(Math.abs(w - score(a)), `${where}: weight ${w} vs score ${score(a)}`).toBeLessThanOrEqual(1e-5 * score(a) + 1e-7);
+                if (!normalize && !onLogits) expect(Math.abs(w - score(a)), `${where}: weight ${w} vs score ${score(a)}`).toBeLessThanOrEqual(1e-5 * score(a) + 1e-7);
               }
             }
             const counts = new Array<number>(E).fill(0);

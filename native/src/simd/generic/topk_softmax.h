@@ -403,6 +403,10 @@ constexpr int kPhaseRows = 4;
 // 1024 the columns are 32 KiB, L1's size): against token by token, from DRAM, two threads,
 // E = 300 -63%, E = 512 -46%, E = 1024 -43% (bench/NOTES.md item 56).
 constexpr int kAcrossMaxE = kLanes >= 8 ? 1024 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
+// select-then-softmax's near-ties are on its keys u, not on the scores: truncating w = max - u (up to
+// 2 max|u|) to 23 - b bits stays within SPEC §10's 1e-5 max|u| for b <= 5 (E <= 32) only; above,
+// its tokens go one by one, whose keys on u - max keep 18 bits (docs/semantics.md §13).
+constexpr int kSelectThenSoftmaxAcrossMaxE = 32;
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -1647,7 +1651,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
     phase_rows[n++] = i;
     if (n == kPhaseRows) phase();
   };
-  if (softmax && E <= kAcrossMaxE && K <= kAcrossMaxK) {
+  if (softmax && E <= (c.weights_are_softmax ? kSelectThenSoftmaxAcrossMaxE : kAcrossMaxE) && K <= kAcrossMaxK) {
     across_rows(b, token_row);
   } else {
     for (int i = 0; i < b.rows; ++i) token_row(i);
