@@ -41,8 +41,14 @@ inline bool finite_row(const float* row, int E) {
 // max came out as. So does a w^p that overflows from finite logits: keys of +inf's bits | e, which
 // order as the oracle's scores of 0 do (ties to the lower expert). So only when some lane's largest
 // key over its real experts, `worst`, is that large are the rows [0, rows) checked one by one.
-inline bool keys_finite(Vec::I worst, const float* base, int64_t stride, int rows, int E) {
-  if (Vec::bits(Vec::int_gt(worst, Vec::int_set1(0x7f7fffff))) == 0) return true;
+// Sigmoid keys (logit_key) are signed: there a logit of +inf (d = -inf), or a NaN with its sign bit
+// set, gives a key below every finite d's, kLeastFiniteKey (-FLT_MAX's image), and so the least one,
+// `least` (best[0]).
+constexpr int32_t kLeastFiniteKey = static_cast<int32_t>(0x80800000u);
+inline bool keys_finite(Vec::I worst, const float* base, int64_t stride, int rows, int E, const Vec::I* least = nullptr) {
+  uint32_t suspect = Vec::bits(Vec::int_gt(worst, Vec::int_set1(0x7f7fffff)));
+  if (least) suspect |= Vec::bits(Vec::int_gt(Vec::int_set1(kLeastFiniteKey), *least));
+  if (suspect == 0) return true;
   for (int l = 0; l < rows; ++l)
     if (!finite_row(base + l * stride, E)) return false;
   return true;
@@ -414,6 +420,10 @@ constexpr int kSelectThenSoftmaxAcrossMaxE = 32;
 // lanes, sixteen registers: E = 32 to 200 10-40% slower, E = 256 -8%, with gathers), and NEON has
 // neither gathers nor two-source permutes.
 constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
+// Sigmoid scores' keys (logit_key) on d = min(max, 0) - u: b bits of position cost up to
+// 0.56 2^(b-23) max_s (max <= 0) or 0.45 2^(b-23) max_s (max > 0), within SPEC §10's 1e-5 max_s for
+// b <= 7 (docs/semantics.md §13). (And only where the columns hold them: AVX-512's 32.)
+constexpr int kSigmoidAcrossMaxE = kColumnMaxE < 128 ? kColumnMaxE : 128;
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
 inline void compare_swap(Vec::I& a, Vec::I& b) {
@@ -669,8 +679,19 @@ struct NibbleTally {
 // scores do (with the sign, a +0 logit ranked before every -0 one, whatever the experts).
 constexpr int kPlainKeyMaxE = 128;
 constexpr int key_power(int width) { return width <= kPlainKeyMaxE ? 1 : width <= 256 ? 2 : width <= 512 ? 4 : 8; }
-template <int kPower>
+//
+// Sigmoid scores (kSigmoid, E <= kSigmoidAcrossMaxE) key instead on d = m - u with m = min(max, 0),
+// +0 for a zero (key_offset), as the token-by-token path does (docs/semantics.md §13): d < 0 where
+// max > 0, so the key is d's sortable image (signed), its low b bits the expert (value_bits then
+// keeps the sign bit). m is +0 rather than -0, so that d is +0 for both zeros, one value as above.
+template <bool kSigmoid>
+inline F key_offset(F row_max) {
+  if constexpr (kSigmoid) return Vec::add(Vec::min(row_max, Vec::zero()), Vec::zero());
+  return row_max;
+}
+template <int kPower, bool kSigmoid = false>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
+  if constexpr (kSigmoid) return Vec::and_or(sortable(Vec::to_bits(Vec::sub(max, u))), value_bits, expert);
   F w = Vec::sub(max, u);
   if (kPower == 8) w = Vec::mul(w, Vec::set1(16.0f));
 #pragma GCC unroll 3
@@ -940,13 +961,13 @@ constexpr ExpertIndex make_expert_index() {
 alignas(64) constexpr ExpertIndex kExpertIndex = make_expert_index();
 
 // The keys (logit_key) of columns [e0, e0 + L) into key[0, L), and into keys[e0, e0 + L) unless
-// keys is null.
-template <int L, int kPower>
-[[gnu::always_inline]] inline void column_block_keys(const F* column, int e0, F row_max, Vec::I value_bits, F* keys,
+// keys is null; offset: key_offset's.
+template <int L, int kPower, bool kSigmoid>
+[[gnu::always_inline]] inline void column_block_keys(const F* column, int e0, F offset, Vec::I value_bits, F* keys,
                                                      Vec::I* key) {
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
-    key[i] = logit_key<kPower>(row_max, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]));
+    key[i] = logit_key<kPower, kSigmoid>(offset, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]));
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
 }
@@ -956,11 +977,11 @@ template <int L, int kPower>
 // key of experts [e0, e0 + L) below E into worst, for keys_finite: after a whole block's sort, its
 // last key, one operation a block where checking every logit had taken an FMA each (bench/NOTES.md
 // item 50); past E, the padding's keys may be +inf's bits and are left out.
-template <int L, int kPower>
-[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, int E, F row_max, Vec::I value_bits,
+template <int L, int kPower, bool kSigmoid>
+[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, int E, F offset, Vec::I value_bits,
                                                    F* keys, Vec::I* best, Vec::I& worst) {
   Vec::I key[L];
-  column_block_keys<L, kPower>(column, e0, row_max, value_bits, keys, key);
+  column_block_keys<L, kPower, kSigmoid>(column, e0, offset, value_bits, keys, key);
   const bool whole = e0 + L <= E;
   if (!whole)
 #pragma GCC unroll 8
@@ -977,7 +998,7 @@ template <int L, int kPower>
 // False, best and row_max then meaningless, when a logit of the group is not finite. (Against
 // column_keys, which kept them in memory, in cache, one thread: E = 8, K = 2 -38%, E = 16, K = 4
 // -17%; logits-8x2 from DRAM 0.50 -> 0.35 ms one thread, 0.31 -> 0.23 two; AVX2 E = 8 -11%.)
-template <int L, int kFixedE>
+template <int L, int kFixedE, bool kSigmoid>
 [[gnu::always_inline]] inline bool vector_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* column,
                                                F* keys, Vec::I* best, F& row_max) {
   if constexpr (kFixedE > 0 && kFixedE < kLanes) {
@@ -990,13 +1011,14 @@ template <int L, int kFixedE>
   ColumnMax check;
   check.add(column, used);
   row_max = check.maximum();
+  const F offset = key_offset<kSigmoid>(row_max);
   Vec::I worst = Vec::int_set1(0);
 #pragma GCC unroll 16
   for (int e0 = 0; e0 < kLanes; e0 += L) {
     if (e0 >= used) break;
-    add_column_keys<L, 1>(column, e0, E, row_max, value_bits, keys, best, worst);
+    add_column_keys<L, 1, kSigmoid>(column, e0, E, offset, value_bits, keys, best, worst);
   }
-  return keys_finite(worst, base, stride, kLanes, E);
+  return keys_finite(worst, base, stride, kLanes, E, kSigmoid ? &best[0] : nullptr);
 }
 
 // The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnMaxE experts, sorted,
@@ -1005,7 +1027,7 @@ template <int L, int kFixedE>
 // lane's maximum, the second their keys (into keys[0, E) unless null), and from them the check
 // (add_column_keys, keys_finite). False, best and row_max then meaningless, when a logit of the
 // group is not finite. kPower: key_power(E).
-template <int L, int kPower>
+template <int L, int kPower, bool kSigmoid>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
   ColumnMax check;
@@ -1022,6 +1044,7 @@ template <int L, int kPower>
     check.add(block, used);
   }
   row_max = check.maximum();
+  const F offset = key_offset<kSigmoid>(row_max);
   Vec::I worst = Vec::int_set1(0);
   for (int e0 = 0; e0 < E; e0 += L) {
     // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
@@ -1033,16 +1056,16 @@ template <int L, int kPower>
       const float* ahead = base + 2 * kLanes * stride + e0;
       for (int l = 0; l < kLanes; ++l, ahead += stride) __builtin_prefetch(ahead, 0, 2);
     }
-    add_column_keys<L, kPower>(columns, e0, E, row_max, value_bits, keys, best, worst);
+    add_column_keys<L, kPower, kSigmoid>(columns, e0, E, offset, value_bits, keys, best, worst);
   }
-  return keys_finite(worst, base, stride, kLanes, E);
+  return keys_finite(worst, base, stride, kLanes, E, kSigmoid ? &best[0] : nullptr);
 }
 
-// The logits of experts chosen[1, K) (4 < K <= 8) of kLanes tokens (lane l: token l, whose E <= M *
-// kLanes logits are the row at base + l * stride; tokens [live, kLanes) read row 0) into weight[1, K):
-// the experts turned into rows, picked from the token's row (pick_in_rows) and turned back into
-// columns. (V: descend's.)
-template <int K, int M, class V = Vec>
+// The logits of experts chosen[first, K) (4 < K <= 8, first 0 or 1) of kLanes tokens (lane l: token
+// l, whose E <= M * kLanes logits are the row at base + l * stride; tokens [live, kLanes) read row 0)
+// into weight[first, K): the experts turned into rows, picked from the token's row (pick_in_rows) and
+// turned back into columns. (V: descend's.)
+template <int K, int M, int first, class V = Vec>
 [[gnu::always_inline]] inline void pick_logits(const float* base, int64_t stride, int E, int live, const Vec::I* chosen,
                                                F* weight) {
   constexpr int L = 8;
@@ -1058,19 +1081,19 @@ template <int K, int M, class V = Vec>
   });
   to_columns<L>(rows);
 #pragma GCC unroll 8
-  for (int j = 1; j < K; ++j) weight[j] = rows[j];
+  for (int j = first; j < K; ++j) weight[j] = rows[j];
 }
 
-// The logits of experts chosen[1, K) of kLanes tokens (lane l: token l, whose row is at base + l *
-// stride; tokens [live, kLanes) read row 0) into weight[1, K), one gather a slot. (V: a Vec with
+// The logits of experts chosen[first, K) of kLanes tokens (lane l: token l, whose row is at base + l *
+// stride; tokens [live, kLanes) read row 0) into weight[first, K), one gather a slot. (V: a Vec with
 // gather, HasGather.)
-template <int K, class V = Vec>
+template <int K, int first, class V = Vec>
 [[gnu::always_inline]] inline void gather_logits(const float* base, int64_t stride, int live, const Vec::I* chosen,
                                                  F* weight) {
   alignas(64) int32_t offset[kLanes];  // (kLanes rows of a group: far below 2^31 values)
   for (int l = 0; l < kLanes; ++l) offset[l] = static_cast<int32_t>((l < live ? l : 0) * stride);
   const Vec::I row = Vec::int_load(offset);
-  for (int j = 1; j < K; ++j) weight[j] = V::gather(base, Vec::int_add(row, chosen[j]));
+  for (int j = first; j < K; ++j) weight[j] = V::gather(base, Vec::int_add(row, chosen[j]));
 }
 
 // The sums of v[0, kLanes), lane j of the result that of v[j]'s lanes (v is overwritten): pairs
@@ -1123,7 +1146,7 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int K, bool kOneVector, int kFixedE = 0>
+template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts,
                                                       NibbleTally* tally = nullptr) {
@@ -1131,7 +1154,9 @@ template <int K, bool kOneVector, int kFixedE = 0>
   const int E = kFixedE ? kFixedE : c.E;
   if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
-  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1), value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1));
+  const int32_t sign_bit = kSigmoid ? static_cast<int32_t>(0x80000000u) : 0;  // (logit_key)
+  const Vec::I expert_bits = Vec::int_set1((1 << bits) - 1),
+               value_bits = Vec::int_set1((0x7fffffff | sign_bit) & ~((1 << bits) - 1));
   Vec::I best[L];
   F row_max;
   // The columns of E <= kColumnMaxE, for E <= kLanes in registers with their keys (the weights of
@@ -1150,24 +1175,24 @@ template <int K, bool kOneVector, int kFixedE = 0>
   const bool count_keys = counts && E <= kKeyCountMaxE && E <= 6 * K;
   bool finite = false;
   if constexpr (kOneVector) {
-    finite = vector_keys<L, kFixedE>(base, E, stride, value_bits, columns, keys, best, row_max);
+    finite = vector_keys<L, kFixedE, kSigmoid>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
-    if constexpr (kColumnMaxE < kAcrossMaxE)  // (elsewhere knockout_keys is never instantiated)
+    if constexpr (kColumnMaxE < kAcrossMaxE && !kSigmoid)  // (elsewhere knockout_keys is never instantiated)
       if (E > kColumnMaxE)
         finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
     if (E <= kColumnMaxE) {
       F* column_keys_out = count_keys ? keys : nullptr;
       // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
-      // on AVX2, 1 on AVX-512.)
+      // on AVX2, 1 on AVX-512; sigmoid keys, up to kSigmoidAcrossMaxE, take 1.)
       const int power = key_power(E);
-      if constexpr (key_power(kColumnMaxE) >= 8)
-        if (power == 8) finite = column_keys<L, 8>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (key_power(kColumnMaxE) >= 4)
-        if (power == 4) finite = column_keys<L, 4>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (key_power(kColumnMaxE) >= 2)
-        if (power == 2) finite = column_keys<L, 2>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if (power == 1) finite = column_keys<L, 1>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (key_power(kColumnMaxE) >= 8 && !kSigmoid)
+        if (power == 8) finite = column_keys<L, 8, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (key_power(kColumnMaxE) >= 4 && !kSigmoid)
+        if (power == 4) finite = column_keys<L, 4, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (key_power(kColumnMaxE) >= 2 && !kSigmoid)
+        if (power == 2) finite = column_keys<L, 2, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if (power == 1) finite = column_keys<L, 1, kSigmoid>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
   if (!finite) return false;
@@ -1191,15 +1216,17 @@ template <int K, bool kOneVector, int kFixedE = 0>
 
   // Weights exp(u_j - max) / sum from the exact logits. The first slot's is 1: its key's value bits
   // are 0 like those of the largest logit's, so max - u (or its square) < 2^(b-149) and
-  // exp(u - max) rounds to 1 (the oracle's expf too). For E <= 8 in registers the logit of expert
+  // exp(u - max) rounds to 1 (the oracle's expf too). Sigmoid weights sigma(u_j) (normalized or not)
+  // take every slot's logit, the first's too (kFirstPick). For E <= 8 in registers the logit of expert
   // chosen[j] is picked from the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the
   // rows by permutes (pick_logits); on AVX2 by a vgatherdps per slot (Zen 3, in cache, one thread:
   // logits E = 64 and 256 -7 to -9% against scalar loads; bench/NOTES.md item 45); otherwise read by
   // scalar loads (measured faster than a vgatherdps per slot on Zen 4).
   constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
+  constexpr int kFirstPick = kSigmoid ? 0 : 1;
   F weight[K];
   if (kOneVector && E <= 8) {
-    for (int j = 1; j < K; ++j) {
+    for (int j = kFirstPick; j < K; ++j) {
       weight[j] = columns[0];
 #pragma GCC unroll 8
       for (int e = 1; e < 8; ++e) {
@@ -1209,19 +1236,38 @@ template <int K, bool kOneVector, int kFixedE = 0>
     }
   } else if (kPermutePicks && E <= 4 * kLanes) {
     if constexpr (kPermutePicks) {
-      if (E <= kLanes) pick_logits<K, 1>(base, stride, E, live, chosen, weight);
-      else if (E <= 2 * kLanes) pick_logits<K, 2>(base, stride, E, live, chosen, weight);
-      else pick_logits<K, 4>(base, stride, E, live, chosen, weight);
+      if (E <= kLanes) pick_logits<K, 1, kFirstPick>(base, stride, E, live, chosen, weight);
+      else if (E <= 2 * kLanes) pick_logits<K, 2, kFirstPick>(base, stride, E, live, chosen, weight);
+      else pick_logits<K, 4, kFirstPick>(base, stride, E, live, chosen, weight);
     }
-  } else if (HasGather<Vec>::value && K > 1) {
-    if constexpr (HasGather<Vec>::value) gather_logits<K>(base, stride, live, chosen, weight);
-  } else if (K > 1) {
+  } else if (HasGather<Vec>::value && K > kFirstPick) {
+    if constexpr (HasGather<Vec>::value) gather_logits<K, kFirstPick>(base, stride, live, chosen, weight);
+  } else if (K > kFirstPick) {
     alignas(64) int32_t index[K][kLanes];
-    for (int j = 1; j < K; ++j) Vec::store_int(index[j], chosen[j]);
+    for (int j = kFirstPick; j < K; ++j) Vec::store_int(index[j], chosen[j]);
     alignas(64) float picked[K][kLanes];
     for (int l = 0; l < kLanes; ++l)
-      for (int j = 1; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
-    for (int j = 1; j < K; ++j) weight[j] = Vec::load(picked[j]);
+      for (int j = kFirstPick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
+    for (int j = kFirstPick; j < K; ++j) weight[j] = Vec::load(picked[j]);
+  }
+  const F scale = Vec::set1(static_cast<float>(c.options.scale));
+  if constexpr (kSigmoid) {
+    // As the token-by-token path weighs them (rows_by_logit_order): a zero sum (every sigmoid 0)
+    // gives scale / K each; the sum here runs over the slots in order.
+    F sum = Vec::zero();
+    for (int j = 0; j < K; ++j) {
+      weight[j] = vsigmoid(weight[j]);
+      sum = Vec::add(sum, weight[j]);
+    }
+    if (c.normalize) {
+      const F factor = Vec::div(scale, sum), even = Vec::div(scale, Vec::set1(static_cast<float>(K)));
+      const M none = Vec::eq(sum, Vec::zero());
+      for (int j = 0; j < K; ++j) weight[j] = Vec::select(none, even, Vec::mul(weight[j], factor));
+    } else {
+      for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], scale);
+    }
+    store_slots<K>(weight, chosen, weights_out, experts_out);
+    return true;
   }
   weight[0] = Vec::set1(1.0f);
   F sum = weight[0];
@@ -1232,7 +1278,7 @@ template <int K, bool kOneVector, int kFixedE = 0>
   // normalize: false, the weights are the scores exp(u_j - max) / Z, Z over every expert (>= 1).
   if (!c.normalize)
     sum = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
-  const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
+  const F factor = Vec::div(scale, sum);
   for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
   store_slots<K>(weight, chosen, weights_out, experts_out);
   return true;
@@ -1240,10 +1286,10 @@ template <int K, bool kOneVector, int kFixedE = 0>
 #pragma GCC diagnostic pop
 
 // rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
-template <int K, int kFixedE = 0>
+template <int K, int kFixedE, bool kSigmoid>
 [[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, int live,
                                                float* weights_out, int32_t* experts_out, int32_t* counts) {
-  return rows_across_tokens<K, false, kFixedE>(c, base, stride, live, weights_out, experts_out, counts);
+  return rows_across_tokens<K, false, kFixedE, kSigmoid>(c, base, stride, live, weights_out, experts_out, counts);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -1253,7 +1299,7 @@ template <int K, int kFixedE = 0>
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
-template <int K, bool kOneVector, int kFixedE = 0>
+template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts) {
   NibbleTally tally;
@@ -1265,11 +1311,11 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     int32_t* experts = experts_out + g * kLanes * K;
     bool routed;
     if constexpr (kOneVector) {
-      routed = rows_across_tokens<K, true, kFixedE>(c, rows, stride, live, weights, experts,
+      routed = rows_across_tokens<K, true, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts,
                                                     tallied ? nullptr : counts, tallied ? &tally : nullptr);
       if (routed && tallied) tally.group_done(c.E, counts);
     } else {
-      routed = rows_across_tokens_call<K, kFixedE>(c, rows, stride, live, weights, experts, counts);
+      routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts);
     }
     if (!routed) break;
   }
@@ -1283,15 +1329,15 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 // (AVX2, in cache, one thread: E = 64 -7 to -9%, E = 256 -5 to -10%; bench/NOTES.md item 54; 512
 // and 1024, which take the columns since item 56, not measured that way).
 constexpr int kFixedColumnsMaxE = 256;
-template <int K, int kE = 2 * kLanes>
+template <int K, bool kSigmoid, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
                        int32_t* experts_out, int32_t* counts) {
-  if constexpr (kE <= kFixedColumnsMaxE) {
+  if constexpr (kE <= (kSigmoid ? kSigmoidAcrossMaxE : kFixedColumnsMaxE)) {
     if (c.E == kE && stride == kE)
-      return run_across_tokens<K, false, kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    return run_columns<K, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      return run_across_tokens<K, false, kE, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_columns<K, kSigmoid, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
   } else {
-    return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
 }
 
@@ -1304,20 +1350,21 @@ inline int run_columns(const Config& c, const float* base, int64_t stride, int g
 // the bounds' tests of the loops over experts fold away (l3-8x2 in cache, one thread, -11 to -13%;
 // bench/NOTES.md item 54), and on AVX2 the wider rows of a power of two (run_columns; AVX-512 and
 // NEON, not measured that way, keep E a run-time value there).
-template <int K = 1>
+template <bool kSigmoid, int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                                 float* weights_out, int32_t* experts_out, int32_t* counts) {
   if constexpr (K < kAcrossMaxK) {
-    if (c.K != K) return groups_across_tokens<K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    if (c.K != K)
+      return groups_across_tokens<kSigmoid, K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
   if (c.E > kLanes) {
-    if constexpr (kLanes == 8) return run_columns<K>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    return run_across_tokens<K, false>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    if constexpr (kLanes == 8) return run_columns<K, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
   }
   return with_fixed_width(c.E, stride, [&](auto width) {
     // (A width below K never comes, K <= E, and is not instantiated.)
     constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;
-    return run_across_tokens<K, true, kWidth>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, true, kWidth, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
   });
 }
 
@@ -1368,7 +1415,7 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
 // finite token gets the same lane-wise operations, and the same answer bit for bit, whatever batch
 // or place in it it comes in: the token-by-token path sums its weights in another order and breaks
 // near-ties by other keys, and the token-mode cache hands one batch's rows to another.
-template <class Left>
+template <bool kSigmoid, class Left>
 inline void across_rows(const RowBlock& b, Left&& left) {
   const Config& c = *b.config;
   moe_route_outputs* fused = b.params->fused_out;
@@ -1379,7 +1426,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
   const auto whole = [&](const float* base, int64_t t0, int groups) {
-    const int done = groups_across_tokens(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K,
+    const int done = groups_across_tokens<kSigmoid>(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K,
                                           fused->experts + t0 * K, counts);
     std::memset(b.out->invalid + t0, 0, done * kLanes);
     for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
@@ -1393,7 +1440,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
     if (E <= kColumnMaxE) pad_group(rows, n, E);
-    groups_across_tokens(c, rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
+    groups_across_tokens<kSigmoid>(c, rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
       std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
@@ -1565,9 +1612,10 @@ inline void losses_across_tokens(const RowBlock& b) {
 // (unnormalized softmax weights, the scores exp(u_j - max) / Z, take E for Z alone: no division,
 // selection or store an expert; sigmoid weights, K sigmoids), and writes the token's assignment
 // directly (k_t = K, every weight scaled, what assign_token gives for this configuration, rounded in
-// f32). For softmax up to kAcrossMaxE and kAcrossMaxK every finite token runs across tokens
-// (across_rows); the rest, and every sigmoid token, token by token, in phases over kPhaseRows
-// tokens, so that the selections of neighbouring tokens, each a chain of dependent steps, overlap.
+// f32). Up to kAcrossMaxK, and E up to kAcrossMaxE (softmax), kSelectThenSoftmaxAcrossMaxE or
+// kSigmoidAcrossMaxE, every finite token runs across tokens (across_rows); the rest token by token,
+// in phases over kPhaseRows tokens, so that the selections of neighbouring tokens, each a chain of
+// dependent steps, overlap.
 // (A block may hold any number of rows: a chunk of f32 logits comes as one.) The losses, which need
 // every expert's probability, take a pass of their own (losses_across_tokens, softmax's).
 inline void rows_by_logit_order(const RowBlock& b) {
@@ -1652,7 +1700,9 @@ inline void rows_by_logit_order(const RowBlock& b) {
     if (n == kPhaseRows) phase();
   };
   if (softmax && E <= (c.weights_are_softmax ? kSelectThenSoftmaxAcrossMaxE : kAcrossMaxE) && K <= kAcrossMaxK) {
-    across_rows(b, token_row);
+    across_rows<false>(b, token_row);
+  } else if (!softmax && E <= kSigmoidAcrossMaxE && K <= kAcrossMaxK) {
+    across_rows<true>(b, token_row);
   } else {
     for (int i = 0; i < b.rows; ++i) token_row(i);
   }
