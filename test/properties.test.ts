@@ -316,14 +316,18 @@ describe('a token is routed the same alone as in any batch', () => {
 // where most rows hold a NaN (more of them than a block of hidden states has rows) must route every
 // finite row and report every other one, as the oracle does.
 describe('sanitized logits with many non-finite rows in one chunk', () => {
-  it(`E = 8, 64, 300 × [${backendNames.join(', ')}]`, () => {
+  it(`E = 8, 64, 300, softmax and sigmoid, NaN of either sign and ±inf × [${backendNames.join(', ')}]`, () => {
     const normal = normalGenerator(7);
-    for (const [E, K] of [[8, 2], [64, 8], [300, 4]] as const) {
+    // (sigmoid keys across tokens are signed: +inf and a negative NaN give the least key, not the largest)
+    const negativeNaN = new Float32Array(new Uint32Array([0xffc00000]).buffer)[0]!;
+    const poison = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, negativeNaN];
+    for (const [E, K, scoring] of [[8, 2, 'softmax'], [64, 8, 'softmax'], [300, 4, 'softmax'], [8, 2, 'sigmoid'], [64, 8, 'sigmoid'], [100, 1, 'sigmoid']] as const) {
       const T = 4000;
       const logits = Float32Array.from({ length: T * E }, () => normal());
-      for (let t = 0; t < T; t++) if (t % 5 !== 0) logits[t * E + (t % E)] = t % 2 ? Number.NaN : Number.POSITIVE_INFINITY;
+      // (one kind of poison a run of 16 tokens, so that a group of a vector of tokens meets only one)
+      for (let t = 0; t < T; t++) if (t % 5 !== 0) logits[t * E + (t % E)] = poison[Math.floor(t / 16) % 4]!;
       const route = (backend: string) => {
-        const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName, validation: 'sanitize' });
+        const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, backend: backend as BackendName, validation: 'sanitize' });
         const r = router.routeLogits(logits);
         const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), invalid: Array.from(r.invalidTokens) };
         r.release();
@@ -334,10 +338,10 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
       expect(oracle.invalid.length).toBe(T - T / 5);
       for (const backend of backendNames) {
         const got = route(backend);
-        expect(got.invalid, `${backend} E=${E}`).toEqual(oracle.invalid);
-        expect(got.experts, `${backend} E=${E}`).toEqual(oracle.experts);
+        expect(got.invalid, `${backend} E=${E} ${scoring}`).toEqual(oracle.invalid);
+        expect(got.experts, `${backend} E=${E} ${scoring}`).toEqual(oracle.experts);
         const worst = Math.max(...got.weights.map((w, i) => Math.abs(w - oracle.weights[i]!) - 1e-5 * Math.abs(oracle.weights[i]!)));
-        expect(worst, `${backend} E=${E}: weights beyond 1e-5 relative`).toBeLessThanOrEqual(1e-7);
+        expect(worst, `${backend} E=${E} ${scoring}: weights beyond 1e-5 relative`).toBeLessThanOrEqual(1e-7);
       }
     }
   });
