@@ -24,10 +24,12 @@ struct HasTimesPow2<V, decltype(void(V::times_pow2(typename V::F{}, typename V::
 
 // e^x to about 1 ulp (Cephes expf: x = n ln2 + r, a degree-6 polynomial for e^r). Underflow (x below
 // about -87.3, -inf included) gives 0, overflow is clamped to a finite 2^127-ish value.
-// n = x log2(e) rounded to the nearest integer, ties to even. Without HasTimesPow2, adding
-// 1.5 * 2^23 + 127 rounds it the same way and leaves n + 127 in the sum's low bits, so that 2^n's bits
-// are one shift away: no round, conversion or integer add (with the and-not for underflow below, not a
-// blend: AVX2 9.4 -> 8.1 cycles a vector, outputs unchanged; bench/NOTES.md item 70).
+// n = x log2(e) rounded to the nearest integer. Without HasTimesPow2, adding 1.5 * 2^23 + 127 rounds
+// it and leaves n + 127 in the sum's low bits, so that 2^n's bits are one shift away: no round,
+// conversion or integer add (with the and-not for underflow below, not a blend: AVX2 9.4 -> 8.1 cycles
+// a vector). The sum's ties go to its even value, an odd n: of every float x, the 35 whose x log2(e)
+// is a half-integer take the other n than a round to even and come out 1 ulp apart (bench/NOTES.md
+// item 70).
 template <class V = Vec>
 inline F vexp(F x) {
   constexpr bool kOwnPow2 = HasTimesPow2<V>::value;
