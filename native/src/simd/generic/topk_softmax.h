@@ -1724,9 +1724,10 @@ inline void rows_block(const RowBlock& b) {
   // select-then-softmax selects on u itself, and its weights, the softmax of the selected logits, are
   // the normalized softmax weights: the same routing whatever the scoring (the scores enter only the
   // losses).
-  bool logit_order = fused && (softmax || !p.want_losses) && K <= kLanes &&
-                     c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
-  for (int e = 0; logit_order && e < E; ++e) logit_order = p.selection_bias[e] == 0.0f;
+  bool unbiased = true;
+  for (int e = 0; unbiased && e < E; ++e) unbiased = p.selection_bias[e] == 0.0f;
+  const bool logit_order = unbiased && fused && (softmax || !p.want_losses) && K <= kLanes &&
+                           c.options.strategy == MOE_STRATEGY_TOP_K && c.group_size == 0;
   if (logit_order) {
     rows_by_logit_order(b);
     return;
@@ -1809,13 +1810,17 @@ inline void rows_block(const RowBlock& b) {
     TokenRow row;
     if (p.want_top_scores) {
       // The K largest scores among the experts the group mask left (masked: key -inf, u finite).
-      for (int e0 = 0; e0 < E; e0 += kLanes) {
-        const F x = Vec::load(u + e0);
-        const M masked = Vec::mask_andnot(Vec::eq(x, Vec::set1(-kInf)), Vec::eq(Vec::load(key + e0), Vec::set1(-kInf)));
-        const M kept = Vec::mask_andnot(masked, Vec::first(E - e0));  // padding lanes: -inf too
-        Vec::store(spare + e0, Vec::select(kept, Vec::load(s + e0), Vec::set1(-kInf)));
+      // Where the keys are the scores themselves (no bias, groups or select-then-softmax) and every
+      // logit is finite (no key -inf), those are the candidates' keys, already in best[].
+      if (invalid || keys_from_logits || !unbiased || c.group_size > 0) {
+        for (int e0 = 0; e0 < E; e0 += kLanes) {
+          const F x = Vec::load(u + e0);
+          const M masked = Vec::mask_andnot(Vec::eq(x, Vec::set1(-kInf)), Vec::eq(Vec::load(key + e0), Vec::set1(-kInf)));
+          const M kept = Vec::mask_andnot(masked, Vec::first(E - e0));  // padding lanes: -inf too
+          Vec::store(spare + e0, Vec::select(kept, Vec::load(s + e0), Vec::set1(-kInf)));
+        }
+        select(spare, top_order);  // best[] = those scores
       }
-      select(spare, top_order);  // best[] = those scores
       float* top_out = fused ? top : out.top_scores + t * K;
       for (int j = 0; j < K; ++j) top_out[j] = best[j];
       row.top_scores = top_out;
