@@ -252,7 +252,7 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // on, and with unnormalized weights, whose Z is summed across tokens too) and top-p: sub-batches
 // against the same rows of a whole batch.
 describe('a token is routed the same alone as in any batch', () => {
-  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not and top-p × [${backendNames.join(', ')}]`, () => {
+  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not, sigmoid, select-then-softmax and top-p × [${backendNames.join(', ')}]`, () => {
     const shapes = [
       { E: 8, D: 37, K: 2 },
       { E: 64, D: 130, K: 8 },
@@ -268,8 +268,15 @@ describe('a token is routed the same alone as in any batch', () => {
       const normal = normalGenerator(E * 1000 + D);
       const weight = Float32Array.from({ length: E * D }, () => normal());
       for (const backend of backendNames) {
-        const variants = [[false, 'top-k', false, true], [true, 'top-k', true, true], [true, 'top-k', false, false], [true, 'top-p', false, true]] as const;
-        for (const [sanitize, strategy, losses, normalize] of variants) {
+        const variants = [
+          [false, 'top-k', false, true, 'softmax', 'softmax-then-select'],
+          [true, 'top-k', true, true, 'softmax', 'softmax-then-select'],
+          [true, 'top-k', false, false, 'softmax', 'softmax-then-select'],
+          [true, 'top-p', false, true, 'softmax', 'softmax-then-select'],
+          [true, 'top-k', false, false, 'sigmoid', 'softmax-then-select'],
+          [true, 'top-k', false, true, 'softmax', 'select-then-softmax'],
+        ] as const;
+        for (const [sanitize, strategy, losses, normalize, scoring, order] of variants) {
           const router = new DynamicRouter({
             inputDim: D,
             numExperts: E,
@@ -281,6 +288,8 @@ describe('a token is routed the same alone as in any batch', () => {
             topP: 0.7,
             losses,
             normalize,
+            scoring,
+            order,
           });
           for (const input of ['f32', 'bf16', 'logits'] as const) {
             const width = input === 'logits' ? E : D;
@@ -297,7 +306,7 @@ describe('a token is routed the same alone as in any batch', () => {
             const whole = rows(0, T);
             for (const [first, n] of ranges) {
               const part = rows(first, n);
-              const where = `${backend} ${strategy} ${input} E=${E} sanitize=${sanitize} normalize=${normalize} tokens [${first}, ${first + n})`;
+              const where = `${backend} ${strategy} ${scoring} ${order} ${input} E=${E} sanitize=${sanitize} normalize=${normalize} tokens [${first}, ${first + n})`;
               expect(part.experts, where).toEqual(whole.experts.slice(first * K, (first + n) * K));
               expect(part.weights, where).toEqual(whole.weights.slice(first * K, (first + n) * K));
               compared += 1;
@@ -307,7 +316,7 @@ describe('a token is routed the same alone as in any batch', () => {
         }
       }
     }
-    expect(compared).toBe(shapes.length * backendNames.length * 4 * 3 * ranges.length);
+    expect(compared).toBe(shapes.length * backendNames.length * 6 * 3 * ranges.length);
   });
 });
 
