@@ -82,7 +82,7 @@ struct Vec {
   static M mask_andnot(M a, M b) { return static_cast<M>(~a & b); }  // !a && b
   static uint32_t bits(M m) { return m; }
   static F select(M m, F if_true, F if_false) { return _mm512_mask_blend_ps(m, if_false, if_true); }
-  static F zero_where(M m, F a) { return _mm512_mask_mov_ps(a, m, _mm512_setzero_ps()); }
+  static F zero_where(M m, F a) { return _mm512_mask_mov_ps(a, m, _mm512_setzero_ps()); }  // +0 where m, else a
 
   static void store_int(int32_t* p, I a) { _mm512_storeu_si512(p, a); }
   static void store_int_tail(int32_t* p, I a, int n) { _mm512_mask_storeu_epi32(p, first(n), a); }

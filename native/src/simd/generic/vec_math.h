@@ -28,8 +28,8 @@ struct HasTimesPow2<V, decltype(void(V::times_pow2(typename V::F{}, typename V::
 // it and leaves n + 127 in the sum's low bits, so that 2^n's bits are one shift away: no round,
 // conversion or integer add (with the and-not for underflow below, not a blend: AVX2 9.4 -> 8.1 cycles
 // a vector). The sum's ties go to its even value, an odd n: of every float x, the 35 whose x log2(e)
-// is a half-integer take the other n than a round to even and come out 1 ulp apart (bench/NOTES.md
-// item 70).
+// is a half-integer take the other n than a round to even and come out 1 ulp apart (checked on AVX2;
+// bench/NOTES.md item 70).
 template <class V = Vec>
 inline F vexp(F x) {
   constexpr bool kOwnPow2 = HasTimesPow2<V>::value;
