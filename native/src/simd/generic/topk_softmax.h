@@ -1142,6 +1142,9 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 // throughput: no per-token chain of dependent steps. Returns false, writing nothing, when a token of
 // the group has a non-finite logit. Rows [live, kLanes) of a gathered group stand for copies of row
 // 0: the knockout and the picks of the weights do not read them; the columns do (across_rows).
+// With logits_out (softmax keys only, and no counts), the K slots are candidates instead: their
+// softmax scores exp(u_j - max) / Z (Z over every expert, as the token-by-token path forms them) in
+// weights_out and their logits in logits_out, for a strategy to decide k from (candidates_across_rows).
 // (GCC 12 reports column[used..) after narrow_columns, and the columns and best that the selection
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
@@ -1149,7 +1152,7 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts,
-                                                      NibbleTally* tally = nullptr) {
+                                                      float* logits_out, NibbleTally* tally = nullptr) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kFixedE ? kFixedE : c.E;
   if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
@@ -1224,9 +1227,11 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   // scalar loads (measured faster than a vgatherdps per slot on Zen 4).
   constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
   constexpr int kFirstPick = kSigmoid ? 0 : 1;
+  const bool candidates = !kSigmoid && logits_out;
+  const int first_pick = candidates ? 0 : kFirstPick;
   F weight[K];
   if (kOneVector && E <= 8) {
-    for (int j = kFirstPick; j < K; ++j) {
+    for (int j = first_pick; j < K; ++j) {
       weight[j] = columns[0];
 #pragma GCC unroll 8
       for (int e = 1; e < 8; ++e) {
@@ -1236,19 +1241,26 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
     }
   } else if (kPermutePicks && E <= 4 * kLanes) {
     if constexpr (kPermutePicks) {
-      if (E <= kLanes) pick_logits<K, 1, kFirstPick>(base, stride, E, live, chosen, weight);
-      else if (E <= 2 * kLanes) pick_logits<K, 2, kFirstPick>(base, stride, E, live, chosen, weight);
-      else pick_logits<K, 4, kFirstPick>(base, stride, E, live, chosen, weight);
+      // (every slot's for candidates: pick_logits<K, M, 0>)
+      if (E <= kLanes) candidates ? pick_logits<K, 1, 0>(base, stride, E, live, chosen, weight)
+                                  : pick_logits<K, 1, kFirstPick>(base, stride, E, live, chosen, weight);
+      else if (E <= 2 * kLanes) candidates ? pick_logits<K, 2, 0>(base, stride, E, live, chosen, weight)
+                                           : pick_logits<K, 2, kFirstPick>(base, stride, E, live, chosen, weight);
+      else candidates ? pick_logits<K, 4, 0>(base, stride, E, live, chosen, weight)
+                      : pick_logits<K, 4, kFirstPick>(base, stride, E, live, chosen, weight);
     }
-  } else if (HasGather<Vec>::value && K > kFirstPick) {
-    if constexpr (HasGather<Vec>::value) gather_logits<K, kFirstPick>(base, stride, live, chosen, weight);
-  } else if (K > kFirstPick) {
+  } else if (HasGather<Vec>::value && K > first_pick) {
+    if constexpr (HasGather<Vec>::value) {
+      if (candidates) gather_logits<K, 0>(base, stride, live, chosen, weight);
+      else gather_logits<K, kFirstPick>(base, stride, live, chosen, weight);
+    }
+  } else if (K > first_pick) {
     alignas(64) int32_t index[K][kLanes];
-    for (int j = kFirstPick; j < K; ++j) Vec::store_int(index[j], chosen[j]);
+    for (int j = first_pick; j < K; ++j) Vec::store_int(index[j], chosen[j]);
     alignas(64) float picked[K][kLanes];
     for (int l = 0; l < kLanes; ++l)
-      for (int j = kFirstPick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
-    for (int j = kFirstPick; j < K; ++j) weight[j] = Vec::load(picked[j]);
+      for (int j = first_pick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
+    for (int j = first_pick; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   if constexpr (kSigmoid) {
@@ -1266,6 +1278,14 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
     } else {
       for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], scale);
     }
+    store_slots<K>(weight, chosen, weights_out, experts_out);
+    return true;
+  }
+  if (candidates) {
+    store_slots<K>(weight, chosen, logits_out, experts_out);
+    const F Z = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
+    const F inv = Vec::div(Vec::set1(1.0f), Z);
+    for (int j = 0; j < K; ++j) weight[j] = Vec::mul(vexp(Vec::sub(weight[j], row_max)), inv);
     store_slots<K>(weight, chosen, weights_out, experts_out);
     return true;
   }
@@ -1288,8 +1308,10 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 // rows_across_tokens as a call of its own, for E > kLanes (see run_across_tokens).
 template <int K, int kFixedE, bool kSigmoid>
 [[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, int live,
-                                               float* weights_out, int32_t* experts_out, int32_t* counts) {
-  return rows_across_tokens<K, false, kFixedE, kSigmoid>(c, base, stride, live, weights_out, experts_out, counts);
+                                               float* weights_out, int32_t* experts_out, int32_t* counts,
+                                               float* logits_out) {
+  return rows_across_tokens<K, false, kFixedE, kSigmoid>(c, base, stride, live, weights_out, experts_out, counts,
+                                                         logits_out);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -1301,7 +1323,7 @@ template <int K, int kFixedE, bool kSigmoid>
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
-                             float* weights_out, int32_t* experts_out, int32_t* counts) {
+                             float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out) {
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
   int g = 0;
@@ -1309,13 +1331,15 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     const float* rows = base + g * kLanes * stride;
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
+    float* logits = logits_out ? logits_out + g * kLanes * K : nullptr;
     bool routed;
     if constexpr (kOneVector) {
       routed = rows_across_tokens<K, true, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts,
-                                                    tallied ? nullptr : counts, tallied ? &tally : nullptr);
+                                                              tallied ? nullptr : counts, logits,
+                                                              tallied ? &tally : nullptr);
       if (routed && tallied) tally.group_done(c.E, counts);
     } else {
-      routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts);
+      routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts, logits);
     }
     if (!routed) break;
   }
@@ -1331,13 +1355,15 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 constexpr int kFixedColumnsMaxE = 256;
 template <int K, bool kSigmoid, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
-                       int32_t* experts_out, int32_t* counts) {
+                       int32_t* experts_out, int32_t* counts, float* logits_out) {
   if constexpr (kE <= (kSigmoid ? kSigmoidAcrossMaxE : kFixedColumnsMaxE)) {
     if (c.E == kE && stride == kE)
-      return run_across_tokens<K, false, kE, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    return run_columns<K, kSigmoid, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      return run_across_tokens<K, false, kE, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
+                                                       logits_out);
+    return run_columns<K, kSigmoid, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out);
   } else {
-    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
+                                                    logits_out);
   }
 }
 
@@ -1352,19 +1378,24 @@ inline int run_columns(const Config& c, const float* base, int64_t stride, int g
 // NEON, not measured that way, keep E a run-time value there).
 template <bool kSigmoid, int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
-                                float* weights_out, int32_t* experts_out, int32_t* counts) {
+                                float* weights_out, int32_t* experts_out, int32_t* counts,
+                                float* logits_out = nullptr) {
   if constexpr (K < kAcrossMaxK) {
     if (c.K != K)
-      return groups_across_tokens<kSigmoid, K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts);
+      return groups_across_tokens<kSigmoid, K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts,
+                                                   logits_out);
   }
   if (c.E > kLanes) {
-    if constexpr (kLanes == 8) return run_columns<K, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
-    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    if constexpr (kLanes == 8)
+      return run_columns<K, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out);
+    return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
+                                                    logits_out);
   }
   return with_fixed_width(c.E, stride, [&](auto width) {
     // (A width below K never comes, K <= E, and is not instantiated.)
     constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;
-    return run_across_tokens<K, true, kWidth, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts);
+    return run_across_tokens<K, true, kWidth, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
+                                                        logits_out);
   });
 }
 
@@ -1456,6 +1487,46 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     b.sums.counts[e] += counts[e];
     b.sums.counts_valid[e] += counts[e];
   }
+}
+
+// The candidates (rows_across_tokens' logits_out form) of a block's finite rows, across tokens as
+// across_rows takes them (whole groups straight from u, the others gathered), each token's handed to
+// finish(t, experts, scores, logits); the rows with a non-finite logit go to left(row).
+template <class Left, class Finish>
+inline void candidates_across_rows(const RowBlock& b, Left&& left, Finish&& finish) {
+  const Config& c = *b.config;
+  const int E = c.E, K = c.K;
+  alignas(64) float gathered[kLanes * kAcrossMaxE];
+  alignas(64) float scores[kLanes * kAcrossMaxK], logits[kLanes * kAcrossMaxK];
+  alignas(64) int32_t experts[kLanes * kAcrossMaxK];
+  const auto emit = [&](int n, const int64_t* tokens) {
+    for (int l = 0; l < n; ++l) {
+      b.out->invalid[tokens[l]] = 0;
+      finish(tokens[l], experts + l * K, scores + l * K, logits + l * K);
+    }
+  };
+  const auto whole = [&](const float* base, int64_t t0, int groups) {
+    for (int g = 0; g < groups; ++g) {
+      if (groups_across_tokens<false>(c, base + g * kLanes * b.u_stride, b.u_stride, 1, kLanes, scores, experts, nullptr,
+                                      logits) == 0)
+        return g;
+      int64_t tokens[kLanes];
+      for (int l = 0; l < kLanes; ++l) tokens[l] = t0 + g * kLanes + l;
+      emit(kLanes, tokens);
+    }
+    return groups;
+  };
+  const auto take = [&](int i) {
+    if (finite_row(b.u + i * b.u_stride, E)) return true;
+    left(i);
+    return false;
+  };
+  const auto part = [&](float* rows, int n, const int64_t* tokens) {
+    if (E <= kColumnMaxE) pad_group(rows, n, E);
+    groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
+    emit(n, tokens);
+  };
+  by_groups(b, gathered, whole, take, part);
 }
 
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
@@ -1767,7 +1838,7 @@ inline void rows_block(const RowBlock& b) {
     b.group_score->resize(c.options.group_count);
     b.group_order->resize(c.options.group_count);
   }
-  for (int i = 0; i < b.rows; ++i) {
+  const auto token = [&](int i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
 
@@ -1775,7 +1846,7 @@ inline void rows_block(const RowBlock& b) {
     float max;
     const bool invalid = sanitized_copy(src, E, u, &max, row_ahead(b, i), nullptr);
     out.invalid[t] = invalid ? 1 : 0;
-    if (invalid && !sanitize) continue;
+    if (invalid && !sanitize) return;
 
     // 2. Scores and keys.
     const float exp_sum = softmax ? softmax_numerators(u, E, max == -kInf ? 0.0f : max, s) : 0.0f;
@@ -1864,6 +1935,27 @@ inline void rows_block(const RowBlock& b) {
       row.candidate_logit = cand_logit;
       finish_fused(row, t, invalid);
     }
+  };
+
+  // Top-p and threshold with softmax scores and keys (no selection bias, groups or select-then-
+  // softmax), fused and needing nothing else of the token: the finite rows' candidates across tokens
+  // (candidates_across_rows), whose K best scores are then also threshold's top scores; the others
+  // one by one above. (bench/NOTES.md item 75.)
+  const bool across = fused && softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
+                      (c.options.strategy == MOE_STRATEGY_TOP_P || c.options.strategy == MOE_STRATEGY_THRESHOLD) &&
+                      !p.want_losses && !p.want_score_entropy && !p.want_norm && !p.want_full && K <= kAcrossMaxK &&
+                      E <= kAcrossMaxE;
+  if (across) {
+    candidates_across_rows(b, token, [&](int64_t t, const int32_t* experts, const float* scores, const float* logits) {
+      TokenRow row;
+      row.candidate_expert = experts;
+      row.candidate_score = scores;
+      row.candidate_logit = logits;
+      row.top_scores = scores;
+      finish_fused(row, t, false);
+    });
+  } else {
+    for (int i = 0; i < b.rows; ++i) token(i);
   }
 }
 
