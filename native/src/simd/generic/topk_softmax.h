@@ -1436,6 +1436,22 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
   if (n > 0) flush();
 }
 
+// by_groups over the finite rows: a row with a non-finite logit goes to left(row) instead, and the
+// rows past n of a gathered group are copies of its first (pad_group) where the columns read them.
+template <class Whole, class Left, class Part>
+inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, Left&& left, Part&& part) {
+  const int E = b.config->E;
+  const auto take = [&](int i) {
+    if (finite_row(b.u + i * b.u_stride, E)) return true;
+    left(i);
+    return false;
+  };
+  by_groups(b, gathered, whole, take, [&](float* rows, int n, const int64_t* tokens) {
+    if (E <= kColumnMaxE) pad_group(rows, n, E);
+    part(rows, n, tokens);
+  });
+}
+
 // rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
 // straight from u; the rows of a group that holds a non-finite logit, and those after the last
 // whole group, one by one: each finite row is gathered into a group of its own making (the last one
@@ -1464,13 +1480,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     b.sums.k_histogram[K] += done * kLanes;
     return done;
   };
-  const auto take = [&](int i) {
-    if (finite_row(b.u + i * b.u_stride, E)) return true;
-    left(i);
-    return false;
-  };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
-    if (E <= kColumnMaxE) pad_group(rows, n, E);
     groups_across_tokens<kSigmoid>(c, rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
@@ -1482,7 +1492,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     }
     b.sums.k_histogram[K] += n;
   };
-  by_groups(b, gathered, whole, take, part);
+  by_finite_groups(b, gathered, whole, left, part);
   for (int e = 0; e < E; ++e) {
     b.sums.counts[e] += counts[e];
     b.sums.counts_valid[e] += counts[e];
@@ -1516,17 +1526,11 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, Finish&& fini
     }
     return groups;
   };
-  const auto take = [&](int i) {
-    if (finite_row(b.u + i * b.u_stride, E)) return true;
-    left(i);
-    return false;
-  };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
-    if (E <= kColumnMaxE) pad_group(rows, n, E);
     groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
     emit(n, tokens);
   };
-  by_groups(b, gathered, whole, take, part);
+  by_finite_groups(b, gathered, whole, left, part);
 }
 
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
