@@ -1941,22 +1941,32 @@ inline void rows_block(const RowBlock& b) {
     }
   };
 
-  // Top-p and threshold with softmax scores and keys (no selection bias, groups or select-then-
-  // softmax), fused and needing nothing else of the token: the finite rows' candidates across tokens
-  // (candidates_across_rows), whose K best scores are then also threshold's top scores; the others
-  // one by one above. (bench/NOTES.md item 75.)
-  const bool across = fused && softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
-                      (c.options.strategy == MOE_STRATEGY_TOP_P || c.options.strategy == MOE_STRATEGY_THRESHOLD) &&
+  // Top-k (with capacity: not fused), top-p and threshold with softmax scores and keys (no selection
+  // bias, groups or select-then-softmax), needing nothing else of the token: the finite rows'
+  // candidates across tokens (candidates_across_rows), whose K best scores are then also threshold's
+  // top scores; assigned here when fused, else by the core's pass over the candidates. The other
+  // rows one by one above. (bench/NOTES.md items 75-76.)
+  const moe_strategy strategy = c.options.strategy;
+  const bool across = softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
+                      (strategy == MOE_STRATEGY_TOP_K || strategy == MOE_STRATEGY_TOP_P ||
+                       strategy == MOE_STRATEGY_THRESHOLD) &&
                       !p.want_losses && !p.want_score_entropy && !p.want_norm && !p.want_full && K <= kAcrossMaxK &&
                       E <= kAcrossMaxE;
   if (across) {
     candidates_across_rows(b, token, [&](int64_t t, const int32_t* experts, const float* scores, const float* logits) {
-      TokenRow row;
-      row.candidate_expert = experts;
-      row.candidate_score = scores;
-      row.candidate_logit = logits;
-      row.top_scores = scores;
-      finish_fused(row, t, false);
+      if (fused) {
+        TokenRow row;
+        row.candidate_expert = experts;
+        row.candidate_score = scores;
+        row.candidate_logit = logits;
+        row.top_scores = scores;
+        finish_fused(row, t, false);
+        return;
+      }
+      std::memcpy(out.candidate_expert + t * K, experts, K * sizeof(int32_t));
+      std::memcpy(out.candidate_score + t * K, scores, K * sizeof(float));
+      std::memcpy(out.candidate_logit + t * K, logits, K * sizeof(float));
+      if (p.want_top_scores) std::memcpy(out.top_scores + t * K, scores, K * sizeof(float));
     });
   } else {
     for (int i = 0; i < b.rows; ++i) token(i);
