@@ -1506,29 +1506,34 @@ template <class Left, class Finish>
 inline void candidates_across_rows(const RowBlock& b, Left&& left, Finish&& finish) {
   const Config& c = *b.config;
   const int E = c.E, K = c.K;
+  // Whole groups go kCandidateRun at a time, so that the choice of kernel is paid a run, not a group.
+  constexpr int kCandidateRun = 8, kRunSlots = kCandidateRun * kLanes * kAcrossMaxK;
   alignas(64) float gathered[kLanes * kAcrossMaxE];
-  alignas(64) float scores[kLanes * kAcrossMaxK], logits[kLanes * kAcrossMaxK];
-  alignas(64) int32_t experts[kLanes * kAcrossMaxK];
-  const auto emit = [&](int n, const int64_t* tokens) {
+  alignas(64) float scores[kRunSlots], logits[kRunSlots];
+  alignas(64) int32_t experts[kRunSlots];
+  const auto emit = [&](int64_t t0, int n) {  // tokens [t0, t0 + n), slots from 0
     for (int l = 0; l < n; ++l) {
-      b.out->invalid[tokens[l]] = 0;
-      finish(tokens[l], experts + l * K, scores + l * K, logits + l * K);
+      b.out->invalid[t0 + l] = 0;
+      finish(t0 + l, experts + l * K, scores + l * K, logits + l * K);
     }
   };
   const auto whole = [&](const float* base, int64_t t0, int groups) {
-    for (int g = 0; g < groups; ++g) {
-      if (groups_across_tokens<false>(c, base + g * kLanes * b.u_stride, b.u_stride, 1, kLanes, scores, experts, nullptr,
-                                      logits) == 0)
-        return g;
-      int64_t tokens[kLanes];
-      for (int l = 0; l < kLanes; ++l) tokens[l] = t0 + g * kLanes + l;
-      emit(kLanes, tokens);
+    for (int g = 0; g < groups;) {
+      const int run = groups - g < kCandidateRun ? groups - g : kCandidateRun;
+      const int done = groups_across_tokens<false>(c, base + g * kLanes * b.u_stride, b.u_stride, run, kLanes, scores,
+                                                   experts, nullptr, logits);
+      emit(t0 + g * kLanes, done * kLanes);
+      g += done;
+      if (done < run) return g;
     }
     return groups;
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
     groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
-    emit(n, tokens);
+    for (int l = 0; l < n; ++l) {
+      b.out->invalid[tokens[l]] = 0;
+      finish(tokens[l], experts + l * K, scores + l * K, logits + l * K);
+    }
   };
   by_finite_groups(b, gathered, whole, left, part);
 }
