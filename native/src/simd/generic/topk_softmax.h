@@ -1149,10 +1149,42 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// A group's selection for normalized softmax weights: its row maxima, the logits of its K experts and
+// the experts, which rows_across_tokens keeps here instead of weighing them (run_across_tokens).
+template <int K>
+struct GroupPicks {
+  F row_max;
+  F logit[K];
+  Vec::I chosen[K];
+};
+
+// The softmax weights of slots whose logits are `weight`, before their scaling: exp(u_j - max), the
+// first slot's 1 (see rows_across_tokens). Returns their sum.
+template <int K>
+[[gnu::always_inline]] inline F slot_exponentials(F row_max, F* weight) {
+  weight[0] = Vec::set1(1.0f);
+  F sum = weight[0];
+  for (int j = 1; j < K; ++j) {
+    weight[j] = vexp(Vec::sub(weight[j], row_max));
+    sum = Vec::add(sum, weight[j]);
+  }
+  return sum;
+}
+
+// The weights times scale / sum, stored with their experts as kLanes rows of K.
+template <int K>
+[[gnu::always_inline]] inline void store_scaled_slots(const Config& c, F sum, F* weight, const Vec::I* chosen,
+                                                      float* weights_out, int32_t* experts_out) {
+  const F factor = Vec::div(Vec::set1(static_cast<float>(c.options.scale)), sum);
+  for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
+  store_slots<K>(weight, chosen, weights_out, experts_out);
+}
+
 template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts,
-                                                      float* logits_out, NibbleTally* tally = nullptr) {
+                                                      float* logits_out, NibbleTally* tally = nullptr,
+                                                      GroupPicks<K>* picks = nullptr) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kFixedE ? kFixedE : c.E;
   if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
@@ -1289,18 +1321,19 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
     store_slots<K>(weight, chosen, weights_out, experts_out);
     return true;
   }
-  weight[0] = Vec::set1(1.0f);
-  F sum = weight[0];
-  for (int j = 1; j < K; ++j) {
-    weight[j] = vexp(Vec::sub(weight[j], row_max));
-    sum = Vec::add(sum, weight[j]);
+  if (picks) {  // (normalized weights only)
+    picks->row_max = row_max;
+    for (int j = 0; j < K; ++j) {
+      picks->logit[j] = weight[j];
+      picks->chosen[j] = chosen[j];
+    }
+    return true;
   }
+  F sum = slot_exponentials<K>(row_max, weight);
   // normalize: false, the weights are the scores exp(u_j - max) / Z, Z over every expert (>= 1).
   if (!c.normalize)
     sum = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
-  const F factor = Vec::div(scale, sum);
-  for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], factor);
-  store_slots<K>(weight, chosen, weights_out, experts_out);
+  store_scaled_slots<K>(c, sum, weight, chosen, weights_out, experts_out);
   return true;
 }
 #pragma GCC diagnostic pop
@@ -1321,11 +1354,27 @@ template <int K, int kFixedE, bool kSigmoid>
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
+// For E <= kLanes and K <= kDeferMaxK, normalized softmax weights are computed kDeferGroups groups at
+// a time after their selections (GroupPicks): such a group's selection is short, and the exponential
+// and division of its weights, ~80 cycles of dependent steps at its end, did not overlap the next
+// group's work (logits E = 8, K = 2, in cache, one thread: 60% of the samples on that chain; deferred,
+// -16%; bench/NOTES.md item 77). With K = 8, or the column path's longer groups, it lost.
+constexpr int kDeferGroups = 4, kDeferMaxK = 4;  // (K = 1 has no weights to compute)
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out) {
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
+  constexpr bool kDeferable = kOneVector && !kSigmoid && K > 1 && K <= kDeferMaxK;
+  const bool defer = kDeferable && !logits_out && c.normalize;
+  GroupPicks<K> picks[kDeferable ? kDeferGroups : 1];
+  const auto weigh = [&](int first, int end) {  // the deferred groups [first, end)
+    for (int g = first; g < end; ++g) {
+      GroupPicks<K>& p = picks[g % kDeferGroups];
+      store_scaled_slots<K>(c, slot_exponentials<K>(p.row_max, p.logit), p.logit, p.chosen,
+                            weights_out + g * kLanes * K, experts_out + g * kLanes * K);
+    }
+  };
   int g = 0;
   for (; g < groups; ++g) {
     const float* rows = base + g * kLanes * stride;
@@ -1336,13 +1385,16 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     if constexpr (kOneVector) {
       routed = rows_across_tokens<K, true, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts,
                                                               tallied ? nullptr : counts, logits,
-                                                              tallied ? &tally : nullptr);
+                                                              tallied ? &tally : nullptr,
+                                                              defer ? &picks[g % kDeferGroups] : nullptr);
       if (routed && tallied) tally.group_done(c.E, counts);
     } else {
       routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts, logits);
     }
     if (!routed) break;
+    if (defer && g % kDeferGroups == kDeferGroups - 1) weigh(g + 1 - kDeferGroups, g + 1);
   }
+  if (defer) weigh(g - g % kDeferGroups, g);
   if (tallied) tally.flush(c.E, counts);
   return g;
 }
