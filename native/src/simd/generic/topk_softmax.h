@@ -1180,6 +1180,28 @@ template <int K>
   store_slots<K>(weight, chosen, weights_out, experts_out);
 }
 
+// Sigmoid weights sigma(u_j) of slots whose logits are `weight`, as the token-by-token path weighs
+// them (rows_by_logit_order): normalized, a zero sum (every sigmoid 0) gives scale / K each; the sum
+// runs over the slots in order. Stored with their experts as kLanes rows of K.
+template <int K>
+[[gnu::always_inline]] inline void store_sigmoid_slots(const Config& c, F* weight, const Vec::I* chosen,
+                                                       float* weights_out, int32_t* experts_out) {
+  const F scale = Vec::set1(static_cast<float>(c.options.scale));
+  F sum = Vec::zero();
+  for (int j = 0; j < K; ++j) {
+    weight[j] = vsigmoid(weight[j]);
+    sum = Vec::add(sum, weight[j]);
+  }
+  if (c.normalize) {
+    const F factor = Vec::div(scale, sum), even = Vec::div(scale, Vec::set1(static_cast<float>(K)));
+    const M none = Vec::eq(sum, Vec::zero());
+    for (int j = 0; j < K; ++j) weight[j] = Vec::select(none, even, Vec::mul(weight[j], factor));
+  } else {
+    for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], scale);
+  }
+  store_slots<K>(weight, chosen, weights_out, experts_out);
+}
+
 template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts,
@@ -1294,24 +1316,11 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
       for (int j = first_pick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
     for (int j = first_pick; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
-  const F scale = Vec::set1(static_cast<float>(c.options.scale));
   if constexpr (kSigmoid) {
-    // As the token-by-token path weighs them (rows_by_logit_order): a zero sum (every sigmoid 0)
-    // gives scale / K each; the sum here runs over the slots in order.
-    F sum = Vec::zero();
-    for (int j = 0; j < K; ++j) {
-      weight[j] = vsigmoid(weight[j]);
-      sum = Vec::add(sum, weight[j]);
+    if (!picks) {
+      store_sigmoid_slots<K>(c, weight, chosen, weights_out, experts_out);
+      return true;
     }
-    if (c.normalize) {
-      const F factor = Vec::div(scale, sum), even = Vec::div(scale, Vec::set1(static_cast<float>(K)));
-      const M none = Vec::eq(sum, Vec::zero());
-      for (int j = 0; j < K; ++j) weight[j] = Vec::select(none, even, Vec::mul(weight[j], factor));
-    } else {
-      for (int j = 0; j < K; ++j) weight[j] = Vec::mul(weight[j], scale);
-    }
-    store_slots<K>(weight, chosen, weights_out, experts_out);
-    return true;
   }
   if (candidates) {
     store_slots<K>(weight, chosen, logits_out, experts_out);
@@ -1321,7 +1330,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
     store_slots<K>(weight, chosen, weights_out, experts_out);
     return true;
   }
-  if (picks) {  // (normalized weights only)
+  if (picks) {  // (sigmoid weights, or normalized softmax ones)
     picks->row_max = row_max;
     for (int j = 0; j < K; ++j) {
       picks->logit[j] = weight[j];
@@ -1354,25 +1363,28 @@ template <int K, int kFixedE, bool kSigmoid>
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
-// For E <= kLanes and K <= kDeferMaxK, normalized softmax weights are computed kDeferGroups groups at
-// a time after their selections (GroupPicks): such a group's selection is short, and the exponential
-// and division of its weights, ~80 cycles of dependent steps at its end, did not overlap the next
-// group's work (logits E = 8, K = 2, in cache, one thread: 60% of the samples on that chain; deferred,
-// -16%; bench/NOTES.md item 77). With K = 8, or the column path's longer groups, it lost.
-constexpr int kDeferGroups = 4, kDeferMaxK = 4;  // (K = 1 has no weights to compute)
+// For E <= kLanes and K <= kDeferMaxK, normalized softmax weights and sigmoid weights are computed
+// kDeferGroups groups at a time after their selections (GroupPicks): such a group's selection is
+// short, and the exponential and division of its weights, ~80 cycles of dependent steps at its end,
+// did not overlap the next group's work (logits E = 8, K = 2, in cache, one thread: 60% of the
+// samples on that chain; deferred, -18%; bench/NOTES.md item 77). With K = 8, or the column path's
+// longer groups, it lost; softmax's K = 1 has no weights to compute.
+constexpr int kDeferGroups = 4, kDeferMaxK = 4, kDeferMaxSigmoidK = 2;
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out) {
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
-  constexpr bool kDeferable = kOneVector && !kSigmoid && K > 1 && K <= kDeferMaxK;
-  const bool defer = kDeferable && !logits_out && c.normalize;
+  constexpr bool kDeferable = kOneVector && (kSigmoid ? K <= kDeferMaxSigmoidK : K > 1 && K <= kDeferMaxK);
+  const bool defer = kDeferable && !logits_out && (kSigmoid || c.normalize);
   GroupPicks<K> picks[kDeferable ? kDeferGroups : 1];
   const auto weigh = [&](int first, int end) {  // the deferred groups [first, end)
     for (int g = first; g < end; ++g) {
       GroupPicks<K>& p = picks[g % kDeferGroups];
-      store_scaled_slots<K>(c, slot_exponentials<K>(p.row_max, p.logit), p.logit, p.chosen,
-                            weights_out + g * kLanes * K, experts_out + g * kLanes * K);
+      float* weights = weights_out + g * kLanes * K;
+      int32_t* experts = experts_out + g * kLanes * K;
+      if constexpr (kSigmoid) store_sigmoid_slots<K>(c, p.logit, p.chosen, weights, experts);
+      else store_scaled_slots<K>(c, slot_exponentials<K>(p.row_max, p.logit), p.logit, p.chosen, weights, experts);
     }
   };
   int g = 0;
