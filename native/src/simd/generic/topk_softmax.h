@@ -1145,12 +1145,14 @@ inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_
 // With logits_out (softmax keys only, and no counts), the K slots are candidates instead: their
 // softmax scores exp(u_j - max) / Z (Z over every expert, as the token-by-token path forms them) in
 // weights_out and their logits in logits_out, for a strategy to decide k from (candidates_across_rows).
+// With picks (normalized softmax or sigmoid weights, no logits_out), the selection is kept there and
+// nothing is stored: run_across_tokens weighs it later.
 // (GCC 12 reports column[used..) after narrow_columns, and the columns and best that the selection
 // fills, as maybe uninitialized: none is read before it is written.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-// A group's selection for normalized softmax weights: its row maxima, the logits of its K experts and
-// the experts, which rows_across_tokens keeps here instead of weighing them (run_across_tokens).
+// A group's selection, kept by rows_across_tokens for run_across_tokens to weigh later (normalized
+// softmax or sigmoid weights): its row maxima, the logits of its K experts and the experts.
 template <int K>
 struct GroupPicks {
   F row_max;
@@ -1363,12 +1365,13 @@ template <int K, int kFixedE, bool kSigmoid>
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
-// For E <= kLanes and K <= kDeferMaxK, normalized softmax weights and sigmoid weights are computed
-// kDeferGroups groups at a time after their selections (GroupPicks): such a group's selection is
-// short, and the exponential and division of its weights, ~80 cycles of dependent steps at its end,
-// did not overlap the next group's work (logits E = 8, K = 2, in cache, one thread: 60% of the
-// samples on that chain; deferred, -18%; bench/NOTES.md item 77). With K = 8, or the column path's
-// longer groups, it lost; softmax's K = 1 has no weights to compute.
+// For E <= kLanes, normalized softmax weights (1 < K <= kDeferMaxK) and sigmoid weights (K <=
+// kDeferMaxSigmoidK) are computed kDeferGroups groups at a time after their selections (GroupPicks):
+// such a group's selection is short, and the exponential (or sigmoid) and division of its weights,
+// ~80 cycles of dependent steps at its end, did not overlap the next group's work (logits E = 8, K =
+// 2, in cache, one thread: 60% of the samples on that chain; deferred, -18%; bench/NOTES.md item 77).
+// Softmax with K = 8, sigmoid with K = 4 and the column path's longer groups lost; softmax's K = 1
+// has no weights to compute.
 constexpr int kDeferGroups = 4, kDeferMaxK = 4, kDeferMaxSigmoidK = 2;
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
