@@ -1612,14 +1612,15 @@ constexpr float kLossFloor = -88.0f;
 // The loss terms (SPEC §7) of kLanes tokens at once, one per lane: the rows at base (stride
 // `stride`), every logit finite, the live tokens in lanes [0, live). With m the row's maximum,
 // v_e = u_e - m, S = sum_e exp(v_e) and p_e = exp(v_e) / S: m, S and sum_e p_e v_e into max, sum
-// and p_dot_v (a lane each), and p_e added to p_lanes[e] lane by lane (the lanes past live add 0).
+// and p_dot_v (a lane each), and p_e added to p_lanes[e] lane by lane (the lanes past live add 0), or
+// with `first` stored there (p_lanes[e] for e >= E are never written: add_to_p_sum drops them).
 // The caller takes the entropy -sum_e p_e ln p_e = sum_e p_e (ln S - v_e) = ln S - sum_e p_e v_e:
 // one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
 // scratch of padded(E) vectors. kFixedE, when not 0, is E, a power of two up to kLanes with the
 // rows back to back (below kLanes narrow_columns, at kLanes load_columns with every bound known).
 template <int kFixedE = 0>
-inline void group_losses(const float* base, int E, int64_t stride, int live, F* columns, F* p_lanes, F& max,
-                         F& sum, F& p_dot_v) {
+inline void group_losses(const float* base, int E, int64_t stride, int live, bool first, F* columns, F* p_lanes,
+                         F& max, F& sum, F& p_dot_v) {
   if constexpr (kFixedE > 0) E = stride = kFixedE;  // (the same values, now constants)
   F lane_max[4] = {Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf), Vec::set1(-kInf)};
   if constexpr (kFixedE > 0 && kFixedE < kLanes) {
@@ -1630,7 +1631,8 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
     if constexpr (kFixedE == 0) {
       const bool fixed = with_fixed_width(E, stride, [&](auto width) {
         constexpr int kWidth = decltype(width)::value;
-        if constexpr (kWidth > 0) group_losses<kWidth>(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+        if constexpr (kWidth > 0)
+          group_losses<kWidth>(base, E, stride, live, first, columns, p_lanes, max, sum, p_dot_v);
         return kWidth > 0;
       });
       if (fixed) return;
@@ -1662,7 +1664,11 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, F* 
   const F inv = Vec::div(Vec::set1(1.0f), sum);
   p_dot_v = Vec::mul(Vec::add(dot[0], dot[1]), inv);
   const F inv_live = Vec::select(Vec::first(live), inv, Vec::zero());
-  for (int e = 0; e < E; ++e) p_lanes[e] = Vec::fmadd(columns[e], inv_live, p_lanes[e]);
+  if (first) {
+    for (int e = 0; e < E; ++e) p_lanes[e] = Vec::mul(columns[e], inv_live);
+  } else {
+    for (int e = 0; e < E; ++e) p_lanes[e] = Vec::fmadd(columns[e], inv_live, p_lanes[e]);
+  }
 }
 
 // The losses of a block's valid rows, for the default routing after its selection: group_losses
@@ -1678,14 +1684,9 @@ inline void losses_across_tokens(const RowBlock& b) {
   F* columns = reinterpret_cast<F*>(b.loss_scratch);
   F* p_lanes = columns + padded(E);
   float* gathered = reinterpret_cast<float*>(p_lanes + padded(E));  // kLanes rows of E
-  int groups = 0;
-  bool zeroed = false;  // p_lanes, on the first group (past E they stay 0)
+  int groups = 0;  // in p_lanes (the first of them stores its probabilities there)
   const auto add_p = [&] {
-    add_to_p_sum(b.sums.p_sum, E, [&](int e0) {
-      const F p = sum_lanes(p_lanes + e0);
-      for (int e = e0; e < e0 + kLanes; ++e) p_lanes[e] = Vec::zero();
-      return p;
-    });
+    add_to_p_sum(b.sums.p_sum, E, [&](int e0) { return sum_lanes(p_lanes + e0); });
     groups = 0;
   };
   // Token t's logsumexp m + ln S and entropy ln S - sum_e p_e v_e. ln S in double, as the oracle takes
@@ -1697,12 +1698,8 @@ inline void losses_across_tokens(const RowBlock& b) {
     out.loss_entropy[t] = log_sum - p_dot_v;
   };
   const auto group = [&](const float* base, int64_t stride, int live, const int64_t* tokens) {
-    if (!zeroed) {
-      for (int e = 0; e < (E + kLanes - 1) / kLanes * kLanes; ++e) p_lanes[e] = Vec::zero();
-      zeroed = true;
-    }
     F max, sum, p_dot_v;
-    group_losses(base, E, stride, live, columns, p_lanes, max, sum, p_dot_v);
+    group_losses(base, E, stride, live, groups == 0, columns, p_lanes, max, sum, p_dot_v);
     alignas(64) float lane_max[kLanes], lane_sum[kLanes], lane_p_dot_v[kLanes];
     Vec::store(lane_max, max);
     Vec::store(lane_sum, sum);
