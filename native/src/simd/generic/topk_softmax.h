@@ -1566,30 +1566,103 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   }
 }
 
+// Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
+// of K (candidates_across_rows' buffers; scores in descending order): k_t, the slots (expert -1 past
+// k_t) and the weights, as select_slots and slot_weights give them for scores that are not softmax
+// weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
+// least float >= threshold); top-p's cumulative sums are f32, so a lane whose sum comes within
+// kTopPUnsure of p at a step that could decide k_t is left to the exact path: its bit is set in the
+// mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
+// is 0), or s_j with normalize off, times scale; empty slots 0.
+constexpr float kTopPUnsure = 2e-6f;  // > K f32 roundings of a sum <= 1 (and p's own), K <= 8
+inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, const int32_t* experts,
+                                  const float* scores, int32_t* experts_out, float* weights_out, int32_t* k_out) {
+  const int K = c.K;
+  alignas(64) float slot_score[kAcrossMaxK][kLanes];
+  alignas(64) int32_t slot_expert[kAcrossMaxK][kLanes];
+  for (int j = 0; j < K; ++j)
+    for (int l = 0; l < kLanes; ++l) {
+      const int from = (l < n ? l : 0) * K + j;
+      slot_score[j][l] = scores[from];
+      slot_expert[j][l] = experts[from];
+    }
+  Vec::I k = Vec::int_set1(K);
+  uint32_t unsure = 0;
+  if (c.options.strategy == MOE_STRATEGY_TOP_P) {
+    const F p = Vec::set1(static_cast<float>(kp.top_p)), near = Vec::set1(kTopPUnsure);
+    // (Scores >= 0: the sum never falls back below p once it reached it, so the lanes decided before
+    // step j are those whose sum reached p at step j - 1.)
+    F cumulative = Vec::zero();
+    M decided = Vec::lt(near, Vec::zero());  // (none)
+    for (int j = 0; j < K; ++j) {
+      cumulative = Vec::add(cumulative, Vec::load(slot_score[j]));
+      unsure |= Vec::bits(Vec::mask_andnot(decided, Vec::lt(Vec::abs(Vec::sub(cumulative, p)), near)));
+      const M reached = Vec::ge(cumulative, p);
+      k = Vec::to_bits(Vec::select(Vec::mask_andnot(decided, reached), Vec::from_bits(Vec::int_set1(j + 1)),
+                                   Vec::from_bits(k)));
+      decided = reached;
+    }
+  } else {  // threshold: s >= threshold in double is s >= the least float >= threshold
+    float least = static_cast<float>(kp.threshold);
+    if (static_cast<double>(least) < kp.threshold) least = std::nextafter(least, kInf);
+    const F threshold = Vec::set1(least);
+    k = Vec::int_set1(0);
+    const F one = Vec::from_bits(Vec::int_set1(1)), none = Vec::zero();
+    for (int j = 0; j < K; ++j)
+      k = Vec::int_add(k, Vec::to_bits(Vec::select(Vec::ge(Vec::load(slot_score[j]), threshold), one, none)));
+  }
+  k = Vec::int_min(Vec::int_max(k, Vec::int_set1(c.kmin)), Vec::int_set1(K));
+
+  F sum = Vec::zero();
+  M kept[kAcrossMaxK];
+  for (int j = 0; j < K; ++j) {
+    kept[j] = Vec::int_gt(k, Vec::int_set1(j));
+    sum = Vec::add(sum, Vec::select(kept[j], Vec::load(slot_score[j]), Vec::zero()));
+  }
+  const F scale = Vec::set1(static_cast<float>(c.options.scale));
+  const M positive = Vec::gt(sum, Vec::zero());
+  const F even = Vec::div(Vec::set1(1.0f), Vec::to_float(k));
+  for (int j = 0; j < K; ++j) {
+    const F score = Vec::load(slot_score[j]);
+    const F w = !c.normalize ? score : Vec::select(positive, Vec::div(score, sum), even);
+    Vec::store(slot_score[j], Vec::select(kept[j], Vec::mul(w, scale), Vec::zero()));
+    Vec::store_int(slot_expert[j],
+                   Vec::to_bits(Vec::select(kept[j], Vec::from_bits(Vec::int_load(slot_expert[j])),
+                                            Vec::from_bits(Vec::int_set1(-1)))));
+  }
+  alignas(64) int32_t lane_k[kLanes];
+  Vec::store_int(lane_k, k);
+  for (int l = 0; l < n; ++l) {
+    k_out[l] = lane_k[l];
+    for (int j = 0; j < K; ++j) {
+      experts_out[l * K + j] = slot_expert[j][l];
+      weights_out[l * K + j] = slot_score[j][l];
+    }
+  }
+  return unsure & ((n < 32 ? 1u << n : 0u) - 1u);
+}
+
 // The candidates (rows_across_tokens' logits_out form) of a block's finite rows, across tokens as
-// across_rows takes them (whole groups straight from u, the others gathered), each token's handed to
-// finish(t, experts, scores, logits); the rows with a non-finite logit go to left(row).
-template <class Left, class Finish>
-inline void candidates_across_rows(const RowBlock& b, Left&& left, Finish&& finish) {
+// across_rows takes them (whole groups straight from u, the others gathered), handed to
+// finish_run(tokens, t0, n, experts, scores, logits): n tokens, tokens[l] (or t0 + l where tokens is
+// null), their slots in rows of K; the rows with a non-finite logit go to left(row).
+template <class Left, class FinishRun>
+inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& finish_run) {
   const Config& c = *b.config;
-  const int E = c.E, K = c.K;
+  const int E = c.E;
   // Whole groups go kCandidateRun at a time, so that the choice of kernel is paid a run, not a group.
   constexpr int kCandidateRun = 8, kRunSlots = kCandidateRun * kLanes * kAcrossMaxK;
   alignas(64) float gathered[kLanes * kAcrossMaxE];
   alignas(64) float scores[kRunSlots], logits[kRunSlots];
   alignas(64) int32_t experts[kRunSlots];
-  const auto emit = [&](int64_t t0, int n) {  // tokens [t0, t0 + n), slots from 0
-    for (int l = 0; l < n; ++l) {
-      b.out->invalid[t0 + l] = 0;
-      finish(t0 + l, experts + l * K, scores + l * K, logits + l * K);
-    }
-  };
   const auto whole = [&](const float* base, int64_t t0, int groups) {
     for (int g = 0; g < groups;) {
       const int run = groups - g < kCandidateRun ? groups - g : kCandidateRun;
       const int done = groups_across_tokens<false>(c, base + g * kLanes * b.u_stride, b.u_stride, run, kLanes, scores,
                                                    experts, nullptr, logits);
-      emit(t0 + g * kLanes, done * kLanes);
+      const int64_t first = t0 + g * kLanes;
+      std::memset(b.out->invalid + first, 0, static_cast<size_t>(done) * kLanes);
+      finish_run(nullptr, first, done * kLanes, experts, scores, logits);
       g += done;
       if (done < run) return g;
     }
@@ -1597,10 +1670,8 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, Finish&& fini
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
     groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
-    for (int l = 0; l < n; ++l) {
-      b.out->invalid[tokens[l]] = 0;
-      finish(tokens[l], experts + l * K, scores + l * K, logits + l * K);
-    }
+    for (int l = 0; l < n; ++l) b.out->invalid[tokens[l]] = 0;
+    finish_run(tokens, 0, n, experts, scores, logits);
   };
   by_finite_groups(b, gathered, whole, left, part);
 }
@@ -2022,7 +2093,7 @@ inline void rows_block(const RowBlock& b) {
                       !p.want_losses && !p.want_score_entropy && !p.want_norm && !p.want_full && K <= kAcrossMaxK &&
                       E <= kAcrossMaxE;
   if (across) {
-    candidates_across_rows(b, token, [&](int64_t t, const int32_t* experts, const float* scores, const float* logits) {
+    const auto finish = [&](int64_t t, const int32_t* experts, const float* scores, const float* logits) {
       if (fused) {
         TokenRow row;
         row.candidate_expert = experts;
@@ -2036,7 +2107,52 @@ inline void rows_block(const RowBlock& b) {
       std::memcpy(out.candidate_score + t * K, scores, K * sizeof(float));
       std::memcpy(out.candidate_logit + t * K, logits, K * sizeof(float));
       if (p.want_top_scores) std::memcpy(out.top_scores + t * K, scores, K * sizeof(float));
-    });
+    };
+    // Fused (top-p or threshold), the tokens' k_t, slots and weights come kLanes at a time from
+    // finish_candidates (top-p's unsure lanes from the exact path; every finite token goes this way,
+    // alone or in a batch): token by token, assign_token's division a kept slot and its missed branch
+    // where k_t ends were ~40% of top-p's time for logits E = 64 (bench/NOTES.md item 79).
+    const auto finish_run = [&](const int64_t* tokens, int64_t t0, int n, const int32_t* experts, const float* scores,
+                                const float* logits) {
+      const auto token_of = [&](int l) { return tokens ? tokens[l] : t0 + l; };
+      for (int l0 = 0; l0 < n; l0 += kLanes) {
+        const int lanes = n - l0 < kLanes ? n - l0 : kLanes;
+        const int32_t* group_experts = experts + l0 * K;
+        const float* group_scores = scores + l0 * K;
+        const float* group_logits = logits + l0 * K;
+        uint32_t unsure = ~0u;  // (not fused: every token's candidates to the stage)
+        alignas(64) int32_t k[kLanes], slot_experts[kLanes * kAcrossMaxK];
+        alignas(64) float slot_weights[kLanes * kAcrossMaxK];
+        // A run's slots straight into the outputs, a gathered group's through the arrays above.
+        int32_t* experts_out = tokens ? slot_experts : nullptr;
+        float* weights_out = tokens ? slot_weights : nullptr;
+        if (fused) {
+          if (!tokens) {
+            experts_out = fused->experts + (t0 + l0) * K;
+            weights_out = fused->weights + (t0 + l0) * K;
+          }
+          unsure = finish_candidates(c, *p.k_params, lanes, group_experts, group_scores, experts_out, weights_out, k);
+        }
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t t = token_of(l0 + l);
+          if (unsure >> l & 1) {
+            finish(t, group_experts + l * K, group_scores + l * K, group_logits + l * K);
+            continue;
+          }
+          if (tokens) {
+            std::memcpy(fused->experts + t * K, experts_out + l * K, K * sizeof(int32_t));
+            std::memcpy(fused->weights + t * K, weights_out + l * K, K * sizeof(float));
+          }
+          fused->experts_per_token[t] = k[l];
+          ++b.sums.k_histogram[k[l]];
+          for (int j = 0; j < k[l]; ++j) {
+            ++b.sums.counts[group_experts[l * K + j]];
+            ++b.sums.counts_valid[group_experts[l * K + j]];
+          }
+        }
+      }
+    };
+    candidates_across_rows(b, token, finish_run);
   } else {
     for (int i = 0; i < b.rows; ++i) token(i);
   }
