@@ -1567,9 +1567,9 @@ inline void across_rows(const RowBlock& b, Left&& left) {
 }
 
 // Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
-// of K (candidates_across_rows' buffers; scores in descending order): k_t, the slots (expert -1 past
-// k_t) and the weights, as select_slots and slot_weights give them for scores that are not softmax
-// weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
+// of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
+// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as select_slots and
+// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
 // least float >= threshold); top-p's cumulative sums are f32, so a lane whose sum comes within
 // kTopPUnsure of p at a step that could decide k_t is left to the exact path: its bit is set in the
 // mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
