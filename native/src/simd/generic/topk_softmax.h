@@ -2145,9 +2145,11 @@ inline void rows_block(const RowBlock& b) {
           }
           fused->experts_per_token[t] = k[l];
           ++b.sums.k_histogram[k[l]];
-          for (int j = 0; j < k[l]; ++j) {
-            ++b.sums.counts[group_experts[l * K + j]];
-            ++b.sums.counts_valid[group_experts[l * K + j]];
+          // Every slot adds whether it is kept: a loop to k_t missed its end once a token.
+          for (int j = 0; j < K; ++j) {
+            const int64_t kept = j < k[l];
+            b.sums.counts[group_experts[l * K + j]] += kept;
+            b.sums.counts_valid[group_experts[l * K + j]] += kept;
           }
         }
       }
