@@ -1318,6 +1318,8 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
       for (int j = first_pick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
     for (int j = first_pick; j < K; ++j) weight[j] = Vec::load(picked[j]);
   }
+  // (Sigmoid's deferred picks are kept below with softmax's: this order leaves the softmax instance's
+  // code as it was; keeping them first cost logits E = 8, K = 2 3%, bench/NOTES.md item 77.)
   if constexpr (kSigmoid) {
     if (!picks) {
       store_sigmoid_slots<K>(c, weight, chosen, weights_out, experts_out);
@@ -1569,10 +1571,10 @@ inline void across_rows(const RowBlock& b, Left&& left) {
 // Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
 // of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
 // -1 past k_t) and the weights into experts_out and weights_out (rows of K), as select_slots and
-// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
-// least float >= threshold); top-p's cumulative sums are f32, so a lane whose sum comes within
-// kTopPUnsure of p at a step that could decide k_t is left to the exact path: its bit is set in the
-// mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
+// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double.
+// Threshold's test s_j >= threshold is exact (against the least float >= threshold); top-p's
+// cumulative sums are f32, so a lane whose sum comes within kTopPUnsure of p at a step that could
+// decide k_t is left to the exact path: its bit is set in the mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
 // is 0), or s_j with normalize off, times scale; empty slots 0.
 constexpr float kTopPUnsure = 2e-6f;  // > K f32 roundings of a sum <= 1 (and p's own), K <= 8
 inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, const int32_t* experts,
@@ -2145,7 +2147,9 @@ inline void rows_block(const RowBlock& b) {
           }
           fused->experts_per_token[t] = k[l];
           ++b.sums.k_histogram[k[l]];
-          // Every slot adds whether it is kept: a loop to k_t missed its end once a token.
+          // Every slot adds whether it is kept: a loop to k_t missed its end once a token. (Into the
+          // int64 sums directly: a block-local int32 tally, as across_rows keeps, measured 5-15%
+          // slower for E = 8, K = 2, its stores read as possible aliases of the int32 slots'.)
           for (int j = 0; j < K; ++j) {
             const int64_t kept = j < k[l];
             b.sums.counts[group_experts[l * K + j]] += kept;
