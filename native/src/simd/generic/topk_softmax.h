@@ -422,8 +422,14 @@ constexpr int kSelectThenSoftmaxAcrossMaxE = 32;
 constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 // Sigmoid scores' keys (logit_key) on d = min(max, 0) - u: b bits of position cost up to
 // 0.56 2^(b-23) max_s (max <= 0) or 0.45 2^(b-23) max_s (max > 0), within SPEC §10's 1e-5 max_s for
-// b <= 7 (docs/semantics.md §13). (And only where the columns hold them: AVX-512's 32.)
-constexpr int kSigmoidAcrossMaxE = kColumnMaxE < 128 ? kColumnMaxE : 128;
+// b <= 7 (docs/semantics.md §13). knockout_keys keys softmax only, so sigmoid rows take the columns
+// up to that E on every ISA, AVX-512's 33-128 too (until item 80 of bench/NOTES.md those went token
+// by token there: E = 64 ~5x the columns' time).
+constexpr int kSigmoidAcrossMaxE = 128;
+static_assert(kSigmoidAcrossMaxE <= kAcrossMaxE, "sigmoid rows across tokens");
+// The most experts whose columns rows_across_tokens keeps (column_keys), by scoring.
+template <bool kSigmoid>
+constexpr int kColumnsMaxE = kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE;
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
 inline void compare_swap(Vec::I& a, Vec::I& b) {
@@ -950,12 +956,13 @@ struct ColumnMax {
 // Zen 3 a broadcast from a register takes the one pipe that also runs the transposes' cross-lane
 // shuffles (vperm2f128, one a cycle each, the two together half as fast), and from memory only the
 // load unit (in cache, one thread: logits E = 64 -3%, E = 256 -3 to -16%; bench/NOTES.md item 50).
+constexpr int kExpertIndexes = kColumnMaxE > kSigmoidAcrossMaxE ? kColumnMaxE : kSigmoidAcrossMaxE;
 struct ExpertIndex {
-  int32_t of[kColumnMaxE];
+  int32_t of[kExpertIndexes];
 };
 constexpr ExpertIndex make_expert_index() {
   ExpertIndex x{};
-  for (int e = 0; e < kColumnMaxE; ++e) x.of[e] = e;
+  for (int e = 0; e < kExpertIndexes; ++e) x.of[e] = e;
   return x;
 }
 alignas(64) constexpr ExpertIndex kExpertIndex = make_expert_index();
@@ -1021,7 +1028,7 @@ template <int L, int kFixedE, bool kSigmoid>
   return keys_finite(worst, base, stride, kLanes, E, kSigmoid ? &best[0] : nullptr);
 }
 
-// The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnMaxE experts, sorted,
+// The L smallest keys of kLanes tokens (one per lane) of kLanes < E <= kColumnsMaxE experts, sorted,
 // into best[0..L), and each token's largest logit into row_max, from the columns: a first pass
 // loads them a vector of experts at a time into columns[0, E) (and up to a whole L) and takes each
 // lane's maximum, the second their keys (into keys[0, E) unless null), and from them the check
@@ -1218,7 +1225,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
                value_bits = Vec::int_set1((0x7fffffff | sign_bit) & ~((1 << bits) - 1));
   Vec::I best[L];
   F row_max;
-  // The columns of E <= kColumnMaxE, for E <= kLanes in registers with their keys (the weights of
+  // The columns of E <= kColumnsMaxE, for E <= kLanes in registers with their keys (the weights of
   // E <= 8 are picked from them), otherwise in memory; and for the counts of E <= 6K the keys, which
   // are compared with the K-th smallest (about 6 operations an expert; otherwise add_slot_counts,
   // about 2 a slot: logits-256x8 spent a fifth of its operations on the first way). Where
@@ -1226,7 +1233,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   // the masks took E = 24, K = 6 3% less time and E = 32, K = 8 5% less, E = 16 the same, and E = 4
   // and 8 27% and 15% more (bench/NOTES.md item 20). In memory the keys are written over their
   // columns.
-  constexpr int kColumns = kOneVector ? kLanes : kColumnMaxE;
+  constexpr int kColumns = kOneVector ? kLanes : kColumnsMaxE<kSigmoid>;
   constexpr int kKeyCountMaxE = HasAddCounts<Vec>::value ? kLanes : kColumnMaxE;
   alignas(64) F columns[kColumns];
   F vector_key[kOneVector ? kLanes : 1];
@@ -1240,7 +1247,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
       if (E > kColumnMaxE)
         finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
-    if (E <= kColumnMaxE) {
+    if (E <= kColumnsMaxE<kSigmoid>) {
       F* column_keys_out = count_keys ? keys : nullptr;
       // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
       // on AVX2, 1 on AVX-512; sigmoid keys, up to kSigmoidAcrossMaxE, take 1.)
@@ -1506,8 +1513,9 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
 }
 
 // by_groups over the finite rows: a row with a non-finite logit goes to left(row) instead, and the
-// rows past n of a gathered group are copies of its first (pad_group) where the columns read them.
-template <class Whole, class Left, class Part>
+// rows past n of a gathered group are copies of its first (pad_group) where the columns (of kSigmoid's
+// scoring) read them.
+template <bool kSigmoid, class Whole, class Left, class Part>
 inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, Left&& left, Part&& part) {
   const int E = b.config->E;
   const auto take = [&](int i) {
@@ -1516,7 +1524,7 @@ inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, 
     return false;
   };
   by_groups(b, gathered, whole, take, [&](float* rows, int n, const int64_t* tokens) {
-    if (E <= kColumnMaxE) pad_group(rows, n, E);
+    if (E <= kColumnsMaxE<kSigmoid>) pad_group(rows, n, E);
     part(rows, n, tokens);
   });
 }
@@ -1561,7 +1569,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     }
     b.sums.k_histogram[K] += n;
   };
-  by_finite_groups(b, gathered, whole, left, part);
+  by_finite_groups<kSigmoid>(b, gathered, whole, left, part);
   for (int e = 0; e < E; ++e) {
     b.sums.counts[e] += counts[e];
     b.sums.counts_valid[e] += counts[e];
@@ -1675,7 +1683,7 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& f
     for (int l = 0; l < n; ++l) b.out->invalid[tokens[l]] = 0;
     finish_run(tokens, 0, n, experts, scores, logits);
   };
-  by_finite_groups(b, gathered, whole, left, part);
+  by_finite_groups<false>(b, gathered, whole, left, part);
 }
 
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
