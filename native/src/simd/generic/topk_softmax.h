@@ -1374,21 +1374,26 @@ template <int K, int kFixedE, bool kSigmoid>
 // routed before the first that holds a non-finite logit (which, like those after it, is left
 // unwritten). live: rows_across_tokens' (kLanes but for a lone gathered group). The counts of E <=
 // kTallyMaxE go through a NibbleTally (counts given only with whole groups: every lane a token).
-// For E <= kLanes, normalized softmax weights (1 < K <= kDeferMaxK) and sigmoid weights (K <=
-// kDeferMaxSigmoidK) are computed kDeferGroups groups at a time after their selections (GroupPicks):
-// such a group's selection is short, and the exponential (or sigmoid) and division of its weights,
-// ~80 cycles of dependent steps at its end, did not overlap the next group's work (logits E = 8, K =
-// 2, in cache, one thread: 60% of the samples on that chain; deferred, -18%; bench/NOTES.md item 77).
-// Softmax with K = 8, sigmoid with K = 4 and the column path's longer groups lost; softmax's K = 1
-// has no weights to compute.
-constexpr int kDeferGroups = 4, kDeferMaxK = 4, kDeferMaxSigmoidK = 2;
+// For kDeferMinE <= E <= kDeferMaxE (E <= kLanes), normalized softmax weights (1 < K <= kDeferMaxK)
+// and sigmoid weights (K <= kDeferMaxSigmoidK) are computed kDeferGroups groups at a time after
+// their selections (GroupPicks): such a group's selection is short, and the exponential (or sigmoid)
+// and division of its weights, ~80 cycles of dependent steps at its end, did not overlap the next
+// group's work (AVX2, logits E = 8, K = 2, in cache, one thread: 60% of the samples on that chain;
+// deferred, -18%; bench/NOTES.md item 77). Softmax with K = 8, sigmoid with K = 4 and the column
+// path's longer groups lost; softmax's K = 1 has no weights to compute. On AVX-512 (Zen 4, item 81)
+// only softmax with K = 2 and 4 <= E <= 8 gained (E = 8 -5%, E = 4 -3%), while E = 2 and 16, K = 4
+// and sigmoid lost 5-28%: only those defer there. (AVX2 on that Zen 4 gained as on Zen 3, but for
+// K = 4: +27%, where Zen 3 measured -7%.)
+constexpr bool kWideDefer = kLanes >= 16;
+constexpr int kDeferGroups = 4, kDeferMaxK = kWideDefer ? 2 : 4, kDeferMaxSigmoidK = kWideDefer ? 0 : 2;
+constexpr int kDeferMinE = kWideDefer ? 4 : 1, kDeferMaxE = kWideDefer ? 8 : kLanes;
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                              float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out) {
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
   constexpr bool kDeferable = kOneVector && (kSigmoid ? K <= kDeferMaxSigmoidK : K > 1 && K <= kDeferMaxK);
-  const bool defer = kDeferable && !logits_out && (kSigmoid || c.normalize);
+  const bool defer = kDeferable && !logits_out && (kSigmoid || c.normalize) && c.E >= kDeferMinE && c.E <= kDeferMaxE;
   GroupPicks<K> picks[kDeferable ? kDeferGroups : 1];
   const auto weigh = [&](int first, int end) {  // the deferred groups [first, end)
     for (int g = first; g < end; ++g) {
