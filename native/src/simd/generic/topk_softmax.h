@@ -424,7 +424,7 @@ constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 // 0.56 2^(b-23) max_s (max <= 0) or 0.45 2^(b-23) max_s (max > 0), within SPEC §10's 1e-5 max_s for
 // b <= 7 (docs/semantics.md §13). knockout_keys keys softmax only, so sigmoid rows take the columns
 // up to that E on every ISA, AVX-512's 33-128 too (until item 80 of bench/NOTES.md those went token
-// by token there: E = 64 ~5x the columns' time).
+// by token there: logits-64x8 took 4.6x the columns' time).
 constexpr int kSigmoidAcrossMaxE = 128;
 static_assert(kSigmoidAcrossMaxE <= kAcrossMaxE, "sigmoid rows across tokens");
 // The most experts whose columns rows_across_tokens keeps (column_keys), by scoring.
@@ -1393,7 +1393,8 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
   constexpr bool kDeferable = kOneVector && (kSigmoid ? K <= kDeferMaxSigmoidK : K > 1 && K <= kDeferMaxK);
-  const bool defer = kDeferable && !logits_out && (kSigmoid || c.normalize) && c.E >= kDeferMinE && c.E <= kDeferMaxE;
+  const bool defer =
+      kDeferable && !logits_out && (kSigmoid || c.normalize) && c.E >= kDeferMinE && c.E <= kDeferMaxE;
   GroupPicks<K> picks[kDeferable ? kDeferGroups : 1];
   const auto weigh = [&](int first, int end) {  // the deferred groups [first, end)
     for (int g = first; g < end; ++g) {
