@@ -10,3 +10,6 @@ set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE ONLY)
+# No CUDA backend for arm64 from here: where an x86-64 nvcc is on the PATH, AUTO found it and the
+# configure failed looking for an arm64 CUDA runtime.
+set(MOE_ROUTER_CUDA OFF CACHE STRING "Build the CUDA backend: AUTO, ON or OFF")
