@@ -410,9 +410,16 @@ constexpr int kPhaseRows = 4;
 // E = 300 -63%, E = 512 -46%, E = 1024 -43% (bench/NOTES.md item 56).
 constexpr int kAcrossMaxE = kLanes >= 8 ? 1024 : 256, kAcrossMaxK = kLanes < 8 ? kLanes : 8;
 // select-then-softmax's near-ties are on its keys u, not on the scores: truncating w = max - u (up to
-// 2 max|u|) to 23 - b bits stays within SPEC §10's 1e-5 max|u| for b <= 5 (E <= 32) only; above,
-// its tokens go one by one, whose keys on u - max keep 18 bits (docs/semantics.md §13).
+// 2 max|u|) to 23 - b bits stays within SPEC §10's 1e-5 max|u| for b <= 5 (E <= 32) only (docs/
+// semantics.md §13).
 constexpr int kSelectThenSoftmaxAcrossMaxE = 32;
+// Above it, up to kScaledKeyMaxE, select-then-softmax's tokens still go across tokens, from the
+// columns, on keys of w' = (max - u) / (2 m), m = max |u| of the row (w' <= 1), raised to the power
+// p = scaled_key_power(E): b bits of position then cost |u1 - u2| < 2^(b-22) / p max|u| = 7.6e-6
+// max|u| whatever the logits' scale (bench/NOTES.md item 84). Above that, one by one, on keys of
+// u - max that keep 18 bits.
+constexpr int kScaledKeyMaxE = 128;
+constexpr int scaled_key_power(int E) { return E <= 64 ? 2 : 4; }
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -427,9 +434,21 @@ constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
 // by token there: logits-64x8 took 4.6x the columns' time).
 constexpr int kSigmoidAcrossMaxE = 128;
 static_assert(kSigmoidAcrossMaxE <= kAcrossMaxE, "sigmoid rows across tokens");
-// The most experts whose columns rows_across_tokens keeps (column_keys), by scoring.
+// The most experts whose columns rows_across_tokens keeps (column_keys), by scoring (softmax's
+// include select-then-softmax's scaled keys).
 template <bool kSigmoid>
-constexpr int kColumnsMaxE = kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE;
+constexpr int kColumnsMaxE =
+    kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE > kScaledKeyMaxE ? kColumnMaxE : kScaledKeyMaxE;
+// Whether rows_across_tokens keys a row of c.E experts on the scaled keys, and whether it takes the
+// row from the columns: up to kColumnMaxE, and for the scaled keys, which knockout_keys lacks.
+template <bool kSigmoid>
+inline bool scaled_keys(const Config& c) {
+  return !kSigmoid && c.weights_are_softmax && c.E > kSelectThenSoftmaxAcrossMaxE;
+}
+template <bool kSigmoid>
+inline bool by_columns(const Config& c) {
+  return c.E <= (kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE) || scaled_keys<kSigmoid>(c);
+}
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
 inline void compare_swap(Vec::I& a, Vec::I& b) {
@@ -695,14 +714,25 @@ inline F key_offset(F row_max) {
   if constexpr (kSigmoid) return Vec::add(Vec::min(row_max, Vec::zero()), Vec::zero());
   return row_max;
 }
+// A negative kPower: select-then-softmax's scaled keys (kScaledKeyMaxE), w = (max - u) * scale
+// raised to -kPower, scale = scaled_key_scale's.
 template <int kPower, bool kSigmoid = false>
-inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert) {
+inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert, F scale = Vec::zero()) {
   if constexpr (kSigmoid) return Vec::and_or(sortable(Vec::to_bits(Vec::sub(max, u))), value_bits, expert);
+  constexpr int kP = kPower < 0 ? -kPower : kPower;
   F w = Vec::sub(max, u);
+  if constexpr (kPower < 0) w = Vec::mul(w, scale);
   if (kPower == 8) w = Vec::mul(w, Vec::set1(16.0f));
 #pragma GCC unroll 3
-  for (int p = 1; p < kPower; p *= 2) w = Vec::mul(w, w);
+  for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
   return Vec::and_or(Vec::to_bits(w), value_bits, expert);
+}
+// The scale of the scaled keys: 1 / (2 m), m = max(|row max|, |row min|), at most FLT_MAX (m = 0,
+// or subnormal). A non-finite logit makes m infinite or NaN and the keys of its row NaN (0 * inf,
+// or NaN), above +inf's bits: keys_finite sees them.
+inline F scaled_key_scale(F row_max, F row_min) {
+  const F m = Vec::max(Vec::abs(row_max), Vec::abs(row_min));
+  return Vec::min(Vec::div(Vec::set1(0.5f), m), Vec::set1(std::numeric_limits<float>::max()));
 }
 
 // For L slots of kLanes tokens held as rows (to_rows: kLanes / L tokens a vector, token t's slots in
@@ -970,11 +1000,12 @@ alignas(64) constexpr ExpertIndex kExpertIndex = make_expert_index();
 // The keys (logit_key) of columns [e0, e0 + L) into key[0, L), and into keys[e0, e0 + L) unless
 // keys is null; offset: key_offset's.
 template <int L, int kPower, bool kSigmoid>
-[[gnu::always_inline]] inline void column_block_keys(const F* column, int e0, F offset, Vec::I value_bits, F* keys,
-                                                     Vec::I* key) {
+[[gnu::always_inline]] inline void column_block_keys(const F* column, int e0, F offset, F scale, Vec::I value_bits,
+                                                     F* keys, Vec::I* key) {
 #pragma GCC unroll 8
   for (int i = 0; i < L; ++i) {
-    key[i] = logit_key<kPower, kSigmoid>(offset, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]));
+    key[i] = logit_key<kPower, kSigmoid>(offset, column[e0 + i], value_bits, Vec::int_set1(kExpertIndex.of[e0 + i]),
+                                         scale);
     if (keys) keys[e0 + i] = Vec::from_bits(key[i]);
   }
 }
@@ -985,10 +1016,10 @@ template <int L, int kPower, bool kSigmoid>
 // last key, one operation a block where checking every logit had taken an FMA each (bench/NOTES.md
 // item 50); past E, the padding's keys may be +inf's bits and are left out.
 template <int L, int kPower, bool kSigmoid>
-[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, int E, F offset, Vec::I value_bits,
-                                                   F* keys, Vec::I* best, Vec::I& worst) {
+[[gnu::always_inline]] inline void add_column_keys(const F* column, int e0, int E, F offset, F scale,
+                                                   Vec::I value_bits, F* keys, Vec::I* best, Vec::I& worst) {
   Vec::I key[L];
-  column_block_keys<L, kPower, kSigmoid>(column, e0, offset, value_bits, keys, key);
+  column_block_keys<L, kPower, kSigmoid>(column, e0, offset, scale, value_bits, keys, key);
   const bool whole = e0 + L <= E;
   if (!whole)
 #pragma GCC unroll 8
@@ -1023,7 +1054,7 @@ template <int L, int kFixedE, bool kSigmoid>
 #pragma GCC unroll 16
   for (int e0 = 0; e0 < kLanes; e0 += L) {
     if (e0 >= used) break;
-    add_column_keys<L, 1, kSigmoid>(column, e0, E, offset, value_bits, keys, best, worst);
+    add_column_keys<L, 1, kSigmoid>(column, e0, E, offset, Vec::zero(), value_bits, keys, best, worst);
   }
   return keys_finite(worst, base, stride, kLanes, E, kSigmoid ? &best[0] : nullptr);
 }
@@ -1038,6 +1069,7 @@ template <int L, int kPower, bool kSigmoid>
 [[gnu::always_inline]] inline bool column_keys(const float* base, int E, int64_t stride, Vec::I value_bits, F* columns,
                                                F* keys, Vec::I* best, F& row_max) {
   ColumnMax check;
+  F low = Vec::set1(kInf);  // scaled keys: the row's least logit (not the padding's)
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     F block[kLanes];
     load_columns(base, E, e0, stride, block);
@@ -1047,11 +1079,13 @@ template <int L, int kPower, bool kSigmoid>
     for (int i = 0; i < kLanes; ++i) {
       if (i >= used) break;
       columns[e0 + i] = block[i];
+      if (kPower < 0 && i < width) low = Vec::min(low, block[i]);
     }
     check.add(block, used);
   }
   row_max = check.maximum();
   const F offset = key_offset<kSigmoid>(row_max);
+  const F scale = kPower < 0 ? scaled_key_scale(row_max, low) : Vec::zero();
   Vec::I worst = Vec::int_set1(0);
   for (int e0 = 0; e0 < E; e0 += L) {
     // The group two ahead into L2, a vector of each row every kLanes experts: pass 2 issued no
@@ -1063,7 +1097,7 @@ template <int L, int kPower, bool kSigmoid>
       const float* ahead = base + 2 * kLanes * stride + e0;
       for (int l = 0; l < kLanes; ++l, ahead += stride) __builtin_prefetch(ahead, 0, 2);
     }
-    add_column_keys<L, kPower, kSigmoid>(columns, e0, E, offset, value_bits, keys, best, worst);
+    add_column_keys<L, kPower, kSigmoid>(columns, e0, E, offset, scale, value_bits, keys, best, worst);
   }
   return keys_finite(worst, base, stride, kLanes, E, kSigmoid ? &best[0] : nullptr);
 }
@@ -1243,11 +1277,20 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   if constexpr (kOneVector) {
     finite = vector_keys<L, kFixedE, kSigmoid>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
+    const bool columns_path = by_columns<kSigmoid>(c);
     if constexpr (kColumnMaxE < kAcrossMaxE && !kSigmoid)  // (elsewhere knockout_keys is never instantiated)
-      if (E > kColumnMaxE)
+      if (!columns_path)
         finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
-    if (E <= kColumnsMaxE<kSigmoid>) {
+    if (columns_path && scaled_keys<kSigmoid>(c)) {
+      F* column_keys_out = count_keys ? keys : nullptr;
+      if constexpr (!kSigmoid) {
+        if (scaled_key_power(E) == 2)
+          finite = column_keys<L, -2, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+        else
+          finite = column_keys<L, -4, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      }
+    } else if (columns_path) {
       F* column_keys_out = count_keys ? keys : nullptr;
       // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
       // on AVX2, 1 on AVX-512; sigmoid keys, up to kSigmoidAcrossMaxE, take 1.)
@@ -1530,7 +1573,7 @@ inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, 
     return false;
   };
   by_groups(b, gathered, whole, take, [&](float* rows, int n, const int64_t* tokens) {
-    if (E <= kColumnsMaxE<kSigmoid>) pad_group(rows, n, E);
+    if (by_columns<kSigmoid>(*b.config)) pad_group(rows, n, E);
     part(rows, n, tokens);
   });
 }
@@ -1930,7 +1973,7 @@ inline void rows_by_logit_order(const RowBlock& b) {
     phase_rows[n++] = i;
     if (n == kPhaseRows) phase();
   };
-  if (softmax && E <= (c.weights_are_softmax ? kSelectThenSoftmaxAcrossMaxE : kAcrossMaxE) && K <= kAcrossMaxK) {
+  if (softmax && E <= (c.weights_are_softmax ? kScaledKeyMaxE : kAcrossMaxE) && K <= kAcrossMaxK) {
     across_rows<false>(b, token_row);
   } else if (!softmax && E <= kSigmoidAcrossMaxE && K <= kAcrossMaxK) {
     across_rows<true>(b, token_row);
