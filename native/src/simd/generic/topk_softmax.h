@@ -986,7 +986,7 @@ struct ColumnMax {
 // Zen 3 a broadcast from a register takes the one pipe that also runs the transposes' cross-lane
 // shuffles (vperm2f128, one a cycle each, the two together half as fast), and from memory only the
 // load unit (in cache, one thread: logits E = 64 -3%, E = 256 -3 to -16%; bench/NOTES.md item 50).
-constexpr int kExpertIndexes = kColumnMaxE > kSigmoidAcrossMaxE ? kColumnMaxE : kSigmoidAcrossMaxE;
+constexpr int kExpertIndexes = kColumnsMaxE<false> > kColumnsMaxE<true> ? kColumnsMaxE<false> : kColumnsMaxE<true>;
 struct ExpertIndex {
   int32_t of[kExpertIndexes];
 };
@@ -1282,8 +1282,8 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
       if (!columns_path)
         finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
                                : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
+    F* column_keys_out = count_keys ? keys : nullptr;
     if (columns_path && scaled_keys<kSigmoid>(c)) {
-      F* column_keys_out = count_keys ? keys : nullptr;
       if constexpr (!kSigmoid) {
         if (scaled_key_power(E) == 2)
           finite = column_keys<L, -2, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
@@ -1291,7 +1291,6 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
           finite = column_keys<L, -4, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       }
     } else if (columns_path) {
-      F* column_keys_out = count_keys ? keys : nullptr;
       // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
       // on AVX2, 1 on AVX-512; sigmoid keys, up to kSigmoidAcrossMaxE, take 1.)
       const int power = key_power(E);
