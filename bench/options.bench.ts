@@ -1,9 +1,11 @@
 /**
  * What the routing options beyond the default cost, on the canonical logits workloads (f32, the
  * router's default backend and threads): the default routing (top-k, softmax, normalized weights,
- * no bias or groups) selects across tokens with packed keys, and so does `normalize: false`; sigmoid
- * scoring without a bias, groups or losses selects on the logits token by token; every other option
- * routes token by token through the scores (bench/NOTES.md items 57-60). Each option set is timed
+ * no bias or groups) selects across tokens with packed keys, and so do `normalize: false`, sigmoid
+ * scoring without a bias, groups or losses and select-then-softmax without a bias (up to E = 128),
+ * sigmoid scoring with a selection bias or groups (up to E = 256 and 16 groups), and the candidates
+ * of top-p, threshold and capacity; the other options route token by token through the scores
+ * (docs/semantics.md §13; bench/NOTES.md items 57-60, 71-85). Each option set is timed
  * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
  * same phase of a shared machine; printed: median ms, ns a token, and the ratio to the default.
  *

@@ -202,6 +202,96 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
   });
 });
 
+// Sigmoid scores with a selection bias or groups (DeepSeek-V3's routing) select on keys s + bias; up
+// to E = 256 and 16 groups the SIMD backends take them across tokens, packed with the expert in their
+// low bits on a scaled power of max - key (docs/semantics.md §13), whose truncation must stay within
+// SPEC §10 whatever the scale of the keys. Checked against keys computed here: a slot may differ from
+// the oracle's only where the two keys are within 1e-5 of the largest |key|, and with the same experts
+// the weights agree within 1e-5. Biases of scale 1e-3 to 1e3 around logits of scale 1e-3 to 40; rows of
+// exact ties (lower expert first) and near-ties a few ulps apart; and biases that put the winners'
+// keys far apart, +B and seven of them 1.05e-5 B apart at -0.699 B (the rest at -1.01 B, so that
+// the tolerance is 1.0201e-5 B): there w' = (max - key) / (2 max|key|) = 0.841, whose fourth power is
+// 1/2, where a key's truncation is the largest relative to it (keys on w'^4 instead of (16 w')^8 tie
+// some of them at E = 160, on w' itself at E = 100).
+describe('sigmoid routing with a selection bias or groups agrees with the oracle at any scale', () => {
+  const simd = backendNames.filter((b) => b !== 'scalar');
+  it.skipIf(simd.length === 0)(`E from 2 to 300, biases from 1e-3 to 1e3, ties and near-ties, with and without groups × [${simd.join(', ')}]`, () => {
+    const normal = normalGenerator(20261124);
+    const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
+    const sigmoid = (u: number) => 1 / (1 + Math.exp(-u));
+    let compared = 0;
+    const shapes = [
+      { E: 2, groups: undefined }, { E: 8, groups: { count: 4, select: 2 } }, { E: 24, groups: { count: 3, select: 2 } },
+      { E: 33, groups: undefined }, { E: 64, groups: { count: 8, select: 3 } }, { E: 100, groups: undefined },
+      { E: 128, groups: { count: 16, select: 5 } }, { E: 160, groups: undefined }, { E: 256, groups: { count: 8, select: 4 } },
+      { E: 256, groups: undefined }, { E: 300, groups: { count: 10, select: 4 } },
+    ];
+    // [logits, bias, far]: far, the biases at both ends and every logit -100 (every score 0)
+    const scales = [[1e-3, 1, false], [1, 1e-3, false], [1, 1, false], [40, 1e3, false], [1e-3, 1e3, false], [1, 1e-3, true], [1, 1, true], [1, 1e3, true]] as const;
+    for (const { E, groups } of shapes) {
+      for (const [scale, biasScale, far] of scales) {
+        const K = Math.min(E, far ? 8 : 1 + Math.floor(uniform() * 8), groups ? (groups.select * E) / groups.count : E);
+        const T = 16 * 2 + 15; // whole groups of 16 tokens and a remainder, gathered into a group of its own
+        // a few repeated values (exact ties of keys wherever the logits tie too)
+        const selectionBias = Float32Array.from({ length: E }, () => (Math.floor(uniform() * 5) - 2) * 0.25 * biasScale);
+        if (far) {
+          selectionBias.fill(-1.01 * biasScale);
+          selectionBias[0] = biasScale;
+          for (let e = Math.max(1, E - 7); e < E; e++) selectionBias[e] = (-0.699 + (e - E) * 1.05e-5) * biasScale;
+        }
+        const logits = new Float32Array(T * E);
+        for (let t = 0; t < T; t++) {
+          const row = logits.subarray(t * E, (t + 1) * E);
+          for (let e = 0; e < E; e++) row[e] = normal() * scale;
+          if (t % 4 === 1) row.fill(0); // every key 0.5 + bias: ties wherever the biases repeat
+          if (t % 4 === 2) {
+            // near-ties a few ulps apart: logits that put their keys next to the first expert's
+            const top = Math.fround(sigmoid(row[0]!) + selectionBias[0]!);
+            for (let e = 1; e < E; e++) {
+              const s = top - selectionBias[e]! - Math.abs(top) * Math.floor(uniform() * 4) * 2 ** -21;
+              if (uniform() < 0.5 && s > 1e-6 && s < 1 - 1e-6) row[e] = Math.log(s / (1 - s));
+            }
+          }
+          if (far) row.fill(-100);
+        }
+        const route = (backend: string) => {
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring: 'sigmoid', selectionBias, groups, normalize: true, scale: 2.5, backend: backend as BackendName });
+          const r = router.routeLogits(logits);
+          const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
+          r.release();
+          router.dispose();
+          return out;
+        };
+        const oracle = route('scalar');
+        for (const backend of simd) {
+          const got = route(backend);
+          for (let t = 0; t < T; t++) {
+            const row = logits.subarray(t * E, (t + 1) * E);
+            const key = (e: number) => Math.fround(Math.fround(sigmoid(row[e]!)) + selectionBias[e]!);
+            let maxKey = 0;
+            for (let e = 0; e < E; e++) maxKey = Math.max(maxKey, Math.abs(key(e)));
+            const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
+            for (let j = 0; j < K; j++) {
+              const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
+              const where = `${backend} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)} token ${t} slot ${j}`;
+              if (a !== b) expect(Math.abs(key(a) - key(b)), `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * maxKey);
+              if (sameExperts) {
+                const w = got.weights[t * K + j]!, want = oracle.weights[t * K + j]!;
+                expect(Math.abs(w - want), `${where}: weight ${w} vs ${want}`).toBeLessThanOrEqual(1e-5 * Math.abs(want) + 1e-7);
+              }
+            }
+          }
+          const counts = new Array<number>(E).fill(0);
+          for (const e of got.experts) counts[e]! += 1;
+          expect(got.counts).toEqual(counts);
+          compared += 1;
+        }
+      }
+    }
+    expect(compared).toBe(shapes.length * scales.length * simd.length);
+  });
+});
+
 // SPEC §3: ties go to the lower expert. §10 lets backends differ at near-ties, but an exact tie is
 // no near-tie to the user who reads "lower expert first": -0 and +0 are one value, and a row whose
 // largest logit is a zero of either sign (a max over both may give either) must rank its zeros by
@@ -249,10 +339,11 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // non-finite row. Checked bit for bit on every backend, for a small-E (dot) and four larger-E (panel)
 // gates (E = 300 and 1000: across tokens, by a knockout on AVX-512 and by the columns on AVX2, keys
 // of w^4 and (16w)^8), f32 and bf16, hidden states and logits, top-k (its sanitized pass with losses
-// on, and with unnormalized weights, whose Z is summed across tokens too) and top-p: sub-batches
-// against the same rows of a whole batch.
+// on, and with unnormalized weights, whose Z is summed across tokens too), top-p and DeepSeek-V3's
+// sigmoid routing with a selection bias and groups: sub-batches against the same rows of a whole
+// batch.
 describe('a token is routed the same alone as in any batch', () => {
-  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not, sigmoid, select-then-softmax and top-p × [${backendNames.join(', ')}]`, () => {
+  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not, sigmoid, select-then-softmax, top-p and DeepSeek-V3's routing × [${backendNames.join(', ')}]`, () => {
     const shapes = [
       { E: 8, D: 37, K: 2 },
       { E: 64, D: 130, K: 8 },
@@ -275,8 +366,12 @@ describe('a token is routed the same alone as in any batch', () => {
           [true, 'top-p', false, true, 'softmax', 'softmax-then-select'],
           [true, 'top-k', false, false, 'sigmoid', 'softmax-then-select'],
           [true, 'top-k', false, true, 'softmax', 'select-then-softmax'],
+          [true, 'top-k', false, true, 'sigmoid', 'softmax-then-select', true],
         ] as const;
-        for (const [sanitize, strategy, losses, normalize, scoring, order] of variants) {
+        for (const [sanitize, strategy, losses, normalize, scoring, order, deepSeek] of variants) {
+          // DeepSeek-V3's routing: a selection bias and groups (E = 8: 2 of 4 groups, otherwise 4 of 8
+          // or 10), across tokens up to E = 256
+          const groups = E === 8 ? { count: 4, select: 2 } : { count: E % 8 === 0 ? 8 : 10, select: 4 };
           const router = new DynamicRouter({
             inputDim: D,
             numExperts: E,
@@ -290,6 +385,7 @@ describe('a token is routed the same alone as in any batch', () => {
             normalize,
             scoring,
             order,
+            ...(deepSeek ? { selectionBias: Float32Array.from({ length: E }, (_, e) => ((e * 37) % 11) * 0.01), groups } : {}),
           });
           for (const input of ['f32', 'bf16', 'logits'] as const) {
             const width = input === 'logits' ? E : D;
@@ -316,7 +412,7 @@ describe('a token is routed the same alone as in any batch', () => {
         }
       }
     }
-    expect(compared).toBe(shapes.length * backendNames.length * 6 * 3 * ranges.length);
+    expect(compared).toBe(shapes.length * backendNames.length * 7 * 3 * ranges.length);
   });
 });
 
@@ -357,12 +453,13 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
 });
 
 // Group-limited routing (SPEC §3) on the SIMD backends scores its groups by their two largest keys
-// from lane-wise maxima, where the oracle loops over the keys (both then keep the best groups by
-// core/row_select.h's keep_top_groups, which test/reference checks independently): the same groups
-// every time, ties to the lower group included. Rows of three values repeated make groups of equal
-// scores; the experts must equal the oracle's exactly.
+// from lane-wise maxima, where the oracle loops over the keys and keeps the best groups by
+// core/row_select.h's keep_top_groups (which test/reference checks independently); up to E = 256 and
+// 16 groups, a vector of tokens at a time, ranked pair by pair in double: the same groups every time,
+// ties to the lower group included. Rows of three values repeated make groups of equal scores; the
+// experts must equal the oracle's exactly.
 describe('group-limited routing keeps the oracle\'s groups', () => {
-  it(`8 to 512 groups, tied group scores, sigmoid with a selection bias × [${backendNames.join(', ')}]`, () => {
+  it(`2 to 512 groups, tied group scores, sigmoid with a selection bias × [${backendNames.join(', ')}]`, () => {
     const normal = normalGenerator(59);
     const shapes = [
       { E: 256, count: 8, select: 4, K: 8 },
@@ -371,6 +468,8 @@ describe('group-limited routing keeps the oracle\'s groups', () => {
       { E: 256, count: 128, select: 40, K: 8 },
       { E: 1024, count: 512, select: 3, K: 6 },
       { E: 24, count: 3, select: 2, K: 5 },
+      { E: 128, count: 16, select: 5, K: 8 },
+      { E: 32, count: 2, select: 1, K: 3 },
     ];
     for (const { E, count, select, K } of shapes) {
       const T = 40;

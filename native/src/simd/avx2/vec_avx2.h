@@ -162,6 +162,23 @@ struct Vec {
   template <int kShift> static I shift_right(I a) { return _mm256_srli_epi32(a, kShift); }
   static I shift_left_by(I a, I n) { return _mm256_sllv_epi32(a, n); }  // each lane by its own n in [0, 32)
 
+  // kLanes doubles, lanes [0, 4) and [4, 8) (group scores: keep_groups_across_tokens).
+  struct D {
+    __m256d lo, hi;
+  };
+  static D sum_double(F a, F b) {  // a + b in double, lane by lane
+    return {_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a)), _mm256_cvtps_pd(_mm256_castps256_ps128(b))),
+            _mm256_add_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)))};
+  }
+  static M ge_double(const D& a, const D& b) {
+    // Each 64-bit lane's mask is two equal 32-bit halves: the even ones of both, [lo0 lo1 hi0 hi1 | lo2
+    // lo3 hi2 hi3], then the middle quarters swapped.
+    const __m256 lo = _mm256_castpd_ps(_mm256_cmp_pd(a.lo, b.lo, _CMP_GE_OQ));
+    const __m256 hi = _mm256_castpd_ps(_mm256_cmp_pd(a.hi, b.hi, _CMP_GE_OQ));
+    const __m256 even = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+
   // acc[0..n) += a[0..n)^2 in double.
   static void add_squares_to_double(double* acc, F a, int n) {
     const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));

@@ -194,6 +194,19 @@ struct Vec {
   template <int kShift> static I shift_right(I a) { return _mm512_srli_epi32(a, kShift); }
   static I shift_left_by(I a, I n) { return _mm512_sllv_epi32(a, n); }  // each lane by its own n in [0, 32)
 
+  // kLanes doubles, lanes [0, 8) and [8, 16) (group scores: keep_groups_across_tokens).
+  struct D {
+    __m512d lo, hi;
+  };
+  static D sum_double(F a, F b) {  // a + b in double, lane by lane
+    return {_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)), _mm512_cvtps_pd(_mm512_castps512_ps256(b))),
+            _mm512_add_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(b, 1)))};
+  }
+  static M ge_double(const D& a, const D& b) {
+    return static_cast<M>(_mm512_cmp_pd_mask(a.lo, b.lo, _CMP_GE_OQ) |
+                          static_cast<unsigned>(_mm512_cmp_pd_mask(a.hi, b.hi, _CMP_GE_OQ)) << 8);
+  }
+
   // acc[0..n) += a[0..n)^2 in double.
   static void add_squares_to_double(double* acc, F a, int n) {
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));

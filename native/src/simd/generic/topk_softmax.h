@@ -420,6 +420,13 @@ constexpr int kSelectThenSoftmaxAcrossMaxE = 32;
 // u - max that keep 18 bits.
 constexpr int kScaledKeyMaxE = 128;
 constexpr int scaled_key_power(int E) { return E <= 64 ? 2 : 4; }
+// Sigmoid scores with a selection bias or groups (DeepSeek-V3's routing and its kin): up to this E
+// and this many groups across tokens (score_keys_across_tokens), on keys of the scores s + bias scaled
+// the same way: w' = (max - key) / (2 m), m = max |key| of the token's kept experts, and p =
+// score_key_power(E), 8 (of 16 w', exact) for b = 8. Above, and with more groups (whose ranks are
+// counted pair by pair), one by one.
+constexpr int kScoreKeyMaxE = 256, kScoreKeyMaxGroups = 16;
+constexpr int score_key_power(int E) { return E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : 8; }
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -714,15 +721,16 @@ inline F key_offset(F row_max) {
   if constexpr (kSigmoid) return Vec::add(Vec::min(row_max, Vec::zero()), Vec::zero());
   return row_max;
 }
-// A negative kPower: select-then-softmax's scaled keys (kScaledKeyMaxE), w = (max - u) * scale
-// raised to -kPower, scale = scaled_key_scale's.
+// A negative kPower: the scaled keys (select-then-softmax's, kScaledKeyMaxE, and the score keys',
+// kScoreKeyMaxE), w = (max - u) * scale raised to -kPower (the eighth power of 16 w, as above), scale
+// = scaled_key_scale's.
 template <int kPower, bool kSigmoid = false>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert, F scale = Vec::zero()) {
   if constexpr (kSigmoid) return Vec::and_or(sortable(Vec::to_bits(Vec::sub(max, u))), value_bits, expert);
   constexpr int kP = kPower < 0 ? -kPower : kPower;
   F w = Vec::sub(max, u);
   if constexpr (kPower < 0) w = Vec::mul(w, scale);
-  if (kPower == 8) w = Vec::mul(w, Vec::set1(16.0f));
+  if (kP == 8) w = Vec::mul(w, Vec::set1(16.0f));
 #pragma GCC unroll 3
   for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
   return Vec::and_or(Vec::to_bits(w), value_bits, expert);
@@ -986,7 +994,7 @@ struct ColumnMax {
 // Zen 3 a broadcast from a register takes the one pipe that also runs the transposes' cross-lane
 // shuffles (vperm2f128, one a cycle each, the two together half as fast), and from memory only the
 // load unit (in cache, one thread: logits E = 64 -3%, E = 256 -3 to -16%; bench/NOTES.md item 50).
-constexpr int kExpertIndexes = kColumnsMaxE<false> > kColumnsMaxE<true> ? kColumnsMaxE<false> : kColumnsMaxE<true>;
+constexpr int kExpertIndexes = std::max({kColumnsMaxE<false>, kColumnsMaxE<true>, kScoreKeyMaxE});
 struct ExpertIndex {
   int32_t of[kExpertIndexes];
 };
@@ -1201,6 +1209,35 @@ struct GroupPicks {
   Vec::I chosen[K];
 };
 
+// The logits of the slots chosen[kFirst, K) of kLanes tokens (lane l: token l, whose E logits are the
+// row at base + l * stride; tokens [live, kLanes) read row 0) into weight[kFirst, K): on AVX-512 for
+// 4 < K and E <= 64 from the rows by permutes (pick_logits); on AVX2 by a vgatherdps per slot (Zen 3,
+// in cache, one thread: logits E = 64 and 256 -7 to -9% against scalar loads; bench/NOTES.md item
+// 45); otherwise by scalar loads (measured faster than a vgatherdps per slot on Zen 4).
+template <int K, int kFirst>
+[[gnu::always_inline]] inline void slot_logits(const float* base, int64_t stride, int E, int live, const Vec::I* chosen,
+                                               F* weight) {
+  constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
+  if constexpr (kFirst < K) {
+    if (kPermutePicks && E <= 4 * kLanes) {
+      if constexpr (kPermutePicks) {
+        if (E <= kLanes) pick_logits<K, 1, kFirst>(base, stride, E, live, chosen, weight);
+        else if (E <= 2 * kLanes) pick_logits<K, 2, kFirst>(base, stride, E, live, chosen, weight);
+        else pick_logits<K, 4, kFirst>(base, stride, E, live, chosen, weight);
+      }
+    } else if constexpr (HasGather<Vec>::value) {
+      gather_logits<K, kFirst>(base, stride, live, chosen, weight);
+    } else {
+      alignas(64) int32_t index[K][kLanes];
+      for (int j = kFirst; j < K; ++j) Vec::store_int(index[j], chosen[j]);
+      alignas(64) float picked[K][kLanes];
+      for (int l = 0; l < kLanes; ++l)
+        for (int j = kFirst; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
+      for (int j = kFirst; j < K; ++j) weight[j] = Vec::load(picked[j]);
+    }
+  }
+}
+
 // The softmax weights of slots whose logits are `weight`, before their scaling: exp(u_j - max), the
 // first slot's 1 (see rows_across_tokens). Returns their sum.
 template <int K>
@@ -1326,11 +1363,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   // are 0 like those of the largest logit's, so max - u (or its square) < 2^(b-149) and
   // exp(u - max) rounds to 1 (the oracle's expf too). Sigmoid weights sigma(u_j) (normalized or not)
   // take every slot's logit, the first's too (kFirstPick). For E <= 8 in registers the logit of expert
-  // chosen[j] is picked from the columns by E - 1 selects; on AVX-512 for 4 < K and E <= 64 from the
-  // rows by permutes (pick_logits); on AVX2 by a vgatherdps per slot (Zen 3, in cache, one thread:
-  // logits E = 64 and 256 -7 to -9% against scalar loads; bench/NOTES.md item 45); otherwise read by
-  // scalar loads (measured faster than a vgatherdps per slot on Zen 4).
-  constexpr bool kPermutePicks = K > 4 && kLanes >= 16;  // (AVX-512: V::int_permute2, int_permute_masked)
+  // chosen[j] is picked from the columns by E - 1 selects; otherwise slot_logits reads it.
   constexpr int kFirstPick = kSigmoid ? 0 : 1;
   const bool candidates = !kSigmoid && logits_out;
   const int first_pick = candidates ? 0 : kFirstPick;
@@ -1344,28 +1377,10 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
         weight[j] = Vec::select(Vec::int_eq(chosen[j], Vec::int_set1(e)), columns[e], weight[j]);
       }
     }
-  } else if (kPermutePicks && E <= 4 * kLanes) {
-    if constexpr (kPermutePicks) {
-      // (every slot's for candidates: pick_logits<K, M, 0>)
-      if (E <= kLanes) candidates ? pick_logits<K, 1, 0>(base, stride, E, live, chosen, weight)
-                                  : pick_logits<K, 1, kFirstPick>(base, stride, E, live, chosen, weight);
-      else if (E <= 2 * kLanes) candidates ? pick_logits<K, 2, 0>(base, stride, E, live, chosen, weight)
-                                           : pick_logits<K, 2, kFirstPick>(base, stride, E, live, chosen, weight);
-      else candidates ? pick_logits<K, 4, 0>(base, stride, E, live, chosen, weight)
-                      : pick_logits<K, 4, kFirstPick>(base, stride, E, live, chosen, weight);
-    }
-  } else if (HasGather<Vec>::value && K > first_pick) {
-    if constexpr (HasGather<Vec>::value) {
-      if (candidates) gather_logits<K, 0>(base, stride, live, chosen, weight);
-      else gather_logits<K, kFirstPick>(base, stride, live, chosen, weight);
-    }
-  } else if (K > first_pick) {
-    alignas(64) int32_t index[K][kLanes];
-    for (int j = first_pick; j < K; ++j) Vec::store_int(index[j], chosen[j]);
-    alignas(64) float picked[K][kLanes];
-    for (int l = 0; l < kLanes; ++l)
-      for (int j = first_pick; j < K; ++j) picked[j][l] = base[(l < live ? l : 0) * stride + index[j][l]];
-    for (int j = first_pick; j < K; ++j) weight[j] = Vec::load(picked[j]);
+  } else if (candidates) {  // (every slot's)
+    slot_logits<K, 0>(base, stride, E, live, chosen, weight);
+  } else {
+    slot_logits<K, kFirstPick>(base, stride, E, live, chosen, weight);
   }
   // (Sigmoid's deferred picks are kept below with softmax's: this order leaves the softmax instance's
   // code as it was; keeping them first cost logits E = 8, K = 2 3%, bench/NOTES.md item 77.)
@@ -1523,6 +1538,177 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
   });
 }
 
+// What score_keys_across_tokens needs beyond the Config: the selection bias ([E], zeros where there
+// is none) and the groups (count 0: none).
+struct ScoreKeys {
+  const float* bias;
+  int groups, size, select;  // G, E / G and g of SPEC's groups
+};
+
+// Each lane's kept groups (SPEC §3, keep_top_groups' choice exactly): group g's score is the sum in
+// double of its two largest keys (its largest where it holds one expert), from each lane's two
+// largest (top[g]); group g is kept where fewer than `select` groups come before it (a larger score,
+// or an equal one and a lower index), counted pair by pair.
+inline void keep_groups_across_tokens(const LaneMaxima* top, int groups, int size, int select, M* kept) {
+  Vec::D score[kScoreKeyMaxGroups];
+  F before[kScoreKeyMaxGroups];
+  const F one = Vec::set1(1.0f), zero = Vec::zero();
+  for (int g = 0; g < groups; ++g) {
+    score[g] = Vec::sum_double(top[g].first, size == 1 ? zero : top[g].second);
+    before[g] = zero;
+  }
+  for (int g = 1; g < groups; ++g)
+    for (int h = 0; h < g; ++h) {
+      const M h_first = Vec::ge_double(score[h], score[g]);
+      before[g] = Vec::add(before[g], Vec::select(h_first, one, zero));
+      before[h] = Vec::add(before[h], Vec::select(h_first, zero, one));
+    }
+  const F limit = Vec::set1(static_cast<float>(select));
+  for (int g = 0; g < groups; ++g) kept[g] = Vec::lt(before[g], limit);
+}
+
+// The K slots of kLanes tokens (one per lane; rows at base, row stride `stride`, E <= kScoreKeyMaxE,
+// every row read: a gathered group's rows past `live` are copies of its first) under sigmoid scores
+// with a selection bias or groups, stored as kLanes rows of K in weights_out and experts_out, their
+// experts added to counts unless null. A first pass over the columns (load_columns) keeps each
+// token's keys key = sigma(u) + bias (as the token-by-token path computes them) in columns[0, E) and
+// their lanes' extremes, by group; the groups' choice (keep_groups_across_tokens) then gives the
+// kept experts, whose largest key `max` and m = max |key| scale the second pass's keys
+// (logit_key<-kPower>: w' = (max - key) / (2 m) to the power kPower = score_key_power(E)); an expert
+// of a group not kept gets a key above every kept one's. The network (add_keys) takes the L smallest,
+// and the weights are sigma(u_j) of the slots' own logits (store_sigmoid_slots). False, writing
+// nothing, when a logit of the group is not finite. docs/semantics.md §13 bounds the keys' truncation.
+// (GCC 12 reports best as maybe uninitialized: the first block's add_keys writes it.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int K, int kPower, bool kGrouped>
+[[gnu::noinline]] bool score_keys_group(const Config& c, const ScoreKeys& sk, const float* base, int64_t stride,
+                                        int live, float* weights_out, int32_t* experts_out, int32_t* counts) {
+  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
+  const int E = c.E, groups = kGrouped ? sk.groups : 1, size = kGrouped ? sk.size : E;
+  alignas(64) F columns[kScoreKeyMaxE];
+  // Each group's lanes' two largest and least keys: the current group's in registers (indexed
+  // arrays went through memory, a store and a load on every key's chain), stored when it ends.
+  // Ungrouped, the largest and least in two chains each.
+  LaneMaxima top[kGrouped ? kScoreKeyMaxGroups : 1], current;
+  F low[kGrouped ? kScoreKeyMaxGroups : 2], high[2], least = Vec::set1(kInf);
+  for (F& x : low) x = Vec::set1(kInf);
+  for (F& x : high) x = Vec::set1(-kInf);
+  F check = Vec::zero();
+  int g = 0, group_end = size;
+  for (int e0 = 0; e0 < E; e0 += kLanes) {
+    F block[kLanes];
+    load_columns(base, E, e0, stride, block);
+    const int width = E - e0 < kLanes ? E - e0 : kLanes;
+#pragma GCC unroll 16
+    for (int i = 0; i < kLanes; ++i) {
+      if (i >= width) break;
+      const int e = e0 + i;
+      check = add_to_check(check, block[i]);
+      const F key = Vec::add(vsigmoid(block[i]), Vec::set1(sk.bias[e]));
+      columns[e] = key;
+      if constexpr (kGrouped) {
+        if (e == group_end) {
+          top[g] = current;
+          low[g++] = least;
+          current = LaneMaxima{};
+          least = Vec::set1(kInf);
+          group_end += size;
+        }
+        current.add(key);
+        least = Vec::min(least, key);
+      } else {
+        high[i % 2] = Vec::max(high[i % 2], key);
+        low[i % 2] = Vec::min(low[i % 2], key);
+      }
+    }
+  }
+  if constexpr (kGrouped) {
+    top[g] = current;
+    low[g] = least;
+  }
+  if (!check_passed(check)) return false;
+  M kept[kGrouped ? kScoreKeyMaxGroups : 1];
+  F max, min;
+  if constexpr (kGrouped) {
+    keep_groups_across_tokens(top, groups, size, sk.select, kept);
+    max = Vec::set1(-kInf);
+    min = Vec::set1(kInf);
+    for (int h = 0; h < groups; ++h) {
+      max = Vec::select(kept[h], Vec::max(max, top[h].first), max);
+      min = Vec::select(kept[h], Vec::min(min, low[h]), min);
+    }
+  } else {
+    max = Vec::max(high[0], high[1]);
+    min = Vec::min(low[0], low[1]);
+  }
+  const F scale = scaled_key_scale(max, min);
+  const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
+  const Vec::I value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1)), expert_bits = Vec::int_set1((1 << bits) - 1);
+  const Vec::I dropped = Vec::int_set1(std::numeric_limits<int32_t>::max());  // (padding too)
+  Vec::I best[L];
+  g = 0;
+  group_end = size;
+  M keep{};
+  if constexpr (kGrouped) keep = kept[0];
+  for (int e0 = 0; e0 < E; e0 += L) {
+    Vec::I key[L];
+#pragma GCC unroll 8
+    for (int i = 0; i < L; ++i) {
+      const int e = e0 + i;
+      if (e >= E) {
+        key[i] = dropped;
+        continue;
+      }
+      key[i] = logit_key<-kPower>(max, columns[e], value_bits, Vec::int_set1(kExpertIndex.of[e]), scale);
+      if constexpr (kGrouped) {
+        if (e == group_end) {
+          keep = kept[++g];
+          group_end += size;
+        }
+        key[i] = Vec::to_bits(Vec::select(keep, Vec::from_bits(key[i]), Vec::from_bits(dropped)));
+      }
+    }
+    add_keys<L>(best, key, e0 == 0);
+  }
+  Vec::I chosen[K];
+  for (int j = 0; j < K; ++j) chosen[j] = Vec::int_and(best[j], expert_bits);
+  if (counts) add_slot_counts(chosen, K, E, counts);
+  F weight[K];
+  slot_logits<K, 0>(base, stride, E, live, chosen, weight);
+  store_sigmoid_slots<K>(c, weight, chosen, weights_out, experts_out);
+  return true;
+}
+#pragma GCC diagnostic pop
+
+// score_keys_group over `groups` consecutive groups of kLanes rows, with K, the power of the keys and
+// whether groups are on known at compile time; returns the groups routed before the first that holds
+// a non-finite logit (run_across_tokens' contract).
+template <int K = 1, int kPower = 1>
+inline int score_keys_across_tokens(const Config& c, const ScoreKeys& sk, const float* base, int64_t stride,
+                                    int groups, int live, float* weights_out, int32_t* experts_out, int32_t* counts) {
+  if constexpr (K < kAcrossMaxK) {
+    if (c.K != K)
+      return score_keys_across_tokens<K + 1, kPower>(c, sk, base, stride, groups, live, weights_out, experts_out,
+                                                     counts);
+  }
+  if constexpr (kPower < 8) {
+    if (score_key_power(c.E) != kPower)
+      return score_keys_across_tokens<K, 2 * kPower>(c, sk, base, stride, groups, live, weights_out, experts_out,
+                                                     counts);
+  }
+  const auto run = [&](auto grouped) {
+    int g = 0;
+    for (; g < groups; ++g)
+      if (!score_keys_group<K, kPower, decltype(grouped)::value>(c, sk, base + g * kLanes * stride, stride, live,
+                                                                 weights_out + g * kLanes * K,
+                                                                 experts_out + g * kLanes * K, counts))
+        break;
+    return g;
+  };
+  return sk.groups > 0 ? run(std::true_type{}) : run(std::false_type{});
+}
+
 // Rows [n, kLanes) of a gathered group (rows back to back, E floats each) made copies of its first.
 inline void pad_group(float* rows, int n, int E) {
   for (int l = n; l < kLanes; ++l) std::memcpy(rows + l * E, rows, E * sizeof(float));
@@ -1561,10 +1747,10 @@ inline void by_groups(const RowBlock& b, float* gathered, Whole&& whole, Take&& 
 }
 
 // by_groups over the finite rows: a row with a non-finite logit goes to left(row) instead, and the
-// rows past n of a gathered group are copies of its first (pad_group) where the columns (of kSigmoid's
-// scoring) read them.
-template <bool kSigmoid, class Whole, class Left, class Part>
-inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, Left&& left, Part&& part) {
+// rows past n of a gathered group are copies of its first (pad_group) where `pad` (the columns read
+// them).
+template <class Whole, class Left, class Part>
+inline void by_finite_groups(const RowBlock& b, bool pad, float* gathered, Whole&& whole, Left&& left, Part&& part) {
   const int E = b.config->E;
   const auto take = [&](int i) {
     if (finite_row(b.u + i * b.u_stride, E)) return true;
@@ -1572,12 +1758,15 @@ inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, 
     return false;
   };
   by_groups(b, gathered, whole, take, [&](float* rows, int n, const int64_t* tokens) {
-    if (by_columns<kSigmoid>(*b.config)) pad_group(rows, n, E);
+    if (pad) pad_group(rows, n, E);
     part(rows, n, tokens);
   });
 }
 
-// rows_across_tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): whole groups of kLanes rows
+// A selection across tokens over a block (E <= kAcrossMaxE, K <= kAcrossMaxK): run(base, stride,
+// groups, live, weights_out, experts_out, counts) routes `groups` groups of kLanes rows and returns how
+// many it routed before one with a non-finite logit (groups_across_tokens, score_keys_across_tokens);
+// `pad`: whether it reads a gathered group's rows past `live`. Whole groups of kLanes rows
 // straight from u; the rows of a group that holds a non-finite logit, and those after the last
 // whole group, one by one: each finite row is gathered into a group of its own making (the last one
 // with fewer rows: the lanes past them are copies of its first row, whose answers are dropped; the
@@ -1587,8 +1776,8 @@ inline void by_finite_groups(const RowBlock& b, float* gathered, Whole&& whole, 
 // finite token gets the same lane-wise operations, and the same answer bit for bit, whatever batch
 // or place in it it comes in: the token-by-token path sums its weights in another order and breaks
 // near-ties by other keys, and the token-mode cache hands one batch's rows to another.
-template <bool kSigmoid, class Left>
-inline void across_rows(const RowBlock& b, Left&& left) {
+template <class Run, class Left>
+inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
   const Config& c = *b.config;
   moe_route_outputs* fused = b.params->fused_out;
   const int E = c.E, K = c.K;
@@ -1598,15 +1787,14 @@ inline void across_rows(const RowBlock& b, Left&& left) {
   alignas(64) float weights[kLanes * kAcrossMaxK];
   alignas(64) int32_t experts[kLanes * kAcrossMaxK];
   const auto whole = [&](const float* base, int64_t t0, int groups) {
-    const int done = groups_across_tokens<kSigmoid>(c, base, b.u_stride, groups, kLanes, fused->weights + t0 * K,
-                                          fused->experts + t0 * K, counts);
+    const int done = run(base, b.u_stride, groups, kLanes, fused->weights + t0 * K, fused->experts + t0 * K, counts);
     std::memset(b.out->invalid + t0, 0, done * kLanes);
     for (int g = 0; g < done; ++g) Vec::store_int(fused->experts_per_token + t0 + g * kLanes, Vec::int_set1(K));
     b.sums.k_histogram[K] += done * kLanes;
     return done;
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
-    groups_across_tokens<kSigmoid>(c, rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
+    run(rows, E, 1, n, weights, experts, nullptr);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) {
       const int64_t t = tokens[l];
       std::memcpy(fused->weights + t * K, weights + l * K, K * sizeof(float));
@@ -1617,7 +1805,7 @@ inline void across_rows(const RowBlock& b, Left&& left) {
     }
     b.sums.k_histogram[K] += n;
   };
-  by_finite_groups<kSigmoid>(b, gathered, whole, left, part);
+  by_finite_groups(b, pad, gathered, whole, left, part);
   for (int e = 0; e < E; ++e) {
     b.sums.counts[e] += counts[e];
     b.sums.counts_valid[e] += counts[e];
@@ -1731,7 +1919,7 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& f
     for (int l = 0; l < n; ++l) b.out->invalid[tokens[l]] = 0;
     finish_run(tokens, 0, n, experts, scores, logits);
   };
-  by_finite_groups<false>(b, gathered, whole, left, part);
+  by_finite_groups(b, by_columns<false>(c), gathered, whole, left, part);
 }
 
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
@@ -1972,10 +2160,18 @@ inline void rows_by_logit_order(const RowBlock& b) {
     phase_rows[n++] = i;
     if (n == kPhaseRows) phase();
   };
+  const auto across = [&](auto sigmoid) {
+    constexpr bool kSigmoid = decltype(sigmoid)::value;
+    const auto run = [&](const float* base, int64_t stride, int groups, int live, float* weights, int32_t* experts,
+                         int32_t* counts) {
+      return groups_across_tokens<kSigmoid>(c, base, stride, groups, live, weights, experts, counts);
+    };
+    across_rows(b, by_columns<kSigmoid>(c), run, token_row);
+  };
   if (softmax && E <= (c.weights_are_softmax ? kScaledKeyMaxE : kAcrossMaxE) && K <= kAcrossMaxK) {
-    across_rows<false>(b, token_row);
+    across(std::false_type{});
   } else if (!softmax && E <= kSigmoidAcrossMaxE && K <= kAcrossMaxK) {
-    across_rows<true>(b, token_row);
+    across(std::true_type{});
   } else {
     for (int i = 0; i < b.rows; ++i) token_row(i);
   }
@@ -2138,6 +2334,24 @@ inline void rows_block(const RowBlock& b) {
       finish_fused(row, t, invalid);
     }
   };
+
+  // Top-k with sigmoid scores and a selection bias or groups (DeepSeek-V3 and its kin), fused, needing
+  // nothing else of the token: the finite rows across tokens on keys of their scores
+  // (score_keys_across_tokens), the other rows one by one above. (bench/NOTES.md item 85.)
+  const bool score_keys = fused && !softmax && !keys_from_logits && (!unbiased || c.group_size > 0) &&
+                          c.options.strategy == MOE_STRATEGY_TOP_K && !p.want_losses && !p.want_score_entropy &&
+                          !p.want_norm && !p.want_full && !p.want_top_scores && K <= kAcrossMaxK &&
+                          E <= kScoreKeyMaxE && (c.group_size == 0 || c.options.group_count <= kScoreKeyMaxGroups);
+  if (score_keys) {
+    const ScoreKeys sk{p.selection_bias, c.group_size > 0 ? c.options.group_count : 0, c.group_size,
+                       c.options.group_select};
+    const auto run = [&](const float* base, int64_t stride, int groups, int live, float* weights, int32_t* experts,
+                         int32_t* counts) {
+      return score_keys_across_tokens(c, sk, base, stride, groups, live, weights, experts, counts);
+    };
+    across_rows(b, true, run, token);
+    return;
+  }
 
   // Top-k (with capacity: not fused), top-p and threshold with softmax scores and keys (no selection
   // bias, groups or select-then-softmax), needing nothing else of the token: the finite rows'

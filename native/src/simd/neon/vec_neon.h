@@ -136,6 +136,18 @@ struct Vec {
     return vbslq_s32(vtstq_u32(vdupq_n_u32(bits), lane_bits()), if_set, if_clear);
   }
 
+  // kLanes doubles, lanes [0, 2) and [2, 4) (group scores: keep_groups_across_tokens).
+  struct D {
+    float64x2_t lo, hi;
+  };
+  static D sum_double(F a, F b) {  // a + b in double, lane by lane
+    return {vaddq_f64(vcvt_f64_f32(vget_low_f32(a)), vcvt_f64_f32(vget_low_f32(b))),
+            vaddq_f64(vcvt_high_f64_f32(a), vcvt_high_f64_f32(b))};
+  }
+  static M ge_double(const D& a, const D& b) {
+    return vcombine_u32(vmovn_u64(vcgeq_f64(a.lo, b.lo)), vmovn_u64(vcgeq_f64(a.hi, b.hi)));
+  }
+
   // acc[0..n) += a[0..n)^2 in double.
   static void add_squares_to_double(double* acc, F a, int n) {
     float values[kLanes];
