@@ -1567,26 +1567,17 @@ inline void keep_groups_across_tokens(const LaneMaxima* top, int groups, int siz
   for (int g = 0; g < groups; ++g) kept[g] = Vec::lt(before[g], limit);
 }
 
-// The K slots of kLanes tokens (one per lane; rows at base, row stride `stride`, E <= kScoreKeyMaxE,
-// every row read: a gathered group's rows past `live` are copies of its first) under sigmoid scores
-// with a selection bias or groups, stored as kLanes rows of K in weights_out and experts_out, their
-// experts added to counts unless null. A first pass over the columns (load_columns) keeps each
-// token's keys key = sigma(u) + bias (as the token-by-token path computes them) in columns[0, E) and
-// their lanes' extremes, by group; the groups' choice (keep_groups_across_tokens) then gives the
-// kept experts, whose largest key `max` and m = max |key| scale the second pass's keys
-// (logit_key<-kPower>: w' = (max - key) / (2 m) to the power kPower = score_key_power(E)); an expert
-// of a group not kept gets a key above every kept one's. The network (add_keys) takes the L smallest,
-// and the weights are sigma(u_j) of the slots' own logits (store_sigmoid_slots). False, writing
-// nothing, when a logit of the group is not finite. docs/semantics.md §13 bounds the keys' truncation.
-// (GCC 12 reports best as maybe uninitialized: the first block's add_keys writes it.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-template <int K, int kPower, bool kGrouped>
-[[gnu::noinline]] bool score_keys_group(const Config& c, const ScoreKeys& sk, const float* base, int64_t stride,
-                                        int live, float* weights_out, int32_t* experts_out, int32_t* counts) {
-  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
-  const int E = c.E, groups = kGrouped ? sk.groups : 1, size = kGrouped ? sk.size : E;
-  alignas(64) F columns[kScoreKeyMaxE];
+// The keys of kLanes tokens (one per lane; rows at base, row stride `stride`, E <= kScoreKeyMaxE,
+// every row read) under sigmoid scores with a selection bias or groups, key = sigma(u) + bias as the
+// token-by-token path computes them, into columns[0, E) (load_columns), and for the kept experts
+// (keep_groups_across_tokens; ungrouped, every expert) each lane's largest and least key into max and
+// min and, grouped, the groups kept into kept[0, G). False, the rest unset, when a logit of the group is
+// not finite. (Apart from score_keys_group, which is instantiated for every K and power: inlined there,
+// this pass made the AVX-512 unit's compilation several times longer.)
+template <bool kGrouped>
+[[gnu::noinline]] bool score_keys_columns(const ScoreKeys& sk, int E, const float* base, int64_t stride, F* columns,
+                                          F& max, F& min, M* kept) {
+  const int size = kGrouped ? sk.size : E;
   // Each group's lanes' two largest and least keys: the current group's in registers (indexed
   // arrays went through memory, a store and a load on every key's chain), stored when it ends.
   // Ungrouped, the largest and least in two chains each.
@@ -1623,18 +1614,14 @@ template <int K, int kPower, bool kGrouped>
       }
     }
   }
+  if (!check_passed(check)) return false;
   if constexpr (kGrouped) {
     top[g] = current;
     low[g] = least;
-  }
-  if (!check_passed(check)) return false;
-  M kept[kGrouped ? kScoreKeyMaxGroups : 1];
-  F max, min;
-  if constexpr (kGrouped) {
-    keep_groups_across_tokens(top, groups, size, sk.select, kept);
+    keep_groups_across_tokens(top, sk.groups, size, sk.select, kept);
     max = Vec::set1(-kInf);
     min = Vec::set1(kInf);
-    for (int h = 0; h < groups; ++h) {
+    for (int h = 0; h < sk.groups; ++h) {
       max = Vec::select(kept[h], Vec::max(max, top[h].first), max);
       min = Vec::select(kept[h], Vec::min(min, low[h]), min);
     }
@@ -1642,13 +1629,36 @@ template <int K, int kPower, bool kGrouped>
     max = Vec::max(high[0], high[1]);
     min = Vec::min(low[0], low[1]);
   }
+  return true;
+}
+
+// The K slots of kLanes tokens under sigmoid scores with a selection bias or groups (rows at base,
+// row stride `stride`, E <= kScoreKeyMaxE; a gathered group's rows past `live` are copies of its
+// first), stored as kLanes rows of K in weights_out and experts_out, their experts added to counts
+// unless null: the keys from score_keys_columns; their largest `max` and m = max |key| of the kept
+// experts scale the packed keys (logit_key<-kPower>: w' = (max - key) / (2 m) to the power kPower =
+// score_key_power(E)), an expert of a group not kept keyed above every kept one's; the network
+// (add_keys) takes the L smallest, and the weights are sigma(u_j) of the slots' own logits
+// (store_sigmoid_slots). False, writing nothing, when a logit of the group is not finite.
+// docs/semantics.md §13 bounds the keys' truncation.
+// (GCC 12 reports best as maybe uninitialized: the first block's add_keys writes it.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int K, int kPower, bool kGrouped>
+[[gnu::noinline]] bool score_keys_group(const Config& c, const ScoreKeys& sk, const float* base, int64_t stride,
+                                        int live, float* weights_out, int32_t* experts_out, int32_t* counts) {
+  constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
+  const int E = c.E, size = kGrouped ? sk.size : E;
+  alignas(64) F columns[kScoreKeyMaxE];
+  M kept[kGrouped ? kScoreKeyMaxGroups : 1];
+  F max, min;
+  if (!score_keys_columns<kGrouped>(sk, E, base, stride, columns, max, min, kept)) return false;
   const F scale = scaled_key_scale(max, min);
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1)), expert_bits = Vec::int_set1((1 << bits) - 1);
   const Vec::I dropped = Vec::int_set1(std::numeric_limits<int32_t>::max());  // (padding too)
   Vec::I best[L];
-  g = 0;
-  group_end = size;
+  int g = 0, group_end = size;
   M keep{};
   if constexpr (kGrouped) keep = kept[0];
   for (int e0 = 0; e0 < E; e0 += L) {
