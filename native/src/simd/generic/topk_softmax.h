@@ -1573,7 +1573,8 @@ inline void keep_groups_across_tokens(const LaneMaxima* top, int groups, int siz
 // (keep_groups_across_tokens; ungrouped, every expert) each lane's largest and least key into max and
 // min and, grouped, the groups kept into kept[0, G). False, the rest unset, when a logit of the group is
 // not finite. (Apart from score_keys_group, which is instantiated for every K and power: inlined there,
-// this pass made the AVX-512 unit's compilation several times longer.)
+// this pass made the AVX-512 unit compile in 86 s instead of 71, and over 20 minutes under the
+// sanitizers.)
 template <bool kGrouped>
 [[gnu::noinline]] bool score_keys_columns(const ScoreKeys& sk, int E, const float* base, int64_t stride, F* columns,
                                           F& max, F& min, M* kept) {
