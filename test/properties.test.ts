@@ -3,9 +3,9 @@
 // message carries everything needed to rebuild it: `makeCase(seed, strategy)`.
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { makeCase, STRATEGIES, type Case } from './reference/cases';
+import { makeCase, Rng, STRATEGIES, type Case } from './reference/cases';
 import { backendList, referenceRun, runCase } from './reference/harness';
-import { RefError, type RefRouting } from './reference/reference';
+import { RefError, type RefRouting, type Strategy } from './reference/reference';
 import { DynamicRouter, Tensor, type BackendName } from '../src/index';
 import { normalGenerator } from '../src/random';
 
@@ -495,6 +495,89 @@ describe('group-limited routing keeps the oracle\'s groups', () => {
         expect(worst, `${where}: weights beyond 1e-5 relative`).toBeLessThanOrEqual(1e-7);
       }
     }
+  });
+});
+
+// Capacity after a fused token stage (docs/semantics.md §7, bench/NOTES.md item 86): the SIMD backends
+// route dropPolicy 'position' as if without capacity, then drop the overflowing experts' latest
+// assignments and renormalize only the tokens that lost a slot; 'score' splits only the overflowing
+// experts' assignments. Batches of whole groups of 16 tokens and a remainder, so that the routings that
+// select across tokens do; experts of uneven popularity, so that some overflow by far at factors 0.5
+// and 1, and copies of earlier tokens, whose equal scores 'score' breaks by the lower token. Against the
+// reference; and a capacity that drops nothing returns the dropless routing bit for bit.
+describe('capacity drops agree with the reference on batches routed across tokens', () => {
+  it(`E = 8, 64, 100, 256; factors 0.5, 1 and E / K; by position and by score; softmax normalized or not, sigmoid, select-then-softmax, top-p, DeepSeek-V3's routing, negative scale × [${backendNames.join(', ')}]`, { timeout: 120_000 }, async () => {
+    const rng = new Rng(20261124);
+    const shapes = [{ E: 8, K: 2 }, { E: 64, K: 8 }, { E: 100, K: 6 }, { E: 256, K: 8 }];
+    const T = 16 * 40 + 9;
+    let cases = 0;
+    let dropped = 0;
+    for (const { E, K } of shapes) {
+      const selectionBias = Float32Array.from({ length: E }, () => 0.05 * rng.normal());
+      const variants: Record<string, unknown>[] = [
+        {}, { normalize: false }, { scoring: 'sigmoid', normalize: true, scale: 2.5 }, { order: 'select-then-softmax' },
+        { strategy: 'top-p', topP: 0.7 }, { scale: -1.5, dispatch: true },
+        { scoring: 'sigmoid', selectionBias, groups: E % 4 === 0 ? { count: 4, select: 2 } : undefined, normalize: true, scale: 2.5 },
+      ];
+      const popularity = Array.from({ length: E }, () => 1.5 * rng.normal());
+      const logits = new Float32Array(T * E);
+      for (let t = 0; t < T; t++) for (let e = 0; e < E; e++) logits[t * E + e] = rng.normal() + popularity[e]!;
+      const D = 24;
+      const hidden = Float32Array.from({ length: T * D }, () => rng.normal());
+      // every fifth token a copy of an earlier one: equal scores, which 'score' breaks by the lower token
+      const copies: [number, number][] = [];
+      for (let t = 5; t < T; t += 5) {
+        const from = rng.int(0, t - 1);
+        copies.push([t, from]);
+        logits.copyWithin(t * E, from * E, (from + 1) * E);
+        hidden.copyWithin(t * D, from * D, (from + 1) * D);
+      }
+      for (const variant of variants) {
+        // E / K: a capacity of T, which nothing overflows
+        for (const [capacityFactor, dropPolicy] of [[0.5, 'position'], [1, 'position'], [1, 'score'], [E / K, 'position']] as const) {
+          // E = 64 behind a gate (hidden states), the others as logits
+          const gate = E === 64;
+          const weight = Float32Array.from({ length: E * (gate ? D : 1) }, () => (gate ? rng.normal() / Math.sqrt(D) : 0));
+          const options = { inputDim: gate ? D : 1, numExperts: E, topK: K, weight, capacityFactor, dropPolicy, ...variant };
+          const c: Case = {
+            seed: 0,
+            strategy: (variant.strategy as Strategy | undefined) ?? 'top-k',
+            options: options as Case['options'],
+            weightDtype: 'f32',
+            calls: [{ kind: gate ? 'route' : 'routeLogits', async: false, dtype: 'f32', T, data: gate ? hidden : logits, injected: [] }],
+            describe: `capacity E=${E} K=${K} T=${T} ${gate ? 'hidden' : 'logits'}`,
+            calibrate: undefined,
+          };
+          const refs = referenceRun(c)[0];
+          dropped += (refs.results[0] as RefRouting).droppedAssignments;
+          for (const backend of backendNames) {
+            const mismatch = await runCase(c, backend, refs);
+            if (mismatch) throw new Error(mismatch);
+            const route = (o: object) => {
+              const router = new DynamicRouter({ ...o, backend: backend as BackendName } as any);
+              const r = gate ? router.route(hidden) : router.routeLogits(logits);
+              const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), dropped: r.droppedAssignments };
+              r.release();
+              router.dispose();
+              return out;
+            };
+            const where = `${c.describe} ${JSON.stringify(variant)} ${dropPolicy} ${backend}`;
+            const got = route(options);
+            // A copy selects its original's experts in the same slots: where one of the two lost a slot's
+            // expert to capacity, it is the later token, by either policy.
+            for (const [t, from] of copies)
+              for (let j = 0; j < K; j++)
+                if (got.experts[from * K + j] === -1) expect(got.experts[t * K + j], `${where}: token ${from} slot ${j} dropped, its copy ${t} kept`).toBe(-1);
+            if (capacityFactor !== E / K) continue;
+            const { capacityFactor: _, dropPolicy: __, ...dropless } = options;
+            expect(got, where).toEqual({ ...route(dropless), dropped: 0 });
+          }
+          cases += 1;
+        }
+      }
+    }
+    expect(cases).toBe(shapes.length * 7 * 4);
+    expect(dropped).toBeGreaterThan(shapes.length * 7 * 3 * T * 0.05);
   });
 });
 

@@ -54,62 +54,129 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
   }
 }
 
-// Token choice: k_t and the first k_t candidates of each token, then capacity, then the weights.
-void assign_token_choice(const Config& c, int64_t T, const KParams& kp, Workspace& ws,
+// A fused token's survivors' weights after a drop, from its weights before: normalized, those were
+// scale·r_j with the r_j summing to one over the selected slots, so the survivors' renormalized
+// scale·r_j / Σ r_i is w_j · scale / Σ w_i (a zero or non-finite sum: scale / survivors each, as
+// slot_weights rules for its own). Without normalization a survivor's weight does not change.
+void renormalize_survivors(const Config& c, const int32_t* experts, float* weights) {
+  if (!c.normalize) return;
+  const int K = c.K;
+  int survivors = 0;
+  double sum = 0;
+  for (int j = 0; j < K; ++j) {
+    if (experts[j] < 0) continue;
+    ++survivors;
+    sum += weights[j];
+  }
+  const double scale = c.options.scale;
+  const bool usable = sum != 0 && std::isfinite(sum);
+  for (int j = 0; j < K; ++j)
+    if (experts[j] >= 0)
+      weights[j] = static_cast<float>(usable ? weights[j] * scale / sum : scale / survivors);
+}
+
+// dropPolicy 'position' (docs/semantics.md §7): each expert keeps its first `capacity` assignments
+// in slot order; a later one becomes expert -1, weight 0 in place. After a fused token stage, a token
+// that lost a slot has its survivors' weights renormalized here.
+void drop_by_position(const Config& c, int64_t T, int64_t capacity, bool fused, Workspace& ws,
+                      moe_route_outputs* out) {
+  const int K = c.K;
+  std::vector<int64_t>& kept = ws.cursor;
+  std::fill(kept.begin(), kept.begin() + c.E, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    bool dropped = false;
+    for (int j = 0; j < K; ++j) {
+      int32_t& e = out->experts[t * K + j];
+      if (e < 0) continue;
+      if (kept[e] < capacity) {
+        ++kept[e];
+        continue;
+      }
+      e = -1;
+      out->weights[t * K + j] = 0.0f;
+      ++out->dropped_assignments;
+      dropped = true;
+    }
+    if (dropped && fused) renormalize_survivors(c, out->experts + t * K, out->weights + t * K);
+  }
+}
+
+// dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
+// Only the experts with more assignments than that drop any: their slots are gathered by expert (in
+// slot order) and each expert's split at its capacity-th best, O(its assignments) rather than a sort.
+void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out) {
+  const int E = c.E, K = c.K;
+  const float* score = ws.stage().candidate_score;
+  const std::vector<int64_t>& count = ws.counts_before;
+  // An overflowing expert's fill position; the others share a spare entry past them, so that the
+  // gathering takes no branch on the expert (half of them overflow at capacityFactor 1).
+  std::vector<int64_t>& end = ws.cursor;
+  int64_t total = 0;
+  for (int e = 0; e < E; ++e) {
+    end[e] = total;
+    if (count[e] > capacity) total += count[e];
+  }
+  for (int e = 0; e < E; ++e)
+    if (count[e] <= capacity) end[e] = total;
+  ws.choices.resize(static_cast<size_t>(total) + 1);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int j = 0; j < K; ++j) {
+      const int64_t i = t * K + j;
+      const int32_t e = out->experts[i];
+      if (e < 0) continue;
+      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), e, static_cast<int32_t>(i)};
+      end[e] += count[e] > capacity;
+    }
+  }
+  const auto better = [](const Workspace::Choice& a, const Workspace::Choice& b) {
+    return a.key > b.key || (a.key == b.key && a.slot < b.slot);
+  };
+  for (int e = 0; e < E; ++e) {
+    if (count[e] <= capacity) continue;
+    const auto last = ws.choices.begin() + end[e];
+    const auto first = last - count[e];
+    std::nth_element(first, first + capacity, last, better);
+    for (auto dropped = first + capacity; dropped != last; ++dropped) {
+      out->experts[dropped->slot] = -1;
+      ++out->dropped_assignments;
+    }
+  }
+}
+
+// Token choice: k_t and the first k_t candidates of each token, then capacity, then the weights. After
+// a fused token stage (dropPolicy 'position' only) the slots and weights are there already, and only
+// the tokens that lost a slot change. Capacity drops nothing when no expert has more than `capacity`
+// assignments.
+void assign_token_choice(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
                          moe_route_outputs* out) {
+  const int64_t T = p.tokens;
   const int K = c.K;
   const TokenStage& st = ws.stage();
-  for (int64_t t = 0; t < T; ++t) {
-    const TokenRow row = token_row(c, st, t);
-    int32_t* experts = out->experts + t * K;
-    const int k = c.capacity ? select_slots(c, row, kp, experts)
-                             : assign_token(c, row, kp, experts, out->weights + t * K);
-    out->experts_per_token[t] = k;
-    ++ws.k_histogram[k];
-    for (int j = 0; j < k; ++j) {
-      ++ws.counts_before[experts[j]];
-      if (!st.invalid[t]) ++ws.counts_before_valid[experts[j]];
+  const bool fused = p.fused_out != nullptr;
+  if (!fused) {
+    for (int64_t t = 0; t < T; ++t) {
+      const TokenRow row = token_row(c, st, t);
+      int32_t* experts = out->experts + t * K;
+      const int k = c.capacity ? select_slots(c, row, kp, experts)
+                               : assign_token(c, row, kp, experts, out->weights + t * K);
+      out->experts_per_token[t] = k;
+      ++ws.k_histogram[k];
+      for (int j = 0; j < k; ++j) {
+        ++ws.counts_before[experts[j]];
+        if (!st.invalid[t]) ++ws.counts_before_valid[experts[j]];
+      }
     }
   }
   if (!c.capacity) return;
 
   const int64_t capacity = capacity_per_expert(c, T);
-  if (c.options.drop_policy == MOE_DROP_POSITION) {
-    std::vector<int64_t>& kept = ws.cursor;
-    std::fill(kept.begin(), kept.end(), 0);
-    for (int64_t i = 0; i < T * K; ++i) {
-      const int32_t e = out->experts[i];
-      if (e < 0) continue;
-      if (kept[e] < capacity) {
-        ++kept[e];
-      } else {
-        out->experts[i] = -1;
-        ++out->dropped_assignments;
-      }
-    }
-  } else {
-    // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments.
-    ws.choices.clear();
-    for (int64_t i = 0; i < T * K; ++i) {
-      const int32_t e = out->experts[i];
-      if (e >= 0)
-        ws.choices.push_back({st.candidate_score[i], static_cast<int32_t>(i / K), e,
-                              static_cast<int32_t>(i)});
-    }
-    std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
-      if (a.expert != b.expert) return a.expert < b.expert;
-      if (a.key != b.key) return a.key > b.key;
-      return a.token < b.token;
-    });
-    int64_t rank = 0;
-    for (size_t i = 0; i < ws.choices.size(); ++i) {
-      rank = (i > 0 && ws.choices[i].expert == ws.choices[i - 1].expert) ? rank + 1 : 0;
-      if (rank >= capacity) {
-        out->experts[ws.choices[i].slot] = -1;
-        ++out->dropped_assignments;
-      }
-    }
+  const bool overflow = std::any_of(ws.counts_before.begin(), ws.counts_before.begin() + c.E,
+                                    [&](int64_t count) { return count > capacity; });
+  if (overflow) {
+    if (c.options.drop_policy == MOE_DROP_POSITION) drop_by_position(c, T, capacity, fused, ws, out);
+    else drop_by_score(c, T, capacity, ws, out);
   }
+  if (fused) return;
   // The survivors' weights.
   for (int64_t t = 0; t < T; ++t)
     slot_weights(c, out->experts + t * K, st.candidate_score + t * K, st.candidate_logit + t * K,
@@ -351,18 +418,14 @@ void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace&
 
   if (c.expert_choice) {
     assign_expert_choice(c, T, ws, out);
-  } else if (!p.fused_out) {
-    assign_token_choice(c, T, kp, ws, out);
+  } else {
+    assign_token_choice(c, p, kp, ws, out);
   }
 
-  // Without capacity drops, the counts are the assignments made.
-  if (c.capacity) {
-    std::fill(out->expert_counts, out->expert_counts + E, 0);
-    for (int64_t i = 0; i < T * K; ++i)
-      if (out->experts[i] >= 0) ++out->expert_counts[out->experts[i]];
-  } else {
-    for (int e = 0; e < E; ++e) out->expert_counts[e] = static_cast<int32_t>(ws.counts_before[e]);
-  }
+  // Either drop policy leaves an expert min(assignments, capacity) of them.
+  const int64_t capacity = c.capacity ? capacity_per_expert(c, T) : std::numeric_limits<int64_t>::max();
+  for (int e = 0; e < E; ++e)
+    out->expert_counts[e] = static_cast<int32_t>(std::min(ws.counts_before[e], capacity));
   if (c.options.dispatch) assign_dispatch(c, T, ws, out);
 
   // Invalid tokens are rare: memchr skips over the valid ones.

@@ -192,7 +192,9 @@ moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype,
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
   const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || norm_calibrated;
-  if (out && r->backend->fuses_assignment() && !c.expert_choice && !c.capacity && k_per_token) {
+  // Capacity by position drops from the fused slots (assign); by score it needs every slot's s.
+  const bool fusable_capacity = !c.capacity || c.options.drop_policy == MOE_DROP_POSITION;
+  if (out && r->backend->fuses_assignment() && !c.expert_choice && fusable_capacity && k_per_token) {
     p.k_params = &r->k_snapshot;
     p.fused_out = out;
   }

@@ -2364,11 +2364,11 @@ inline void rows_block(const RowBlock& b) {
     return;
   }
 
-  // Top-k (with capacity: not fused), top-p and threshold with softmax scores and keys (no selection
-  // bias, groups or select-then-softmax), needing nothing else of the token: the finite rows'
-  // candidates across tokens (candidates_across_rows), whose K best scores are then also threshold's
-  // top scores; assigned here when fused, else by the core's pass over the candidates. The other
-  // rows one by one above. (bench/NOTES.md items 75-76.)
+  // Top-k (with capacity by score: not fused), top-p and threshold with softmax scores and keys (no
+  // selection bias, groups or select-then-softmax), needing nothing else of the token: the finite
+  // rows' candidates across tokens (candidates_across_rows), whose K best scores are then also
+  // threshold's top scores; assigned here when fused, else by the core's pass over the candidates.
+  // The other rows one by one above. (bench/NOTES.md items 75-76.)
   const moe_strategy strategy = c.options.strategy;
   const bool across = softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
                       (strategy == MOE_STRATEGY_TOP_K || strategy == MOE_STRATEGY_TOP_P ||
