@@ -4,8 +4,9 @@
  * no bias or groups) selects across tokens with packed keys, and so do `normalize: false`, sigmoid
  * scoring without a bias, groups or losses and select-then-softmax without a bias (up to E = 128),
  * sigmoid scoring with a selection bias or groups (up to E = 256 and 16 groups), and the candidates
- * of top-p, threshold and capacity; the other options route token by token through the scores
- * (docs/semantics.md §13; bench/NOTES.md items 57-60, 71-85). Each option set is timed
+ * of top-p, threshold and capacity by score; capacity by position routes as without capacity, then
+ * drops (item 86); the other options route token by token through the scores (docs/semantics.md
+ * §13; bench/NOTES.md items 57-60, 71-86). Each option set is timed
  * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
  * same phase of a shared machine; printed: median ms, ns a token, and the ratio to the default.
  *
@@ -31,6 +32,8 @@ function optionSets(experts: number): [string, Extra][] {
     ["strategy: 'top-p'", { strategy: 'top-p', topP: 0.6 }],
     ["strategy: 'threshold'", { strategy: 'threshold', threshold: 0.05 }],
     ['capacityFactor: 1.25', { capacityFactor: 1.25 }],
+    ['capacityFactor: 1 (about half the experts overflow)', { capacityFactor: 1 }],
+    ["capacityFactor: 1, dropPolicy: 'score'", { capacityFactor: 1, dropPolicy: 'score' }],
     ['dispatch: true', { dispatch: true }],
   ];
 }
