@@ -1824,25 +1824,50 @@ inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
 }
 
 // Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
-// of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
-// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as select_slots and
-// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double.
-// Threshold's test s_j >= threshold is exact (against the least float >= threshold); top-p's
-// cumulative sums are f32, so a lane whose sum comes within kTopPUnsure of p at a step that could
-// decide k_t is left to the exact path: its bit is set in the mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
-// is 0), or s_j with normalize off, times scale; empty slots 0.
+// of K (candidates_across_rows' buffers, kLanes rows; scores in descending order): k_t into k_out, the
+// slots (expert -1 past k_t) and the weights into experts_out and weights_out as kLanes rows of K (the
+// rows past n are scratch), as select_slots and slot_weights give them for scores that are not softmax
+// weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
+// least float >= threshold); top-p's cumulative sums are f32, so a lane whose sum comes within
+// kTopPUnsure of p at a step that could decide k_t is left to the exact path: its bit is set in the
+// mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
+// is 0), or s_j with normalize off, times scale; empty slots 0. Instantiated for each K, the slots in
+// registers. On AVX-512, for K a power of two, they come into columns by to_columns and go back by
+// store_slots, where a scalar copy each way through a stack array cost up to 40% of top-p's route
+// (logits E = 8, K = 2, one thread); other K, AVX2 (slower turned: 16 registers) and NEON (not
+// measured) keep the copies (bench/NOTES.md item 87).
 constexpr float kTopPUnsure = 2e-6f;  // > K f32 roundings of a sum <= 1 (and p's own), K <= 8
+template <int K = 1>
 inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, const int32_t* experts,
                                   const float* scores, int32_t* experts_out, float* weights_out, int32_t* k_out) {
-  const int K = c.K;
-  alignas(64) float slot_score[kAcrossMaxK][kLanes];
-  alignas(64) int32_t slot_expert[kAcrossMaxK][kLanes];
-  for (int j = 0; j < K; ++j)
-    for (int l = 0; l < kLanes; ++l) {
-      const int from = (l < n ? l : 0) * K + j;
-      slot_score[j][l] = scores[from];
-      slot_expert[j][l] = experts[from];
+  if constexpr (K < kAcrossMaxK) {
+    if (c.K != K) return finish_candidates<K + 1>(c, kp, n, experts, scores, experts_out, weights_out, k_out);
+  }
+  constexpr bool kTurned = kLanes == 16 && (K & (K - 1)) == 0;  // (see above)
+  F slot_score[K];
+  Vec::I slot_expert[K];
+  if constexpr (kTurned) {
+    F expert_bits[K];
+    for (int j = 0; j < K; ++j) {
+      slot_score[j] = Vec::load(scores + j * kLanes);
+      expert_bits[j] = Vec::from_bits(Vec::int_load(experts + j * kLanes));
     }
+    to_columns<K>(slot_score);
+    to_columns<K>(expert_bits);
+    for (int j = 0; j < K; ++j) slot_expert[j] = Vec::to_bits(expert_bits[j]);
+  } else {
+    alignas(64) float column_score[K][kLanes];
+    alignas(64) int32_t column_expert[K][kLanes];
+    for (int j = 0; j < K; ++j)
+      for (int l = 0; l < kLanes; ++l) {
+        column_score[j][l] = scores[l * K + j];
+        column_expert[j][l] = experts[l * K + j];
+      }
+    for (int j = 0; j < K; ++j) {
+      slot_score[j] = Vec::load(column_score[j]);
+      slot_expert[j] = Vec::int_load(column_expert[j]);
+    }
+  }
   Vec::I k = Vec::int_set1(K);
   uint32_t unsure = 0;
   if (c.options.strategy == MOE_STRATEGY_TOP_P) {
@@ -1852,7 +1877,7 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
     F cumulative = Vec::zero();
     M decided = Vec::lt(near, Vec::zero());  // (none)
     for (int j = 0; j < K; ++j) {
-      cumulative = Vec::add(cumulative, Vec::load(slot_score[j]));
+      cumulative = Vec::add(cumulative, slot_score[j]);
       unsure |= Vec::bits(Vec::mask_andnot(decided, Vec::lt(Vec::abs(Vec::sub(cumulative, p)), near)));
       const M reached = Vec::ge(cumulative, p);
       k = Vec::to_bits(Vec::select(Vec::mask_andnot(decided, reached), Vec::from_bits(Vec::int_set1(j + 1)),
@@ -1866,35 +1891,42 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
     k = Vec::int_set1(0);
     const F one = Vec::from_bits(Vec::int_set1(1)), none = Vec::zero();
     for (int j = 0; j < K; ++j)
-      k = Vec::int_add(k, Vec::to_bits(Vec::select(Vec::ge(Vec::load(slot_score[j]), threshold), one, none)));
+      k = Vec::int_add(k, Vec::to_bits(Vec::select(Vec::ge(slot_score[j], threshold), one, none)));
   }
   k = Vec::int_min(Vec::int_max(k, Vec::int_set1(c.kmin)), Vec::int_set1(K));
 
   F sum = Vec::zero();
-  M kept[kAcrossMaxK];
+  M kept[K];
   for (int j = 0; j < K; ++j) {
     kept[j] = Vec::int_gt(k, Vec::int_set1(j));
-    sum = Vec::add(sum, Vec::select(kept[j], Vec::load(slot_score[j]), Vec::zero()));
+    sum = Vec::add(sum, Vec::select(kept[j], slot_score[j], Vec::zero()));
   }
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   const M positive = Vec::gt(sum, Vec::zero());
   const F even = Vec::div(Vec::set1(1.0f), Vec::to_float(k));
+  F weight[K];
   for (int j = 0; j < K; ++j) {
-    const F score = Vec::load(slot_score[j]);
-    const F w = !c.normalize ? score : Vec::select(positive, Vec::div(score, sum), even);
-    Vec::store(slot_score[j], Vec::select(kept[j], Vec::mul(w, scale), Vec::zero()));
-    Vec::store_int(slot_expert[j],
-                   Vec::to_bits(Vec::select(kept[j], Vec::from_bits(Vec::int_load(slot_expert[j])),
-                                            Vec::from_bits(Vec::int_set1(-1)))));
+    const F w = !c.normalize ? slot_score[j] : Vec::select(positive, Vec::div(slot_score[j], sum), even);
+    weight[j] = Vec::select(kept[j], Vec::mul(w, scale), Vec::zero());
+    slot_expert[j] = Vec::to_bits(Vec::select(kept[j], Vec::from_bits(slot_expert[j]), Vec::from_bits(Vec::int_set1(-1))));
   }
   alignas(64) int32_t lane_k[kLanes];
   Vec::store_int(lane_k, k);
-  for (int l = 0; l < n; ++l) {
-    k_out[l] = lane_k[l];
+  for (int l = 0; l < n; ++l) k_out[l] = lane_k[l];
+  if constexpr (kTurned) {
+    store_slots<K>(weight, slot_expert, weights_out, experts_out);
+  } else {
+    alignas(64) float column_weight[K][kLanes];
+    alignas(64) int32_t column_expert[K][kLanes];
     for (int j = 0; j < K; ++j) {
-      experts_out[l * K + j] = slot_expert[j][l];
-      weights_out[l * K + j] = slot_score[j][l];
+      Vec::store(column_weight[j], weight[j]);
+      Vec::store_int(column_expert[j], slot_expert[j]);
     }
+    for (int l = 0; l < n; ++l)
+      for (int j = 0; j < K; ++j) {
+        experts_out[l * K + j] = column_expert[j][l];
+        weights_out[l * K + j] = column_weight[j][l];
+      }
   }
   return unsure & ((n < 32 ? 1u << n : 0u) - 1u);
 }
