@@ -1824,15 +1824,15 @@ inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
 }
 
 // Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
-// of K (candidates_across_rows' buffers, kLanes rows; scores in descending order): k_t into k_out, the
-// slots (expert -1 past k_t) and the weights into experts_out and weights_out as kLanes rows of K (the
-// rows past n are scratch), as select_slots and slot_weights give them for scores that are not softmax
-// weights, in f32 where those sum in double. Threshold's test s_j >= threshold is exact (against the
-// least float >= threshold); top-p's cumulative sums are f32, so a lane whose sum comes within
-// kTopPUnsure of p at a step that could decide k_t is left to the exact path: its bit is set in the
-// mask returned. kmin <= k_t <= K as decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum
-// is 0), or s_j with normalize off, times scale; empty slots 0. Instantiated for each K, the slots in
-// registers. On AVX-512, for K a power of two, they come into columns by to_columns and go back by
+// of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
+// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as select_slots and
+// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double.
+// Threshold's test s_j >= threshold is exact (against the least float >= threshold); top-p's
+// cumulative sums are f32, so a lane whose sum comes within kTopPUnsure of p at a step that could
+// decide k_t is left to the exact path: its bit is set in the mask returned. kmin <= k_t <= K as
+// decide_k clamps it; weights s_j / sum (or 1 / k_t when the sum is 0), or s_j with normalize off,
+// times scale; empty slots 0. Instantiated for each K, the slots in registers. On AVX-512, for K a
+// power of two and a whole group (n = kLanes), they come into columns by to_columns and go back by
 // store_slots, where a scalar copy each way through a stack array cost up to 40% of top-p's route
 // (logits E = 8, K = 2, one thread); other K, AVX2 (slower turned: 16 registers) and NEON (not
 // measured) keep the copies (bench/NOTES.md item 87).
@@ -1843,10 +1843,11 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
   if constexpr (K < kAcrossMaxK) {
     if (c.K != K) return finish_candidates<K + 1>(c, kp, n, experts, scores, experts_out, weights_out, k_out);
   }
-  constexpr bool kTurned = kLanes == 16 && (K & (K - 1)) == 0;  // (see above)
+  constexpr bool kTurned = kLanes == 16 && (K & (K - 1)) == 0;  // (see above; whole groups only)
+  const bool turned = kTurned && n == kLanes;
   F slot_score[K];
   Vec::I slot_expert[K];
-  if constexpr (kTurned) {
+  if (turned) {
     F expert_bits[K];
     for (int j = 0; j < K; ++j) {
       slot_score[j] = Vec::load(scores + j * kLanes);
@@ -1860,8 +1861,9 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
     alignas(64) int32_t column_expert[K][kLanes];
     for (int j = 0; j < K; ++j)
       for (int l = 0; l < kLanes; ++l) {
-        column_score[j][l] = scores[l * K + j];
-        column_expert[j][l] = experts[l * K + j];
+        const int from = (l < n ? l : 0) * K + j;
+        column_score[j][l] = scores[from];
+        column_expert[j][l] = experts[from];
       }
     for (int j = 0; j < K; ++j) {
       slot_score[j] = Vec::load(column_score[j]);
@@ -1913,7 +1915,7 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
   alignas(64) int32_t lane_k[kLanes];
   Vec::store_int(lane_k, k);
   for (int l = 0; l < n; ++l) k_out[l] = lane_k[l];
-  if constexpr (kTurned) {
+  if (turned) {
     store_slots<K>(weight, slot_expert, weights_out, experts_out);
   } else {
     alignas(64) float column_weight[K][kLanes];
