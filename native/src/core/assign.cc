@@ -76,22 +76,26 @@ void renormalize_survivors(const Config& c, const int32_t* experts, float* weigh
 }
 
 // dropPolicy 'position' (docs/semantics.md §7): each expert keeps its first `capacity` assignments
-// in slot order; a later one becomes expert -1, weight 0 in place. After a fused token stage, a token
-// that lost a slot has its survivors' weights renormalized here.
+// in slot order, so the dropped ones are each expert's last count - capacity. A pass from the last
+// token back drops them (expert -1, weight 0 in place) and stops once none is left: it covers only
+// the tail of the batch where they lie. After a fused token stage, a token that lost a slot has its
+// survivors' weights renormalized here.
 void drop_by_position(const Config& c, int64_t T, int64_t capacity, bool fused, Workspace& ws,
                       moe_route_outputs* out) {
   const int K = c.K;
-  std::vector<int64_t>& kept = ws.cursor;
-  std::fill(kept.begin(), kept.begin() + c.E, 0);
-  for (int64_t t = 0; t < T; ++t) {
+  std::vector<int64_t>& excess = ws.cursor;
+  int64_t left = 0;
+  for (int e = 0; e < c.E; ++e) {
+    excess[e] = std::max<int64_t>(ws.counts_before[e] - capacity, 0);
+    left += excess[e];
+  }
+  for (int64_t t = T - 1; t >= 0 && left > 0; --t) {
     bool dropped = false;
-    for (int j = 0; j < K; ++j) {
+    for (int j = 0; j < K; ++j) {  // (an expert holds one slot of a token at most)
       int32_t& e = out->experts[t * K + j];
-      if (e < 0) continue;
-      if (kept[e] < capacity) {
-        ++kept[e];
-        continue;
-      }
+      if (e < 0 || excess[e] == 0) continue;
+      --excess[e];
+      --left;
       e = -1;
       out->weights[t * K + j] = 0.0f;
       ++out->dropped_assignments;
