@@ -11,13 +11,6 @@ namespace moe {
 
 namespace {
 
-// The first k_t candidates of a token in its slots, -1 after them. Returns k_t.
-int select_slots(const Config& c, const TokenRow& row, const KParams& kp, int32_t* experts) {
-  const int k = decide_k(c, row, kp);
-  for (int j = 0; j < c.K; ++j) experts[j] = j < k ? row.candidate_expert[j] : -1;
-  return k;
-}
-
 // Weights of one token's K slots from the slots' s and u (docs/semantics.md §6–§7); an empty slot
 // (expert -1) gets 0 and takes no part.
 void slot_weights(const Config& c, const int32_t* experts, const float* score, const float* logit,
@@ -78,10 +71,10 @@ void renormalize_survivors(const Config& c, const int32_t* experts, float* weigh
 // dropPolicy 'position' (docs/semantics.md §7): each expert keeps its first `capacity` assignments
 // in slot order, so the dropped ones are each expert's last count - capacity. A pass from the last
 // token back drops them (expert -1, weight 0 in place) and stops once none is left: it covers only
-// the tail of the batch where they lie. After a fused token stage, a token that lost a slot has its
-// survivors' weights renormalized here.
-void drop_by_position(const Config& c, int64_t T, int64_t capacity, bool fused, Workspace& ws,
-                      moe_route_outputs* out) {
+// the tail of the batch where they lie. reweigh(t) follows for each token that lost a slot.
+template <class Reweigh>
+void drop_by_position(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
+                      const Reweigh& reweigh) {
   const int K = c.K;
   std::vector<int64_t>& excess = ws.cursor;
   int64_t left = 0;
@@ -101,14 +94,18 @@ void drop_by_position(const Config& c, int64_t T, int64_t capacity, bool fused, 
       ++out->dropped_assignments;
       dropped = true;
     }
-    if (dropped && fused) renormalize_survivors(c, out->experts + t * K, out->weights + t * K);
+    if (dropped) reweigh(t);
   }
 }
 
 // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
 // Only the experts with more assignments than that drop any: their slots are gathered by expert (in
 // slot order) and each expert's split at its capacity-th best, O(its assignments) rather than a sort.
-void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out) {
+// The dropped slots become expert -1, weight 0; then reweigh(t) for each token that lost one (once a
+// slot lost: a token that lost two is reweighed twice, the last time with both gone).
+template <class Reweigh>
+void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
+                   const Reweigh& reweigh) {
   const int E = c.E, K = c.K;
   const float* score = ws.stage().candidate_score;
   const std::vector<int64_t>& count = ws.counts_before;
@@ -142,15 +139,21 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
     std::nth_element(first, first + capacity, last, better);
     for (auto dropped = first + capacity; dropped != last; ++dropped) {
       out->experts[dropped->slot] = -1;
+      out->weights[dropped->slot] = 0.0f;
       ++out->dropped_assignments;
     }
   }
+  for (int e = 0; e < E; ++e) {
+    if (count[e] <= capacity) continue;
+    const auto last = ws.choices.begin() + end[e];
+    for (auto dropped = last - count[e] + capacity; dropped != last; ++dropped) reweigh(dropped->token);
+  }
 }
 
-// Token choice: k_t and the first k_t candidates of each token, then capacity, then the weights. After
-// a fused token stage (dropPolicy 'position' only) the slots and weights are there already, and only
-// the tokens that lost a slot change. Capacity drops nothing when no expert has more than `capacity`
-// assignments.
+// Token choice: k_t, the first k_t candidates of each token and their weights (a fused token stage
+// wrote them already), then capacity, which reweighs only the tokens that lost a slot: from their
+// candidates (slot_weights), or after a fused stage (dropPolicy 'position' only) from their own
+// weights. Capacity drops nothing when no expert has more than `capacity` assignments.
 void assign_token_choice(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
                          moe_route_outputs* out) {
   const int64_t T = p.tokens;
@@ -159,10 +162,8 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
   const bool fused = p.fused_out != nullptr;
   if (!fused) {
     for (int64_t t = 0; t < T; ++t) {
-      const TokenRow row = token_row(c, st, t);
       int32_t* experts = out->experts + t * K;
-      const int k = c.capacity ? select_slots(c, row, kp, experts)
-                               : assign_token(c, row, kp, experts, out->weights + t * K);
+      const int k = assign_token(c, token_row(c, st, t), kp, experts, out->weights + t * K);
       out->experts_per_token[t] = k;
       ++ws.k_histogram[k];
       for (int j = 0; j < k; ++j) {
@@ -176,15 +177,15 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
   const int64_t capacity = capacity_per_expert(c, T);
   const bool overflow = std::any_of(ws.counts_before.begin(), ws.counts_before.begin() + c.E,
                                     [&](int64_t count) { return count > capacity; });
-  if (overflow) {
-    if (c.options.drop_policy == MOE_DROP_POSITION) drop_by_position(c, T, capacity, fused, ws, out);
-    else drop_by_score(c, T, capacity, ws, out);
-  }
-  if (fused) return;
-  // The survivors' weights.
-  for (int64_t t = 0; t < T; ++t)
-    slot_weights(c, out->experts + t * K, st.candidate_score + t * K, st.candidate_logit + t * K,
-                 out->weights + t * K);
+  if (!overflow) return;
+  const auto reweigh = [&](int64_t t) {
+    int32_t* experts = out->experts + t * K;
+    float* weights = out->weights + t * K;
+    if (fused) renormalize_survivors(c, experts, weights);
+    else slot_weights(c, experts, st.candidate_score + t * K, st.candidate_logit + t * K, weights);
+  };
+  if (c.options.drop_policy == MOE_DROP_POSITION) drop_by_position(c, T, capacity, ws, out, reweigh);
+  else drop_by_score(c, T, capacity, ws, out, reweigh);
 }
 
 // Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
@@ -408,7 +409,8 @@ int decide_k(const Config& c, const TokenRow& row, const KParams& kp) {
 
 int assign_token(const Config& c, const TokenRow& row, const KParams& kp, int32_t* experts,
                  float* weights) {
-  const int k = select_slots(c, row, kp, experts);
+  const int k = decide_k(c, row, kp);
+  for (int j = 0; j < c.K; ++j) experts[j] = j < k ? row.candidate_expert[j] : -1;
   slot_weights(c, experts, row.candidate_score, row.candidate_logit, weights);
   return k;
 }

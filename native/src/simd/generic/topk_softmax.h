@@ -1825,8 +1825,8 @@ inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
 
 // Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
 // of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
-// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as select_slots and
-// slot_weights give them for scores that are not softmax weights, in f32 where those sum in double.
+// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as assign_token gives
+// them for scores that are not softmax weights, in f32 where it sums in double.
 // Threshold's test s_j >= threshold is exact (against the least float >= threshold); top-p's
 // cumulative sums are f32, so a lane whose sum comes within kTopPUnsure of p at a step that could
 // decide k_t is left to the exact path: its bit is set in the mask returned. kmin <= k_t <= K as
