@@ -581,6 +581,57 @@ describe('capacity drops agree with the reference on batches routed across token
   });
 });
 
+// dispatch: true lays the slots out expert-major (docs/semantics.md §8). Above 16384 slots the
+// scatter runs on the pool, in pairs of chunks that fill each expert's share from its two ends
+// (bench/NOTES.md item 88). The layout is rebuilt here from the routing's own experts by a stable
+// bucket pass, for thread counts that make one, two and four pairs, with slots left empty by capacity
+// and by dynamic k, and with block padding.
+describe('the dispatch layout is the same on any number of threads', () => {
+  it(`E = 8, 64, 300 above and below the parallel size; capacity, top-p, expert choice, blocks × [${backendNames.join(', ')}]`, { timeout: 60_000 }, () => {
+    const rng = new Rng(20261125);
+    const layout = (experts: Int32Array, E: number, blockSize: number) => {
+      const buckets: number[][] = Array.from({ length: E }, () => []);
+      experts.forEach((e, i) => e >= 0 && buckets[e]!.push(i));
+      const offsets = [0];
+      const slots: number[] = [];
+      for (const b of buckets) {
+        const padded = Math.ceil(b.length / blockSize) * blockSize;
+        slots.push(...b, ...new Array<number>(padded - b.length).fill(experts.length));
+        offsets.push(offsets[offsets.length - 1]! + padded);
+      }
+      return { offsets, slots };
+    };
+    let parallel = 0;
+    for (const { E, K, T } of [{ E: 8, K: 2, T: 9001 }, { E: 64, K: 8, T: 2500 }, { E: 64, K: 8, T: 700 }, { E: 300, K: 4, T: 4500 }]) {
+      const popularity = Array.from({ length: E }, () => rng.normal());
+      const logits = Float32Array.from({ length: T * E }, (_, i) => rng.normal() + popularity[i % E]!);
+      const variants: Record<string, unknown>[] = [
+        { dispatch: true }, { dispatch: { blockSize: 16 }, capacityFactor: 1 }, { dispatch: { blockSize: 3 }, strategy: 'top-p', topP: 0.6 },
+        { dispatch: true, strategy: 'expert-choice' },
+      ];
+      for (const variant of variants)
+        for (const backend of backendNames) {
+          let first: Int32Array | undefined;
+          for (const threads of [1, 2, 3, 4, 5, 8]) {
+            const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName, threads, ...variant } as any);
+            const r = router.routeLogits(logits);
+            const where = `E=${E} K=${K} T=${T} ${JSON.stringify(variant)} ${backend} threads ${threads}`;
+            first ??= r.experts.slice();
+            expect(r.experts, where).toEqual(first);
+            const blockSize = (variant.dispatch as { blockSize?: number }).blockSize ?? 1;
+            const want = layout(r.experts, E, blockSize);
+            expect(Array.from(r.dispatch!.offsets), where).toEqual(want.offsets);
+            expect(Array.from(r.dispatch!.slots), where).toEqual(want.slots);
+            if (T * K >= 16384 && threads >= 4) parallel += 1;
+            r.release();
+            router.dispose();
+          }
+        }
+    }
+    expect(parallel).toBeGreaterThan(0);
+  });
+});
+
 // bf16 and f16 logits are widened into blocks of f32 (hundreds of rows for small E) and routed by the
 // same kernels as f32 logits, which go in whole chunks: a half-precision batch must route exactly as
 // the f32 logits it widens to, bit for bit, across every block boundary.

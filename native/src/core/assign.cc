@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "scratch.h"
+#include "thread_pool.h"
 
 namespace moe {
 
@@ -242,24 +243,72 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
   }
 }
 
+// Below this many slots the dispatch scatter stays on the calling thread (~2 ns a slot from DRAM:
+// waking the pool's workers costs a few microseconds).
+constexpr int64_t kParallelDispatchSlots = int64_t{1} << 14;
+
+// The expert-major layout (docs/semantics.md §8): slot i goes to its expert's next place in slot
+// order. Its slots are cut in pairs of chunks: the first of a pair fills each expert's places from
+// the front of the pair's share, the second from the back, so the two need no count of each other's.
+// Only the shares of the pairs before the last take a counting pass (none with two threads).
 void assign_dispatch(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const int64_t block = c.options.block_size;
   int32_t* offsets = out->dispatch_offsets;
+  int32_t* slots = out->dispatch_slots;
+  const int32_t* experts = out->experts;
   offsets[0] = 0;
   for (int e = 0; e < E; ++e) {
     const int64_t padded = (out->expert_counts[e] + block - 1) / block * block;
     offsets[e + 1] = static_cast<int32_t>(offsets[e] + padded);
   }
-  std::vector<int64_t>& cursor = ws.cursor;
-  for (int e = 0; e < E; ++e) cursor[e] = offsets[e];
-  for (int64_t i = 0; i < T * K; ++i) {
-    const int32_t e = out->experts[i];
-    if (e >= 0) out->dispatch_slots[cursor[e]++] = static_cast<int32_t>(i);
+  const int64_t n = T * K;
+  // A pair for every two threads the option asks for, even beyond the machine's (the pool runs them
+  // on the threads it has, a few pairs apiece): the layout does not depend on them.
+  const bool parallel = n >= kParallelDispatchSlots;
+  const int threads = parallel ? ThreadPool::resolve_threads(c.options.threads) : 1;
+  const int pairs = parallel ? std::max(1, (c.options.threads > 0 ? c.options.threads : threads) / 2) : 1;
+  const int chunks = 2 * pairs;
+  const auto chunk_begin = [&](int64_t chunk) { return n * chunk / chunks; };
+  int64_t* cursor = grown(ws.cursor, static_cast<int64_t>(chunks) * E);  // [chunk][E]
+  if (pairs > 1) {  // chunk j's assignments to each expert, for the chunks of every pair but the last
+    auto count = [&](int64_t chunk, int) {
+      int64_t* counts = cursor + chunk * E;
+      std::fill(counts, counts + E, 0);
+      for (int64_t i = chunk_begin(chunk); i < chunk_begin(chunk + 1); ++i)
+        if (experts[i] >= 0) ++counts[experts[i]];
+    };
+    ThreadPool::instance().run(chunks - 2, threads, count);
   }
-  const int32_t sentinel = static_cast<int32_t>(T * K);
-  for (int e = 0; e < E; ++e)
-    for (int64_t i = cursor[e]; i < offsets[e + 1]; ++i) out->dispatch_slots[i] = sentinel;
+  // Each pair's share of expert e: [front, back), the next pair's front its back.
+  for (int e = 0; e < E; ++e) {
+    int64_t front = offsets[e];
+    for (int pair = 0; pair < pairs; ++pair) {
+      int64_t* share = cursor + 2 * pair * E;
+      const int64_t back = pair + 1 < pairs ? front + share[e] + share[E + e] : offsets[e] + out->expert_counts[e];
+      share[e] = front;
+      share[E + e] = back;
+      front = back;
+    }
+  }
+  auto scatter = [&](int64_t chunk, int) {
+    int64_t* place = cursor + chunk * E;
+    const int64_t begin = chunk_begin(chunk), end = chunk_begin(chunk + 1);
+    if (chunk % 2 == 0) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int32_t e = experts[i];
+        if (e >= 0) slots[place[e]++] = static_cast<int32_t>(i);
+      }
+    } else {
+      for (int64_t i = end - 1; i >= begin; --i) {
+        const int32_t e = experts[i];
+        if (e >= 0) slots[--place[e]] = static_cast<int32_t>(i);
+      }
+    }
+  };
+  ThreadPool::instance().run(chunks, threads, scatter);
+  const int32_t sentinel = static_cast<int32_t>(n);
+  for (int e = 0; e < E; ++e) std::fill(slots + offsets[e] + out->expert_counts[e], slots + offsets[e + 1], sentinel);
   out->dispatch_length = offsets[E];
 }
 
