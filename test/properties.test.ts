@@ -215,7 +215,7 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
 // some of them at E = 160, on w' itself at E = 100).
 describe('sigmoid routing with a selection bias or groups agrees with the oracle at any scale', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 300, biases from 1e-3 to 1e3, ties and near-ties, with and without groups × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`E from 2 to 513, biases from 1e-3 to 1e3, ties and near-ties, with and without groups × [${simd.join(', ')}]`, () => {
     const normal = normalGenerator(20261124);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     const sigmoid = (u: number) => 1 / (1 + Math.exp(-u));
@@ -224,7 +224,8 @@ describe('sigmoid routing with a selection bias or groups agrees with the oracle
       { E: 2, groups: undefined }, { E: 8, groups: { count: 4, select: 2 } }, { E: 24, groups: { count: 3, select: 2 } },
       { E: 33, groups: undefined }, { E: 64, groups: { count: 8, select: 3 } }, { E: 100, groups: undefined },
       { E: 128, groups: { count: 16, select: 5 } }, { E: 160, groups: undefined }, { E: 256, groups: { count: 8, select: 4 } },
-      { E: 256, groups: undefined }, { E: 300, groups: { count: 10, select: 4 } },
+      { E: 256, groups: undefined }, { E: 300, groups: { count: 10, select: 4 } }, { E: 384, groups: undefined },
+      { E: 512, groups: { count: 8, select: 4 } }, { E: 513, groups: undefined },
     ];
     // [logits, bias, far]: far, the biases at both ends and every logit -100 (every score 0)
     const scales = [[1e-3, 1, false], [1, 1e-3, false], [1, 1, false], [40, 1e3, false], [1e-3, 1e3, false], [1, 1e-3, true], [1, 1, true], [1, 1e3, true]] as const;
@@ -370,7 +371,7 @@ describe('a token is routed the same alone as in any batch', () => {
         ] as const;
         for (const [sanitize, strategy, losses, normalize, scoring, order, deepSeek] of variants) {
           // DeepSeek-V3's routing: a selection bias and groups (E = 8: 2 of 4 groups, otherwise 4 of 8
-          // or 10), across tokens up to E = 256
+          // or 10), across tokens up to E = 512
           const groups = E === 8 ? { count: 4, select: 2 } : { count: E % 8 === 0 ? 8 : 10, select: 4 };
           const router = new DynamicRouter({
             inputDim: D,

@@ -423,10 +423,11 @@ constexpr int scaled_key_power(int E) { return E <= 64 ? 2 : 4; }
 // Sigmoid scores with a selection bias or groups (DeepSeek-V3's routing and its kin): up to this E
 // and this many groups across tokens (score_keys_across_tokens), on keys of the scores s + bias scaled
 // the same way: w' = (max - key) / (2 m), m = max |key| of the token's kept experts, and p =
-// score_key_power(E), 8 (of 16 w', exact) for b = 8. Above, and with more groups (whose ranks are
-// counted pair by pair), one by one.
-constexpr int kScoreKeyMaxE = 256, kScoreKeyMaxGroups = 16;
-constexpr int score_key_power(int E) { return E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : 8; }
+// score_key_power(E), 8 (of 16 w', exact) for b = 8, and for b = 9 the 32nd power of 1 + w' (w'^16
+// would underflow where the keys must stay apart; 1 + w' in [1, 2] cannot). Above, and with more
+// groups (whose ranks are counted pair by pair), one by one.
+constexpr int kScoreKeyMaxE = 512, kScoreKeyMaxGroups = 16;
+constexpr int score_key_power(int E) { return E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : E <= 256 ? 8 : 32; }
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
 // descent: E = 256 -28%, E = 128 -20%, E = 64 unchanged, E = 32 3-13% slower; with the permutes that
@@ -722,16 +723,18 @@ inline F key_offset(F row_max) {
   return row_max;
 }
 // A negative kPower: the scaled keys (select-then-softmax's, kScaledKeyMaxE, and the score keys',
-// kScoreKeyMaxE), w = (max - u) * scale raised to -kPower (the eighth power of 16 w, as above), scale
-// = scaled_key_scale's.
+// kScoreKeyMaxE), w = (max - u) * scale raised to -kPower (the eighth power of 16 w, as above, and the
+// 32nd of 1 + w), scale = scaled_key_scale's.
 template <int kPower, bool kSigmoid = false>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert, F scale = Vec::zero()) {
   if constexpr (kSigmoid) return Vec::and_or(sortable(Vec::to_bits(Vec::sub(max, u))), value_bits, expert);
   constexpr int kP = kPower < 0 ? -kPower : kPower;
+  static_assert(kPower != 32, "the 32nd power is of 1 + w for the scaled keys, w <= 1");
   F w = Vec::sub(max, u);
   if constexpr (kPower < 0) w = Vec::mul(w, scale);
   if (kP == 8) w = Vec::mul(w, Vec::set1(16.0f));
-#pragma GCC unroll 3
+  if (kP == 32) w = Vec::add(w, Vec::set1(1.0f));
+#pragma GCC unroll 5
   for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
   return Vec::and_or(Vec::to_bits(w), value_bits, expert);
 }
@@ -1703,10 +1706,10 @@ inline int score_keys_across_tokens(const Config& c, const ScoreKeys& sk, const 
       return score_keys_across_tokens<K + 1, kPower>(c, sk, base, stride, groups, live, weights_out, experts_out,
                                                      counts);
   }
-  if constexpr (kPower < 8) {
+  if constexpr (kPower < 32) {
     if (score_key_power(c.E) != kPower)
-      return score_keys_across_tokens<K, 2 * kPower>(c, sk, base, stride, groups, live, weights_out, experts_out,
-                                                     counts);
+      return score_keys_across_tokens<K, kPower == 8 ? 32 : 2 * kPower>(c, sk, base, stride, groups, live,
+                                                                         weights_out, experts_out, counts);
   }
   const auto run = [&](auto grouped) {
     int g = 0;
