@@ -3,10 +3,11 @@
  * router's default backend and threads): the default routing (top-k, softmax, normalized weights,
  * no bias or groups) selects across tokens with packed keys, and so do `normalize: false`, sigmoid
  * scoring without a bias, groups or losses and select-then-softmax without a bias (up to E = 128),
- * sigmoid scoring with a selection bias or groups (up to E = 256 and 16 groups), and the candidates
- * of top-p, threshold and capacity by score; capacity by position routes as without capacity, then
- * drops (item 86); the other options route token by token through the scores (docs/semantics.md
- * §13; bench/NOTES.md items 57-60, 71-86). Each option set is timed
+ * sigmoid or softmax scoring with a selection bias or groups (up to E = 512 and 16 groups), and the
+ * candidates of top-p, threshold and capacity by score; capacity by position routes as without
+ * capacity, then drops (item 86); dispatch scatters on the thread pool (item 88); the other options
+ * route token by token through the scores (docs/semantics.md §13; bench/NOTES.md items 57-60,
+ * 71-90). Each option set is timed
  * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
  * same phase of a shared machine; printed: median ms, ns a token, and the ratio to the default.
  *
@@ -29,6 +30,8 @@ function optionSets(experts: number): [string, Extra][] {
     ["scoring: 'sigmoid'", { scoring: 'sigmoid' }],
     ["scoring: 'sigmoid', selectionBias", { scoring: 'sigmoid', selectionBias: bias }],
     ['DeepSeek-V3 (sigmoid, bias, groups 8/4, scale 2.5)', { scoring: 'sigmoid', selectionBias: bias, groups: { count: 8, select: 4 }, normalize: true, scale: 2.5 }],
+    ['selectionBias (softmax; ERNIE 4.5)', { selectionBias: bias }],
+    ['DeepSeek-V2 (softmax, groups 8/3, normalize false)', { groups: { count: 8, select: 3 }, normalize: false, scale: 16 }],
     ["strategy: 'top-p'", { strategy: 'top-p', topP: 0.6 }],
     ["strategy: 'threshold'", { strategy: 'threshold', threshold: 0.05 }],
     ['capacityFactor: 1.25', { capacityFactor: 1.25 }],

@@ -213,9 +213,9 @@ describe('default routing on logits of any scale agrees with the oracle', () => 
 // the tolerance is 1.0201e-5 B): there w' = (max - key) / (2 max|key|) = 0.841, whose fourth power is
 // 1/2, where a key's truncation is the largest relative to it (keys on w'^4 instead of (16 w')^8 tie
 // some of them at E = 160, on w' itself at E = 100).
-describe('sigmoid routing with a selection bias or groups agrees with the oracle at any scale', () => {
+describe('sigmoid and softmax routing with a selection bias or groups agrees with the oracle at any scale', () => {
   const simd = backendNames.filter((b) => b !== 'scalar');
-  it.skipIf(simd.length === 0)(`E from 2 to 513, biases from 1e-3 to 1e3, ties and near-ties, with and without groups × [${simd.join(', ')}]`, () => {
+  it.skipIf(simd.length === 0)(`sigmoid and softmax, E from 2 to 513, biases from 1e-3 to 1e3, ties and near-ties, with and without groups × [${backendNames.join(', ')}]`, { timeout: 120_000 }, async () => {
     const normal = normalGenerator(20261124);
     const uniform = () => (normal() + 8) / 16 - Math.floor((normal() + 8) / 16);
     const sigmoid = (u: number) => 1 / (1 + Math.exp(-u));
@@ -229,6 +229,7 @@ describe('sigmoid routing with a selection bias or groups agrees with the oracle
     ];
     // [logits, bias, far]: far, the biases at both ends and every logit -100 (every score 0)
     const scales = [[1e-3, 1, false], [1, 1e-3, false], [1, 1, false], [40, 1e3, false], [1e-3, 1e3, false], [1, 1e-3, true], [1, 1, true], [1, 1e3, true]] as const;
+    for (const scoring of ['sigmoid', 'softmax'] as const)
     for (const { E, groups } of shapes) {
       for (const [scale, biasScale, far] of scales) {
         const K = Math.min(E, far ? 8 : 1 + Math.floor(uniform() * 8), groups ? (groups.select * E) / groups.count : E);
@@ -245,7 +246,7 @@ describe('sigmoid routing with a selection bias or groups agrees with the oracle
           const row = logits.subarray(t * E, (t + 1) * E);
           for (let e = 0; e < E; e++) row[e] = normal() * scale;
           if (t % 4 === 1) row.fill(0); // every key 0.5 + bias: ties wherever the biases repeat
-          if (t % 4 === 2) {
+          if (t % 4 === 2 && scoring === 'sigmoid') {
             // near-ties a few ulps apart: logits that put their keys next to the first expert's
             const top = Math.fround(sigmoid(row[0]!) + selectionBias[0]!);
             for (let e = 1; e < E; e++) {
@@ -253,16 +254,38 @@ describe('sigmoid routing with a selection bias or groups agrees with the oracle
               if (uniform() < 0.5 && s > 1e-6 && s < 1 - 1e-6) row[e] = Math.log(s / (1 - s));
             }
           }
+          if (t % 4 === 2 && scoring === 'softmax') {
+            // near-ties a few ulps apart: logits a few ulps from the first expert's (the biases repeat)
+            for (let e = 1; e < E; e++) if (uniform() < 0.5) row[e] = row[0]! + Math.abs(row[0]!) * Math.floor(uniform() * 4) * 2 ** -22;
+          }
           if (far) row.fill(-100);
         }
+        const normalize = scoring === 'sigmoid' || E % 2 === 0;
         const route = (backend: string) => {
-          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring: 'sigmoid', selectionBias, groups, normalize: true, scale: 2.5, backend: backend as BackendName });
+          const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, selectionBias, groups, normalize, scale: 2.5, backend: backend as BackendName });
           const r = router.routeLogits(logits);
           const out = { experts: Array.from(r.experts), weights: Array.from(r.weights), counts: Array.from(r.expertCounts) };
           r.release();
           router.dispose();
           return out;
         };
+        // Against the independent reference (its near-ties of keys and of group scores), every backend.
+        const c: Case = {
+          seed: 0,
+          strategy: 'top-k',
+          options: { inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, selectionBias, groups, normalize, scale: 2.5 } as Case['options'],
+          weightDtype: 'f32',
+          calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
+          describe: `${scoring} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)}`,
+          calibrate: undefined,
+        };
+        const refs = referenceRun(c)[0];
+        for (const backend of backendNames) {
+          const mismatch = await runCase(c, backend, refs);
+          if (mismatch) throw new Error(mismatch);
+        }
+        // Sigmoid keys are the token path's bit for bit: each slot against the scalar oracle's too.
+        if (scoring === 'softmax') continue;
         const oracle = route('scalar');
         for (const backend of simd) {
           const got = route(backend);
@@ -274,7 +297,7 @@ describe('sigmoid routing with a selection bias or groups agrees with the oracle
             const sameExperts = got.experts.slice(t * K, (t + 1) * K).every((e, j) => e === oracle.experts[t * K + j]);
             for (let j = 0; j < K; j++) {
               const a = got.experts[t * K + j]!, b = oracle.experts[t * K + j]!;
-              const where = `${backend} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)} token ${t} slot ${j}`;
+              const where = `${backend} ${scoring} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)} token ${t} slot ${j}`;
               if (a !== b) expect(Math.abs(key(a) - key(b)), `${where}: expert ${a} vs ${b}`).toBeLessThanOrEqual(1e-5 * maxKey);
               if (sameExperts) {
                 const w = got.weights[t * K + j]!, want = oracle.weights[t * K + j]!;

@@ -27,7 +27,7 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
     max_logit = std::max(max_logit, static_cast<double>(logit[j]));
   }
   double exp_sum = 0;
-  if (c.weights_are_softmax && max_logit != kMinusInf) {
+  if (c.weights_from_logits && max_logit != kMinusInf) {
     for (int j = 0; j < K; ++j)
       if (experts[j] >= 0) exp_sum += std::exp(logit[j] - max_logit);
   }
@@ -37,7 +37,7 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
       continue;
     }
     double w;
-    if (c.weights_are_softmax) {
+    if (c.weights_from_logits) {
       w = exp_sum > 0 ? std::exp(logit[j] - max_logit) / exp_sum : 1.0 / survivors;
     } else if (c.normalize) {
       w = score_sum > 0 ? score[j] / score_sum : 1.0 / survivors;

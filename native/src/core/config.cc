@@ -119,6 +119,7 @@ Config resolve_config(const moe_router_options& given) {
   if (o.normalize == -1) o.normalize = o.scoring == MOE_SCORING_SOFTMAX ? 1 : 0;
   c.weights_are_softmax = o.order == MOE_ORDER_SELECT_THEN_SOFTMAX;
   c.normalize = o.normalize == 1 || c.weights_are_softmax;
+  c.weights_from_logits = c.weights_are_softmax || (o.scoring == MOE_SCORING_SOFTMAX && c.normalize);
   c.expert_choice = o.strategy == MOE_STRATEGY_EXPERT_CHOICE;
   if (c.expert_choice && o.capacity_factor == 0) o.capacity_factor = 1;
   c.capacity = !c.expert_choice && o.capacity_factor > 0;

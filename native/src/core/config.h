@@ -12,6 +12,9 @@ struct Config {
   int D = 0, E = 0, K = 0, kmin = 1;
   bool normalize = true;        // softmax-then-select: divide by the sum of the selected scores
   bool weights_are_softmax = false;  // select-then-softmax: weights = softmax of the selected logits
+  // Normalized softmax weights, of either order: the softmax of the selected logits, which equals
+  // s_j / sum s (docs/semantics.md §6) and keeps their ratios where the scores underflow f32.
+  bool weights_from_logits = false;
   bool capacity = false;        // token-choice capacity is on
   bool expert_choice = false;
   int group_size = 0;           // E / G when groups are on, else 0

@@ -273,7 +273,7 @@ RowConfig CudaBackend::row_config(const StageParams& p, const KParams& k, bool b
   r.group_size = c.group_size;
   r.group_select = o.group_select;
   r.normalize = c.normalize;
-  r.weights_are_softmax = c.weights_are_softmax;
+  r.weights_from_logits = c.weights_from_logits;
   r.scale = o.scale;
   r.top_p = k.top_p;
   r.threshold = k.threshold;

@@ -21,7 +21,7 @@ struct RowConfig {
   int strategy = 0;  // moe_strategy
   bool keys_from_logits = false;  // order select-then-softmax: select on u
   int group_count = 0, group_size = 0, group_select = 0;  // group_size 0: no group-limited routing
-  bool normalize = true, weights_are_softmax = false;
+  bool normalize = true, weights_from_logits = false;  // Config's
   double scale = 1, top_p = 0.9, threshold = 0.1;
   bool norm_known = false;  // strategy norm with calibrated statistics: k_t is decided per token
   double norm_mean = 0, norm_std = 0;

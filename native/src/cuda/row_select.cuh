@@ -261,7 +261,7 @@ __device__ __forceinline__ float slot_weight(const RowConfig& c, const int32_t* 
     max_logit = fmax(max_logit, static_cast<double>(cu[i]));
   }
   double w;
-  if (c.weights_are_softmax) {
+  if (c.weights_from_logits) {
     double exp_sum = 0;
     if (max_logit != -INFINITY)
       for (int i = 0; i < c.K; ++i)

@@ -1263,16 +1263,30 @@ template <int K>
   store_slots<K>(weight, chosen, weights_out, experts_out);
 }
 
-// Sigmoid weights sigma(u_j) of slots whose logits are `weight`, as the token-by-token path weighs
-// them (rows_by_logit_order): normalized, a zero sum (every sigmoid 0) gives scale / K each; the sum
-// runs over the slots in order. Stored with their experts as kLanes rows of K.
+// Softmax scores lane by lane: each lane's largest logit and 1 / Z, Z = sum_e exp(u_e - max).
+struct SoftmaxLanes {
+  F max, inv;
+};
+
+// The weights of slots whose logits are `weight` from their scores s_j, as the token-by-token path
+// weighs them (rows_by_logit_order, assign_token): sigma(u_j); with `softmax` (its max and 1 / Z)
+// exp(u_j - max) / Z, or normalized the softmax of the slots' logits, exp(u_j - max_j u_j) / sum
+// (Config::weights_from_logits). Normalized, a zero sum (every sigmoid 0) gives scale / K each; the
+// sum runs over the slots in order, in f32 (within 2 ulp of the double sums there). Stored with their
+// experts as kLanes rows of K.
 template <int K>
-[[gnu::always_inline]] inline void store_sigmoid_slots(const Config& c, F* weight, const Vec::I* chosen,
-                                                       float* weights_out, int32_t* experts_out) {
+[[gnu::always_inline]] inline void store_score_slots(const Config& c, F* weight, const Vec::I* chosen,
+                                                     const SoftmaxLanes* softmax, float* weights_out,
+                                                     int32_t* experts_out) {
   const F scale = Vec::set1(static_cast<float>(c.options.scale));
   F sum = Vec::zero();
+  F slot_max = weight[0];
+  if (softmax && c.normalize)
+    for (int j = 1; j < K; ++j) slot_max = Vec::max(slot_max, weight[j]);
   for (int j = 0; j < K; ++j) {
-    weight[j] = vsigmoid(weight[j]);
+    if (!softmax) weight[j] = vsigmoid(weight[j]);
+    else if (c.normalize) weight[j] = vexp(Vec::sub(weight[j], slot_max));
+    else weight[j] = Vec::mul(vexp(Vec::sub(weight[j], softmax->max)), softmax->inv);
     sum = Vec::add(sum, weight[j]);
   }
   if (c.normalize) {
@@ -1389,7 +1403,7 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   // code as it was; keeping them first cost logits E = 8, K = 2 3%, bench/NOTES.md item 77.)
   if constexpr (kSigmoid) {
     if (!picks) {
-      store_sigmoid_slots<K>(c, weight, chosen, weights_out, experts_out);
+      store_score_slots<K>(c, weight, chosen, nullptr, weights_out, experts_out);
       return true;
     }
   }
@@ -1461,7 +1475,7 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
       GroupPicks<K>& p = picks[g % kDeferGroups];
       float* weights = weights_out + g * kLanes * K;
       int32_t* experts = experts_out + g * kLanes * K;
-      if constexpr (kSigmoid) store_sigmoid_slots<K>(c, p.logit, p.chosen, weights, experts);
+      if constexpr (kSigmoid) store_score_slots<K>(c, p.logit, p.chosen, nullptr, weights, experts);
       else store_scaled_slots<K>(c, slot_exponentials<K>(p.row_max, p.logit), p.logit, p.chosen, weights, experts);
     }
   };
@@ -1546,6 +1560,7 @@ inline int groups_across_tokens(const Config& c, const float* base, int64_t stri
 struct ScoreKeys {
   const float* bias;
   int groups, size, select;  // G, E / G and g of SPEC's groups
+  bool softmax;              // softmax scores (else sigmoid)
 };
 
 // Each lane's kept groups (SPEC §3, keep_top_groups' choice exactly): group g's score is the sum in
@@ -1571,17 +1586,42 @@ inline void keep_groups_across_tokens(const LaneMaxima* top, int groups, int siz
 }
 
 // The keys of kLanes tokens (one per lane; rows at base, row stride `stride`, E <= kScoreKeyMaxE,
-// every row read) under sigmoid scores with a selection bias or groups, key = sigma(u) + bias as the
-// token-by-token path computes them, into columns[0, E) (load_columns), and for the kept experts
+// every row read) under sigmoid or softmax scores with a selection bias or groups, key = s + bias,
+// s = sigma(u) as the token-by-token path computes it, or exp(u - max) / Z with Z summed lane by lane
+// (the token path sums a vector of experts at a time: the scores can differ in their last bits, so
+// near-ties within docs/semantics.md §13's bound can order otherwise), into columns[0, E)
+// (load_columns), softmax's max and 1 / Z into *softmax, and for the kept experts
 // (keep_groups_across_tokens; ungrouped, every expert) each lane's largest and least key into max and
 // min and, grouped, the groups kept into kept[0, G). False, the rest unset, when a logit of the group is
 // not finite. (Apart from score_keys_group, which is instantiated for every K and power: inlined there,
 // this pass made the AVX-512 unit compile in 86 s instead of 71, and over 20 minutes under the
 // sanitizers.)
-template <bool kGrouped>
+template <bool kGrouped, bool kSoftmax>
 [[gnu::noinline]] bool score_keys_columns(const ScoreKeys& sk, int E, const float* base, int64_t stride, F* columns,
-                                          F& max, F& min, M* kept) {
+                                          F& max, F& min, M* kept, SoftmaxLanes* softmax) {
   const int size = kGrouped ? sk.size : E;
+  // Softmax: first each lane's largest logit and the numerators exp(u - max) (the token path's
+  // softmax_numerators, term by term) into the columns, and 1 / Z, Z their sum lane by lane.
+  F check = Vec::zero();
+  if constexpr (kSoftmax) {
+    F lane_max[2] = {Vec::set1(-kInf), Vec::set1(-kInf)};
+    for (int e0 = 0; e0 < E; e0 += kLanes) {
+      load_columns(base, E, e0, stride, columns + e0);  // (past E: the lowest float)
+#pragma GCC unroll 16
+      for (int i = 0; i < kLanes; ++i) {
+        check = add_to_check(check, columns[e0 + i]);
+        lane_max[i % 2] = Vec::max(lane_max[i % 2], columns[e0 + i]);
+      }
+    }
+    if (!check_passed(check)) return false;
+    softmax->max = Vec::max(lane_max[0], lane_max[1]);
+    F sums[2] = {Vec::zero(), Vec::zero()};
+    for (int e = 0; e < E; ++e) {
+      columns[e] = vexp(Vec::sub(columns[e], softmax->max));
+      sums[e % 2] = Vec::add(sums[e % 2], columns[e]);
+    }
+    softmax->inv = Vec::div(Vec::set1(1.0f), Vec::add(sums[0], sums[1]));
+  }
   // Each group's lanes' two largest and least keys: the current group's in registers (indexed
   // arrays went through memory, a store and a load on every key's chain), stored when it ends.
   // Ungrouped, the largest and least in two chains each.
@@ -1589,18 +1629,23 @@ template <bool kGrouped>
   F low[kGrouped ? kScoreKeyMaxGroups : 2], high[2], least = Vec::set1(kInf);
   for (F& x : low) x = Vec::set1(kInf);
   for (F& x : high) x = Vec::set1(-kInf);
-  F check = Vec::zero();
   int g = 0, group_end = size;
   for (int e0 = 0; e0 < E; e0 += kLanes) {
     F block[kLanes];
-    load_columns(base, E, e0, stride, block);
+    if constexpr (!kSoftmax) load_columns(base, E, e0, stride, block);
     const int width = E - e0 < kLanes ? E - e0 : kLanes;
 #pragma GCC unroll 16
     for (int i = 0; i < kLanes; ++i) {
       if (i >= width) break;
       const int e = e0 + i;
-      check = add_to_check(check, block[i]);
-      const F key = Vec::add(vsigmoid(block[i]), Vec::set1(sk.bias[e]));
+      F score;
+      if constexpr (kSoftmax) {
+        score = Vec::mul(columns[e], softmax->inv);
+      } else {
+        check = add_to_check(check, block[i]);
+        score = vsigmoid(block[i]);
+      }
+      const F key = Vec::add(score, Vec::set1(sk.bias[e]));
       columns[e] = key;
       if constexpr (kGrouped) {
         if (e == group_end) {
@@ -1618,7 +1663,7 @@ template <bool kGrouped>
       }
     }
   }
-  if (!check_passed(check)) return false;
+  if (!kSoftmax && !check_passed(check)) return false;
   if constexpr (kGrouped) {
     top[g] = current;
     low[g] = least;
@@ -1636,14 +1681,14 @@ template <bool kGrouped>
   return true;
 }
 
-// The K slots of kLanes tokens under sigmoid scores with a selection bias or groups (rows at base,
+// The K slots of kLanes tokens under sigmoid or softmax scores with a selection bias or groups (rows at base,
 // row stride `stride`, E <= kScoreKeyMaxE; a gathered group's rows past `live` are copies of its
 // first), stored as kLanes rows of K in weights_out and experts_out, their experts added to counts
 // unless null: the keys from score_keys_columns; their largest `max` and m = max |key| of the kept
 // experts scale the packed keys (logit_key<-kPower>: w' = (max - key) / (2 m) to the power kPower =
 // score_key_power(E)), an expert of a group not kept keyed above every kept one's; the network
-// (add_keys) takes the L smallest, and the weights are sigma(u_j) of the slots' own logits
-// (store_sigmoid_slots). False, writing nothing, when a logit of the group is not finite.
+// (add_keys) takes the L smallest, and the weights are the scores of the slots' own logits
+// (store_score_slots). False, writing nothing, when a logit of the group is not finite.
 // docs/semantics.md §13 bounds the keys' truncation.
 // (GCC 12 reports best as maybe uninitialized: the first block's add_keys writes it.)
 #pragma GCC diagnostic push
@@ -1656,7 +1701,10 @@ template <int K, int kPower, bool kGrouped>
   alignas(64) F columns[kScoreKeyMaxE];
   M kept[kGrouped ? kScoreKeyMaxGroups : 1];
   F max, min;
-  if (!score_keys_columns<kGrouped>(sk, E, base, stride, columns, max, min, kept)) return false;
+  SoftmaxLanes softmax;
+  if (!(sk.softmax ? score_keys_columns<kGrouped, true>(sk, E, base, stride, columns, max, min, kept, &softmax)
+                   : score_keys_columns<kGrouped, false>(sk, E, base, stride, columns, max, min, kept, nullptr)))
+    return false;
   const F scale = scaled_key_scale(max, min);
   const int bits = E > 1 ? 32 - __builtin_clz(static_cast<uint32_t>(E - 1)) : 0;
   const Vec::I value_bits = Vec::int_set1(0x7fffffff & ~((1 << bits) - 1)), expert_bits = Vec::int_set1((1 << bits) - 1);
@@ -1690,7 +1738,7 @@ template <int K, int kPower, bool kGrouped>
   if (counts) add_slot_counts(chosen, K, E, counts);
   F weight[K];
   slot_logits<K, 0>(base, stride, E, live, chosen, weight);
-  store_sigmoid_slots<K>(c, weight, chosen, weights_out, experts_out);
+  store_score_slots<K>(c, weight, chosen, sk.softmax ? &softmax : nullptr, weights_out, experts_out);
   return true;
 }
 #pragma GCC diagnostic pop
@@ -2383,16 +2431,17 @@ inline void rows_block(const RowBlock& b) {
     }
   };
 
-  // Top-k with sigmoid scores and a selection bias or groups (DeepSeek-V3 and its kin), fused, needing
-  // nothing else of the token: the finite rows across tokens on keys of their scores
-  // (score_keys_across_tokens), the other rows one by one above. (bench/NOTES.md item 85.)
-  const bool score_keys = fused && !softmax && !keys_from_logits && (!unbiased || c.group_size > 0) &&
+  // Top-k with a selection bias or groups on sigmoid scores (DeepSeek-V3 and its kin) or softmax ones
+  // (DeepSeek-V2's groups, ERNIE 4.5's bias), fused, needing nothing else of the token: the finite
+  // rows across tokens on keys of their scores (score_keys_across_tokens), the other rows one by one
+  // above. (bench/NOTES.md items 85 and 90.)
+  const bool score_keys = fused && !keys_from_logits && (!unbiased || c.group_size > 0) &&
                           c.options.strategy == MOE_STRATEGY_TOP_K && !p.want_losses && !p.want_score_entropy &&
                           !p.want_norm && !p.want_full && !p.want_top_scores && K <= kAcrossMaxK &&
                           E <= kScoreKeyMaxE && (c.group_size == 0 || c.options.group_count <= kScoreKeyMaxGroups);
   if (score_keys) {
     const ScoreKeys sk{p.selection_bias, c.group_size > 0 ? c.options.group_count : 0, c.group_size,
-                       c.options.group_select};
+                       c.options.group_select, softmax};
     const auto run = [&](const float* base, int64_t stride, int groups, int live, float* weights, int32_t* experts,
                          int32_t* counts) {
       return score_keys_across_tokens(c, sk, base, stride, groups, live, weights, experts, counts);
