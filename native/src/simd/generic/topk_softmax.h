@@ -425,9 +425,9 @@ constexpr int scaled_key_power(int E) { return E <= 64 ? 2 : 4; }
 // (score_keys_across_tokens), on keys of the scores s + bias scaled the same way: w' = (max - key) /
 // (2 m), m = max |key| of the token's kept experts, and p = score_key_power(E), 8 (of 16 w', exact)
 // for b = 8, and for b = 9 the 32nd power of 1 + w' (w'^16 would underflow where the keys must stay
-// apart; 1 + w' in [1, 2] cannot). Above, and with more groups (whose ranks are counted pair by
-// pair), one by one.
-constexpr int kScoreKeyMaxE = 512, kScoreKeyMaxGroups = 16;
+// apart; 1 + w' in [1, 2] cannot), within across_rows' bound (NEON: 256). Above, and with more
+// groups (whose ranks are counted pair by pair), one by one.
+constexpr int kScoreKeyMaxE = std::min(512, kAcrossMaxE), kScoreKeyMaxGroups = 16;
 constexpr int score_key_power(int E) { return E <= 32 ? 1 : E <= 64 ? 2 : E <= 128 ? 4 : E <= 256 ? 8 : 32; }
 // Up to this E, rows_across_tokens selects from the columns (column_keys); above it, knockout_keys,
 // which pays on AVX-512 from three vectors of experts on (in cache, one thread, with gathers in its
