@@ -5,7 +5,8 @@
  * scoring without a bias, groups or losses and select-then-softmax without a bias (up to E = 128),
  * sigmoid or softmax scoring with a selection bias or groups (up to E = 512 and 16 groups), and the
  * candidates of top-p, threshold and capacity by score; capacity by position routes as without
- * capacity, then drops (item 86); dispatch scatters on the thread pool (item 88); the other options
+ * capacity, then drops (item 86); dispatch scatters on the thread pool (item 88); expert choice
+ * selects each expert's tokens by radix selection (item 91); the other options
  * route token by token through the scores (docs/semantics.md §13; bench/NOTES.md items 57-60,
  * 71-90). Each option set is timed
  * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
@@ -38,6 +39,7 @@ function optionSets(experts: number): [string, Extra][] {
     ['capacityFactor: 1 (about half the experts overflow)', { capacityFactor: 1 }],
     ["capacityFactor: 1, dropPolicy: 'score'", { capacityFactor: 1, dropPolicy: 'score' }],
     ['dispatch: true', { dispatch: true }],
+    ["strategy: 'expert-choice'", { strategy: 'expert-choice' }],
   ];
 }
 

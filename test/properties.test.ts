@@ -605,6 +605,63 @@ describe('capacity drops agree with the reference on batches routed across token
   });
 });
 
+// Expert choice (docs/semantics.md §5): each expert's C best tokens by a radix selection on its keys'
+// bits (bench/NOTES.md item 91), a sort of (key, token) pairs for up to 64 tokens. Copies of earlier
+// tokens and constant rows make exact ties at the capacity's edge, which go to the lower token;
+// against the reference, every backend, batches on both sides of 64 tokens and of the parallel size.
+describe('expert choice agrees with the reference at any batch size, ties included', () => {
+  it(`E = 8, 64, 100; T = 1 to 3000; capacity factors 0.5, 1, 2 × [${backendNames.join(', ')}]`, { timeout: 120_000 }, async () => {
+    const rng = new Rng(20261126);
+    let cases = 0;
+    for (const { E, K } of [{ E: 8, K: 2 }, { E: 64, K: 8 }, { E: 100, K: 6 }]) {
+      for (const T of [1, 5, 63, 64, 65, 700, 3000]) {
+        const logits = Float32Array.from({ length: T * E }, () => rng.normal());
+        for (let t = 0; t < T; t++) {
+          // every fourth token a copy of the first: more ties than an expert's capacity
+          if (t % 4 === 1) logits.copyWithin(t * E, 0, E);
+          else if (t % 3 === 2) {
+            const from = rng.int(0, t - 1);
+            logits.copyWithin(t * E, from * E, (from + 1) * E);
+          }
+          if (t % 7 === 3 && t % 4 !== 1) logits.fill(0.5, t * E, (t + 1) * E);
+        }
+        for (const capacityFactor of [0.5, 1, 2]) {
+          const c: Case = {
+            seed: 0,
+            strategy: 'expert-choice',
+            options: { inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), strategy: 'expert-choice', capacityFactor } as Case['options'],
+            weightDtype: 'f32',
+            calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
+            describe: `expert choice E=${E} K=${K} T=${T} factor ${capacityFactor}`,
+            calibrate: undefined,
+          };
+          const refs = referenceRun(c)[0];
+          for (const backend of backendNames) {
+            const mismatch = await runCase(c, backend, refs);
+            if (mismatch) throw new Error(mismatch);
+            // The reference accepts either side of an exact tie; SPEC §5 takes the lower token. The
+            // copies of token 0 tie on every key, so an expert that took a later copy took every
+            // earlier one: each earlier copy has that expert, or K experts already.
+            const router = new DynamicRouter({ ...c.options, backend: backend as BackendName } as any);
+            const r = router.routeLogits(logits);
+            const copies = Array.from({ length: T }, (_, t) => t).filter((t) => t === 0 || t % 4 === 1);
+            for (let i = 1; i < copies.length; i++) {
+              const later = copies[i]!, earlier = copies[i - 1]!;
+              const kept = new Set(r.experts.slice(earlier * K, (earlier + 1) * K));
+              for (const e of r.experts.slice(later * K, (later + 1) * K))
+                if (e >= 0 && !kept.has(e)) expect(r.expertsPerToken[earlier], `${c.describe} ${backend}: expert ${e} took token ${later}, not ${earlier}`).toBe(K);
+            }
+            r.release();
+            router.dispose();
+          }
+          cases += 1;
+        }
+      }
+    }
+    expect(cases).toBe(3 * 7 * 3);
+  });
+});
+
 // dispatch: true lays the slots out expert-major (docs/semantics.md §8). Above 16384 slots the
 // scatter runs on the pool, in pairs of chunks that fill each expert's share from its two ends
 // (bench/NOTES.md item 88). The layout is rebuilt here from the routing's own experts by a stable

@@ -190,44 +190,140 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
 }
 
 // Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
+// Expert choice's order of an expert's candidates' keys as an integer, smallest first: descending
+// keys' bits made order-preserving (-0 taken as +0, as the float comparison ties them).
+inline uint32_t descending_rank(float key) {
+  uint32_t bits;
+  const float k = key + 0.0f;  // (-0 + 0 is +0)
+  std::memcpy(&bits, &k, sizeof bits);
+  return ~((bits & 0x80000000u) ? ~bits : bits | 0x80000000u);
+}
+
+// Up to this many entries smallest_ranks sorts (rank, index) pairs instead.
+constexpr int64_t kSmallRanks = 64;
+
+// The `count` (1 <= count <= n) smallest of rank[0, n), ties to the lower index, into out[0, count)
+// in no order, by radix selection: a histogram of the candidates' next digit (from the top, about
+// log2(n) bits, 4 to 11) finds the bucket where the count is reached; the candidates below it are
+// taken, those in it (in index order, in pending[0, n)) go on to the next digit; after the last, the
+// first ones of equal rank. Branch-free, into taken[0, n + 1) (every candidate is stored, the index
+// advanced by whether it belongs), where std::nth_element on (rank, index) took ~6 ns an entry
+// (bench/NOTES.md item 91).
+void smallest_ranks(const uint32_t* rank, int64_t n, int64_t count, int32_t* pending, int32_t* taken,
+                    int32_t* out) {
+  if (n <= kSmallRanks) {  // (a histogram a digit costs more than these few entries)
+    uint64_t ranked[kSmallRanks];
+    for (int64_t i = 0; i < n; ++i) ranked[i] = static_cast<uint64_t>(rank[i]) << 32 | static_cast<uint64_t>(i);
+    std::nth_element(ranked, ranked + count - 1, ranked + n);
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(ranked[i] & 0xffffffffu);
+    return;
+  }
+  const int digit_bits = std::clamp(64 - __builtin_clzll(static_cast<uint64_t>(n)), 4, 11);
+  int64_t below_total = 0, m = n, need = count;
+  bool all = true;  // the candidates are [0, n), not yet pending
+  const auto level = [&](int shift, uint32_t mask, auto index) {
+    int32_t histogram[1 << 11];
+    std::fill(histogram, histogram + mask + 1, 0);
+    for (int64_t i = 0; i < m; ++i) ++histogram[(rank[index(i)] >> shift) & mask];
+    uint32_t bucket = 0;
+    int64_t below = 0;
+    while (below + histogram[bucket] < need) below += histogram[bucket++];
+    int64_t kept = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t t = index(i);
+      const uint32_t digit = (rank[t] >> shift) & mask;
+      taken[below_total] = t;
+      below_total += digit < bucket;
+      pending[kept] = t;  // (kept <= i: in place)
+      kept += digit == bucket;
+    }
+    m = kept;
+    need -= below;
+  };
+  for (int high = 32; high > 0 && need < m;) {
+    const int width = std::min(digit_bits, high);
+    high -= width;
+    const uint32_t mask = (1u << width) - 1;
+    if (all) level(high, mask, [](int64_t i) { return static_cast<int32_t>(i); });
+    else level(high, mask, [&](int64_t i) { return pending[i]; });
+    all = false;
+  }
+  std::copy(taken, taken + below_total, out);
+  for (int64_t i = 0; i < need; ++i) out[below_total + i] = all ? static_cast<int32_t>(i) : pending[i];
+}
+
+// Below this many keys (T·E) expert choice stays on the calling thread.
+constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
+// Tokens a chunk of the keys' transpose takes.
+constexpr int64_t kTransposeTokens = 256;
+
+// Expert choice (docs/semantics.md §5). The keys go by expert (a transpose of the [T, E] keys, in
+// chunks of tokens); each expert's C best tokens come from smallest_ranks on their ranks
+// (descending_rank), the experts in parallel; then a counting pass by token lists each token's
+// choices, experts ascending, and a stable insertion sort by key puts them in key order. (Until
+// bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64.)
 void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
-  const int64_t capacity = capacity_per_expert(c, T);
-  ws.choices.clear();
-  std::vector<int32_t>& tokens = ws.order;
-  tokens.resize(static_cast<size_t>(T));
-  for (int e = 0; e < E; ++e) {
-    for (int64_t t = 0; t < T; ++t) tokens[t] = static_cast<int32_t>(t);
-    const auto better = [&](int32_t a, int32_t b) {
-      const float ka = st.full_key[a * static_cast<int64_t>(E) + e];
-      const float kb = st.full_key[b * static_cast<int64_t>(E) + e];
-      return ka > kb || (ka == kb && a < b);
-    };
-    std::partial_sort(tokens.begin(), tokens.begin() + capacity, tokens.end(), better);
-    for (int64_t r = 0; r < capacity; ++r)
-      ws.choices.push_back({st.full_key[tokens[r] * static_cast<int64_t>(E) + e], tokens[r], e, 0});
-  }
-  // Per token, in key order (ties: lower expert); the first K are kept.
-  std::sort(ws.choices.begin(), ws.choices.end(), [](const auto& a, const auto& b) {
-    if (a.token != b.token) return a.token < b.token;
-    if (a.key != b.key) return a.key > b.key;
-    return a.expert < b.expert;
-  });
-  std::fill(out->experts, out->experts + T * K, -1);
-  std::fill(out->experts_per_token, out->experts_per_token + T, 0);
-  for (const auto& choice : ws.choices) {
-    int32_t& k = out->experts_per_token[choice.token];
-    if (k < K) {
-      out->experts[choice.token * static_cast<int64_t>(K) + k] = choice.expert;
-      ++k;
-      ++ws.counts_before[choice.expert];
-      if (!st.invalid[choice.token]) ++ws.counts_before_valid[choice.expert];
-    } else {
-      ++out->dropped_assignments;
+  const int64_t capacity = T > 0 ? capacity_per_expert(c, T) : 0;
+  const int threads = T * E < kParallelChoiceKeys ? 1 : ThreadPool::resolve_threads(c.options.threads);
+  ThreadPool& pool = ThreadPool::instance();
+
+  float* by_expert = grown(ws.expert_keys, T * E);  // [E][T]
+  auto transpose = [&](int64_t chunk, int) {
+    const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
+    for (int e = 0; e < E; ++e)
+      for (int64_t t = t0; t < t1; ++t) by_expert[e * T + t] = st.full_key[t * E + e];
+  };
+  pool.run((T + kTransposeTokens - 1) / kTransposeTokens, threads, transpose);
+
+  int32_t* chosen = grown(ws.order, E * capacity);  // [E][C] each expert's tokens, in no order
+  const int64_t per_thread = 3 * T + 1;  // ranks, pending, taken
+  uint32_t* scratch = grown(ws.expert_ranks, threads * per_thread);
+  auto choose = [&](int64_t e, int slot) {
+    uint32_t* rank = scratch + slot * per_thread;
+    const float* key = by_expert + e * T;
+    for (int64_t t = 0; t < T; ++t) rank[t] = descending_rank(key[t]);
+    int32_t* pending = reinterpret_cast<int32_t*>(rank + T);
+    smallest_ranks(rank, T, capacity, pending, pending + T, chosen + e * capacity);
+  };
+  if (capacity > 0) pool.run(E, threads, choose);
+
+  // Each token's choices, experts ascending: [start[t], start[t + 1]) of ws.choices.
+  int64_t* start = zeroed(ws.cursor, T + 1);
+  for (int64_t i = 0; i < E * capacity; ++i) ++start[chosen[i] + 1];
+  for (int64_t t = 0; t < T; ++t) start[t + 1] += start[t];
+  ws.choices.resize(static_cast<size_t>(E * capacity));
+  for (int e = 0; e < E; ++e)
+    for (int64_t i = 0; i < capacity; ++i) {
+      const int32_t t = chosen[e * capacity + i];
+      ws.choices[start[t]++] = {st.full_key[t * static_cast<int64_t>(E) + e], t, e, 0};
     }
+  // (The scatter left start[t] at token t's end, which is token t + 1's begin.)
+  std::fill(out->experts, out->experts + T * K, -1);
+  int64_t begin = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t end = start[t];
+    Workspace::Choice* first = ws.choices.data() + begin;
+    const int64_t n = end - begin;
+    for (int64_t i = 1; i < n; ++i) {  // by key descending, stable (experts ascending)
+      const Workspace::Choice x = first[i];
+      int64_t j = i;
+      for (; j > 0 && first[j - 1].key < x.key; --j) first[j] = first[j - 1];
+      first[j] = x;
+    }
+    const int k = static_cast<int>(std::min<int64_t>(n, K));
+    for (int j = 0; j < k; ++j) {
+      const int32_t e = first[j].expert;
+      out->experts[t * K + j] = e;
+      ++ws.counts_before[e];
+      if (!st.invalid[t]) ++ws.counts_before_valid[e];
+    }
+    out->experts_per_token[t] = k;
+    out->dropped_assignments += n - k;
+    ++ws.k_histogram[k];
+    begin = end;
   }
-  for (int64_t t = 0; t < T; ++t) ++ws.k_histogram[out->experts_per_token[t]];
 
   // Weights from the full s and u matrices.
   float* score = ws.slot_score.data();
@@ -341,7 +437,7 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 
 int64_t Workspace::host_bytes() const {
   return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, order, slot_score,
-                        slot_logit, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+                        slot_logit, expert_keys, expert_ranks, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
                         full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
                         loss_entropy_, p_sum_, invalid_);
 }

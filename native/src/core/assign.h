@@ -30,7 +30,7 @@ class Workspace {
 
   std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token
   std::vector<int64_t> counts_before_valid;  // [E] the same over valid tokens (aux loss)
-  std::vector<int64_t> cursor;               // [E+1] dispatch fill positions / capacity counters
+  std::vector<int64_t> cursor;  // capacity counters [E]; dispatch places [2 pairs][E]; expert choice [T+1]
   struct Choice {
     float key;
     int32_t token;
@@ -39,8 +39,10 @@ class Workspace {
   };
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;   // capacity ('score') and expert choice
-  std::vector<int32_t> order;    // expert choice: token order of one expert
+  std::vector<int32_t> order;    // expert choice: [E][C] each expert's chosen tokens
   std::vector<float> slot_score, slot_logit;  // [K] expert choice: one token's slots' s and u
+  std::vector<float> expert_keys;             // [E][T] expert choice: the keys by expert
+  std::vector<uint32_t> expert_ranks;         // [threads][3T + 1] expert choice: smallest_ranks' scratch
 
  private:
   std::vector<int32_t> candidate_expert_;

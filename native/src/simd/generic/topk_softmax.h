@@ -2361,15 +2361,17 @@ inline void rows_block(const RowBlock& b) {
       keep_best_groups(key, c.options.group_count, c.group_size, c.options.group_select, b.group_score->data(),
                        b.group_order->data());
 
-    // 3. Candidates: the K best experts in key order.
-    int32_t* cand_out = fused ? cand : out.candidate_expert + t * K;
-    float* score_out = fused ? cand_score : out.candidate_score + t * K;
-    float* logit_out = fused ? cand_logit : out.candidate_logit + t * K;
-    select(key, cand);
-    for (int j = 0; j < K; ++j) {
-      cand_out[j] = cand[j];
-      score_out[j] = s[cand[j]];
-      logit_out[j] = u[cand[j]];
+    // 3. Candidates: the K best experts in key order (expert choice reads the full matrices only).
+    if (!c.expert_choice) {
+      int32_t* cand_out = fused ? cand : out.candidate_expert + t * K;
+      float* score_out = fused ? cand_score : out.candidate_score + t * K;
+      float* logit_out = fused ? cand_logit : out.candidate_logit + t * K;
+      select(key, cand);
+      for (int j = 0; j < K; ++j) {
+        cand_out[j] = cand[j];
+        score_out[j] = s[cand[j]];
+        logit_out[j] = u[cand[j]];
+      }
     }
 
     // 4. What the strategies and losses need.
