@@ -254,13 +254,14 @@ void smallest_ranks(const uint32_t* rank, int64_t n, int64_t count, int32_t* pen
 
 // Below this many keys (T·E) expert choice stays on the calling thread.
 constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
-// Tokens a chunk of the keys' transpose takes.
-constexpr int64_t kTransposeTokens = 256;
+// Tokens a chunk of the keys' transpose takes, and of the tokens' own part.
+constexpr int64_t kTransposeTokens = 256, kChoiceTokens = 1024;
 
 // Expert choice (docs/semantics.md §5). The keys go by expert (a transpose of the [T, E] keys, in
 // chunks of tokens); each expert's C best tokens come from smallest_ranks on their ranks
 // (descending_rank), the experts in parallel; then a counting pass by token lists each token's
-// choices, experts ascending, and a stable insertion sort by key puts them in key order. (Until
+// choices, experts ascending, and a stable insertion sort by key puts them in key order, the tokens
+// in chunks on the pool, each chunk's tallies added in chunk order. (Until
 // bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64.)
 void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
@@ -300,42 +301,58 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
       ws.choices[start[t]++] = {st.full_key[t * static_cast<int64_t>(E) + e], t, e, 0};
     }
   // (The scatter left start[t] at token t's end, which is token t + 1's begin.)
-  std::fill(out->experts, out->experts + T * K, -1);
-  int64_t begin = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t end = start[t];
-    Workspace::Choice* first = ws.choices.data() + begin;
-    const int64_t n = end - begin;
-    for (int64_t i = 1; i < n; ++i) {  // by key descending, stable (experts ascending)
-      const Workspace::Choice x = first[i];
-      int64_t j = i;
-      for (; j > 0 && first[j - 1].key < x.key; --j) first[j] = first[j - 1];
-      first[j] = x;
+  // Then each token on its own, on the pool in chunks of tokens: its choices in key order, the first
+  // K kept, their weights; each chunk tallies its counts, k_t and drops apart, added after.
+  const int64_t chunks = (T + kChoiceTokens - 1) / kChoiceTokens;
+  const int64_t tally_words = 2 * E + K + 2;  // counts, valid counts, k histogram, drops
+  int64_t* tallies = zeroed(ws.choice_tallies, chunks * tally_words);
+  float* slot_scratch = grown(ws.slot_values, 2 * threads * K);
+  auto per_token = [&](int64_t chunk, int slot) {
+    int64_t* counts = tallies + chunk * tally_words;
+    int64_t* counts_valid = counts + E;
+    int64_t* k_histogram = counts_valid + E;
+    int64_t& dropped = k_histogram[K + 1];
+    float* score = slot_scratch + 2 * slot * K;
+    float* logit = score + K;
+    const int64_t t0 = chunk * kChoiceTokens, t1 = std::min(T, t0 + kChoiceTokens);
+    int64_t begin = t0 > 0 ? start[t0 - 1] : 0;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t end = start[t];
+      Workspace::Choice* first = ws.choices.data() + begin;
+      const int64_t n = end - begin;
+      begin = end;
+      for (int64_t i = 1; i < n; ++i) {  // by key descending, stable (experts ascending)
+        const Workspace::Choice x = first[i];
+        int64_t j = i;
+        for (; j > 0 && first[j - 1].key < x.key; --j) first[j] = first[j - 1];
+        first[j] = x;
+      }
+      const int k = static_cast<int>(std::min<int64_t>(n, K));
+      int32_t* experts = out->experts + t * K;
+      for (int j = 0; j < K; ++j) {
+        const int32_t e = j < k ? first[j].expert : -1;
+        experts[j] = e;
+        if (e < 0) continue;
+        ++counts[e];
+        if (!st.invalid[t]) ++counts_valid[e];
+        score[j] = st.full_score[t * E + e];
+        logit[j] = st.full_logit[t * E + e];
+      }
+      out->experts_per_token[t] = k;
+      dropped += n - k;
+      ++k_histogram[k];
+      slot_weights(c, experts, score, logit, out->weights + t * K);
     }
-    const int k = static_cast<int>(std::min<int64_t>(n, K));
-    for (int j = 0; j < k; ++j) {
-      const int32_t e = first[j].expert;
-      out->experts[t * K + j] = e;
-      ++ws.counts_before[e];
-      if (!st.invalid[t]) ++ws.counts_before_valid[e];
+  };
+  pool.run(chunks, threads, per_token);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t* tally = tallies + chunk * tally_words;
+    for (int e = 0; e < E; ++e) {
+      ws.counts_before[e] += tally[e];
+      ws.counts_before_valid[e] += tally[E + e];
     }
-    out->experts_per_token[t] = k;
-    out->dropped_assignments += n - k;
-    ++ws.k_histogram[k];
-    begin = end;
-  }
-
-  // Weights from the full s and u matrices.
-  float* score = ws.slot_score.data();
-  float* logit = ws.slot_logit.data();
-  for (int64_t t = 0; t < T; ++t) {
-    const int32_t* experts = out->experts + t * K;
-    for (int j = 0; j < K; ++j) {
-      if (experts[j] < 0) continue;
-      score[j] = st.full_score[t * E + experts[j]];
-      logit[j] = st.full_logit[t * E + experts[j]];
-    }
-    slot_weights(c, experts, score, logit, out->weights + t * K);
+    for (int k = 0; k <= K; ++k) ws.k_histogram[k] += tally[2 * E + k];
+    out->dropped_assignments += tally[2 * E + K + 1];
   }
 }
 
@@ -436,8 +453,8 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 }  // namespace
 
 int64_t Workspace::host_bytes() const {
-  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, order, slot_score,
-                        slot_logit, expert_keys, expert_ranks, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, order, slot_values,
+                        expert_keys, expert_ranks, choice_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
                         full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
                         loss_entropy_, p_sum_, invalid_);
 }
@@ -471,8 +488,6 @@ const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
     stage_.full_key = grown(full_key_, T * E);
     stage_.full_score = grown(full_score_, T * E);
     stage_.full_logit = grown(full_logit_, T * E);
-    grown(slot_score, K);
-    grown(slot_logit, K);
   }
   return stage_;
 }

@@ -40,9 +40,10 @@ class Workspace {
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;   // capacity ('score') and expert choice
   std::vector<int32_t> order;    // expert choice: [E][C] each expert's chosen tokens
-  std::vector<float> slot_score, slot_logit;  // [K] expert choice: one token's slots' s and u
+  std::vector<float> slot_values;             // [threads][2K] expert choice: a token's slots' s and u
   std::vector<float> expert_keys;             // [E][T] expert choice: the keys by expert
   std::vector<uint32_t> expert_ranks;         // [threads][3T + 1] expert choice: smallest_ranks' scratch
+  std::vector<int64_t> choice_tallies;        // [chunks][2E + K + 2] expert choice: a chunk's counts
 
  private:
   std::vector<int32_t> candidate_expert_;
