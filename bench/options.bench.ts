@@ -4,13 +4,13 @@
  * no bias or groups) selects across tokens with packed keys, and so do `normalize: false`, sigmoid
  * scoring without a bias, groups or losses and select-then-softmax without a bias (up to E = 128),
  * sigmoid or softmax scoring with a selection bias or groups (up to E = 512 and 16 groups), and the
- * candidates of top-p, threshold and capacity by score; capacity by position routes as without
- * capacity, then drops (item 86); dispatch scatters on the thread pool (item 88); expert choice
- * selects each expert's tokens by radix selection (item 91); the other options
- * route token by token through the scores (docs/semantics.md §13; bench/NOTES.md items 57-60,
- * 71-90). Each option set is timed
- * in alternating rounds with the default (`measureTogether`), so that a ratio compares moments of the
- * same phase of a shared machine; printed: median ms, ns a token, and the ratio to the default.
+ * candidates of top-p, threshold, entropy, norm and capacity by score; capacity by position routes
+ * as without capacity, then drops (item 86); dispatch scatters on the thread pool (item 88); expert
+ * choice selects each expert's tokens by radix selection (item 91); the other options route token
+ * by token through the scores (docs/semantics.md §13; bench/NOTES.md items 57-60, 71-92). Each
+ * option set is timed in alternating rounds with the default (`measureTogether`), so that a ratio
+ * compares moments of the same phase of a shared machine; printed: median ms, ns a token, and the
+ * ratio to the default.
  *
  *   npm run bench:options [-- --workload logits-64x8,logits-256x8]
  */
@@ -35,6 +35,8 @@ function optionSets(experts: number): [string, Extra][] {
     ['DeepSeek-V2 (softmax, groups 8/3, normalize false)', { groups: { count: 8, select: 3 }, normalize: false, scale: 16 }],
     ["strategy: 'top-p'", { strategy: 'top-p', topP: 0.6 }],
     ["strategy: 'threshold'", { strategy: 'threshold', threshold: 0.05 }],
+    ["strategy: 'entropy', minExperts: 2", { strategy: 'entropy', minExperts: 2 }],
+    ["strategy: 'norm', minExperts: 2 (batch statistics)", { strategy: 'norm', minExperts: 2 }],
     ['capacityFactor: 1.25', { capacityFactor: 1.25 }],
     ['capacityFactor: 1 (about half the experts overflow)', { capacityFactor: 1 }],
     ["capacityFactor: 1, dropPolicy: 'score'", { capacityFactor: 1, dropPolicy: 'score' }],

@@ -367,7 +367,7 @@ describe('exact ties go to the lower expert on every backend, signed zeros inclu
 // sigmoid routing with a selection bias and groups: sub-batches against the same rows of a whole
 // batch.
 describe('a token is routed the same alone as in any batch', () => {
-  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not, sigmoid, select-then-softmax, top-p and DeepSeek-V3's routing × [${backendNames.join(', ')}]`, () => {
+  it(`dot and panel gates, f32 and bf16, hidden and logits, top-k normalized or not, sigmoid, select-then-softmax, top-p, entropy and DeepSeek-V3's routing × [${backendNames.join(', ')}]`, () => {
     const shapes = [
       { E: 8, D: 37, K: 2 },
       { E: 64, D: 130, K: 8 },
@@ -388,6 +388,7 @@ describe('a token is routed the same alone as in any batch', () => {
           [true, 'top-k', true, true, 'softmax', 'softmax-then-select'],
           [true, 'top-k', false, false, 'softmax', 'softmax-then-select'],
           [true, 'top-p', false, true, 'softmax', 'softmax-then-select'],
+          [true, 'entropy', false, true, 'softmax', 'softmax-then-select'],
           [true, 'top-k', false, false, 'sigmoid', 'softmax-then-select'],
           [true, 'top-k', false, true, 'softmax', 'select-then-softmax'],
           [true, 'top-k', false, true, 'sigmoid', 'softmax-then-select', true],
@@ -436,7 +437,7 @@ describe('a token is routed the same alone as in any batch', () => {
         }
       }
     }
-    expect(compared).toBe(shapes.length * backendNames.length * 7 * 3 * ranges.length);
+    expect(compared).toBe(shapes.length * backendNames.length * 8 * 3 * ranges.length);
   });
 });
 
@@ -659,6 +660,69 @@ describe('expert choice agrees with the reference at any batch size, ties includ
       }
     }
     expect(cases).toBe(3 * 7 * 3);
+  });
+});
+
+// The entropy strategy decides k_t across tokens from an f32 H = ln S - sum p v and leaves a token
+// whose (K - kmin) H / ln E lies within that sum's error of a rounding boundary to the token-by-token
+// path (bench/NOTES.md item 92). Rows scaled to put it at a boundary, just off one (inside and
+// outside the reference's band) and far from one, in whole groups of lanes and gathered ones, fused
+// and not (capacity by score).
+describe('entropy\'s k_t agrees with the reference next to its rounding boundaries', () => {
+  it(`E = 2, 8, 64, 300, 1024; k_t at n + 1/2 + δ, |δ| from 0 to 0.3; fused and not × [${backendNames.join(', ')}]`, async () => {
+    const rng = new Rng(20261124);
+    const offsets = [0, 1e-6, -1e-6, 1e-5, -1e-5, 1e-4, -1e-4, 1e-3, -1e-3, 0.3, -0.3];
+    let cases = 0;
+    for (const { E, K, kmin } of [{ E: 2, K: 2, kmin: 1 }, { E: 8, K: 8, kmin: 1 }, { E: 64, K: 8, kmin: 2 }, { E: 300, K: 6, kmin: 1 }, { E: 1024, K: 8, kmin: 1 }]) {
+      const T = 16 * 4 + 7;
+      const logits = new Float32Array(T * E);
+      const entropyOf = (row: Float64Array) => {
+        let max = -Infinity;
+        for (const u of row) max = Math.max(max, u);
+        let sum = 0;
+        for (const u of row) sum += Math.exp(u - max);
+        let h = 0;
+        for (const u of row) {
+          const p = Math.exp(u - max) / sum;
+          if (p > 0) h -= p * Math.log(p);
+        }
+        return h;
+      };
+      for (let t = 0; t < T; t++) {
+        const base = Float64Array.from({ length: E }, () => rng.normal());
+        const n = rng.int(0, K - kmin - 1);
+        const target = ((n + 0.5 + offsets[t % offsets.length]!) * Math.log(E)) / (K - kmin);
+        // H of the row scaled by b falls from ln E (b = 0) towards 0: bisect b for the target.
+        let lo = 0;
+        let hi = 1;
+        const scaled = (b: number) => Float64Array.from(base, (u) => Math.fround(u * b));
+        while (entropyOf(scaled(hi)) > target) hi *= 2;
+        for (let i = 0; i < 200; i++) {
+          const mid = (lo + hi) / 2;
+          if (entropyOf(scaled(mid)) > target) lo = mid;
+          else hi = mid;
+        }
+        logits.set(scaled(hi), t * E);
+      }
+      for (const capacity of [{}, { capacityFactor: 1.5, dropPolicy: 'score' }]) {
+        const c: Case = {
+          seed: 0,
+          strategy: 'entropy',
+          options: { inputDim: 1, numExperts: E, topK: K, minExperts: kmin, weight: new Float32Array(E), strategy: 'entropy', ...capacity } as Case['options'],
+          weightDtype: 'f32',
+          calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
+          describe: `entropy E=${E} K=${K} kmin=${kmin} ${JSON.stringify(capacity)}`,
+          calibrate: undefined,
+        };
+        const refs = referenceRun(c)[0];
+        for (const backend of backendNames) {
+          const mismatch = await runCase(c, backend, refs);
+          if (mismatch) throw new Error(mismatch);
+        }
+        cases += 1;
+      }
+    }
+    expect(cases).toBe(5 * 2);
   });
 });
 

@@ -1875,10 +1875,11 @@ inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
   }
 }
 
-// Top-p's or threshold's assignment of n <= kLanes tokens, one a lane, from their K candidates in rows
-// of K (candidates_across_rows' buffers; scores in descending order): k_t into k_out, the slots (expert
-// -1 past k_t) and the weights into experts_out and weights_out (rows of K), as assign_token gives
-// them for scores that are not softmax weights, in f32 where it sums in double.
+// Top-p's, threshold's, entropy's or norm's assignment of n <= kLanes tokens, one a lane, from their K
+// candidates in rows of K (candidates_across_rows' buffers; scores in descending order): k_t into
+// k_out (entropy and norm: k_given's, decided by the caller), the slots (expert -1 past k_t) and the
+// weights into experts_out and weights_out (rows of K), as assign_token gives them for scores that are
+// not softmax weights, in f32 where it sums in double.
 // Threshold's test s_j >= threshold is exact (against the least float >= threshold); top-p's
 // cumulative sums are f32, so a lane whose sum comes within kTopPUnsure of p at a step that could
 // decide k_t is left to the exact path: its bit is set in the mask returned. kmin <= k_t <= K as
@@ -1891,9 +1892,11 @@ inline void across_rows(const RowBlock& b, bool pad, Run&& run, Left&& left) {
 constexpr float kTopPUnsure = 2e-6f;  // > K f32 roundings of a sum <= 1 (and p's own), K <= 8
 template <int K = 1>
 inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, const int32_t* experts,
-                                  const float* scores, int32_t* experts_out, float* weights_out, int32_t* k_out) {
+                                  const float* scores, const int32_t* k_given, int32_t* experts_out,
+                                  float* weights_out, int32_t* k_out) {
   if constexpr (K < kAcrossMaxK) {
-    if (c.K != K) return finish_candidates<K + 1>(c, kp, n, experts, scores, experts_out, weights_out, k_out);
+    if (c.K != K)
+      return finish_candidates<K + 1>(c, kp, n, experts, scores, k_given, experts_out, weights_out, k_out);
   }
   constexpr bool kTurned = kLanes == 16 && (K & (K - 1)) == 0;  // (see above; whole groups only)
   const bool turned = kTurned && n == kLanes;
@@ -1938,7 +1941,8 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
                                    Vec::from_bits(k)));
       decided = reached;
     }
-  } else {  // threshold: s >= threshold in double is s >= the least float >= threshold
+  } else if (c.options.strategy == MOE_STRATEGY_THRESHOLD) {
+    // s >= threshold in double is s >= the least float >= threshold
     float least = static_cast<float>(kp.threshold);
     if (static_cast<double>(least) < kp.threshold) least = std::nextafter(least, kInf);
     const F threshold = Vec::set1(least);
@@ -1946,6 +1950,8 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
     const F one = Vec::from_bits(Vec::int_set1(1)), none = Vec::zero();
     for (int j = 0; j < K; ++j)
       k = Vec::int_add(k, Vec::to_bits(Vec::select(Vec::ge(slot_score[j], threshold), one, none)));
+  } else {
+    k = Vec::int_load(k_given);
   }
   k = Vec::int_min(Vec::int_max(k, Vec::int_set1(c.kmin)), Vec::int_set1(K));
 
@@ -1987,10 +1993,12 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
 
 // The candidates (rows_across_tokens' logits_out form) of a block's finite rows, across tokens as
 // across_rows takes them (whole groups straight from u, the others gathered), handed to
-// finish_run(tokens, t0, n, experts, scores, logits): n tokens, tokens[l] (or t0 + l where tokens is
-// null), their slots in rows of K; the rows with a non-finite logit go to left(row).
+// finish_run(tokens, t0, n, experts, scores, logits, rows, stride): n tokens, tokens[l] (or t0 + l
+// where tokens is null), their slots in rows of K, their logits the rows at `rows` (stride `stride`;
+// a gathered group's rows past n copies of its first where `pad`); the rows with a non-finite logit
+// go to left(row).
 template <class Left, class FinishRun>
-inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& finish_run) {
+inline void candidates_across_rows(const RowBlock& b, bool pad, Left&& left, FinishRun&& finish_run) {
   const Config& c = *b.config;
   const int E = c.E;
   // Whole groups go kCandidateRun at a time, so that the choice of kernel is paid a run, not a group.
@@ -2005,7 +2013,7 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& f
                                                    experts, nullptr, logits);
       const int64_t first = t0 + g * kLanes;
       std::memset(b.out->invalid + first, 0, static_cast<size_t>(done) * kLanes);
-      finish_run(nullptr, first, done * kLanes, experts, scores, logits);
+      finish_run(nullptr, first, done * kLanes, experts, scores, logits, base + g * kLanes * b.u_stride, b.u_stride);
       g += done;
       if (done < run) return g;
     }
@@ -2014,9 +2022,9 @@ inline void candidates_across_rows(const RowBlock& b, Left&& left, FinishRun&& f
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
     groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
     for (int l = 0; l < n; ++l) b.out->invalid[tokens[l]] = 0;
-    finish_run(tokens, 0, n, experts, scores, logits);
+    finish_run(tokens, 0, n, experts, scores, logits, rows, static_cast<int64_t>(E));
   };
-  by_finite_groups(b, by_columns<false>(c), gathered, whole, left, part);
+  by_finite_groups(b, pad || by_columns<false>(c), gathered, whole, left, part);
 }
 
 // In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
@@ -2032,7 +2040,8 @@ constexpr float kLossFloor = -88.0f;
 // one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
 // scratch of padded(E) vectors. kFixedE, when not 0, is E, a power of two up to kLanes with the
 // rows back to back (below kLanes narrow_columns, at kLanes load_columns with every bound known).
-template <int kFixedE = 0>
+// Without kProbabilities, only max, sum and p_dot_v (p_lanes is not touched): the entropy strategy's.
+template <int kFixedE = 0, bool kProbabilities = true>
 inline void group_losses(const float* base, int E, int64_t stride, int live, bool first, F* columns, F* p_lanes,
                          F& max, F& sum, F& p_dot_v) {
   if constexpr (kFixedE > 0) E = stride = kFixedE;  // (the same values, now constants)
@@ -2046,7 +2055,7 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, boo
       const bool fixed = with_fixed_width(E, stride, [&](auto width) {
         constexpr int kWidth = decltype(width)::value;
         if constexpr (kWidth > 0)
-          group_losses<kWidth>(base, E, stride, live, first, columns, p_lanes, max, sum, p_dot_v);
+          group_losses<kWidth, kProbabilities>(base, E, stride, live, first, columns, p_lanes, max, sum, p_dot_v);
         return kWidth > 0;
       });
       if (fixed) return;
@@ -2077,6 +2086,7 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, boo
   sum = Vec::add(sums[0], sums[1]);
   const F inv = Vec::div(Vec::set1(1.0f), sum);
   p_dot_v = Vec::mul(Vec::add(dot[0], dot[1]), inv);
+  if constexpr (!kProbabilities) return;
   const F inv_live = Vec::select(Vec::first(live), inv, Vec::zero());
   if (first) {
     for (int e = 0; e < E; ++e) p_lanes[e] = Vec::mul(columns[e], inv_live);
@@ -2453,17 +2463,55 @@ inline void rows_block(const RowBlock& b) {
     return;
   }
 
-  // Top-k (with capacity by score: not fused), top-p and threshold with softmax scores and keys (no
-  // selection bias, groups or select-then-softmax), needing nothing else of the token: the finite
-  // rows' candidates across tokens (candidates_across_rows), whose K best scores are then also
-  // threshold's top scores; assigned here when fused, else by the core's pass over the candidates.
-  // The other rows one by one above. (bench/NOTES.md items 75-76.)
+  // Top-k (with capacity by score: not fused), top-p, threshold, entropy and norm with softmax scores
+  // and keys (no selection bias, groups or select-then-softmax), needing nothing else of the token:
+  // the finite rows' candidates across tokens (candidates_across_rows), whose K best scores are then
+  // also threshold's top scores; assigned here when fused, else by the core's pass over the
+  // candidates. The other rows one by one above. (bench/NOTES.md items 75-76, 92.)
+  // Entropy's H(s_t) comes kLanes tokens at a time as ln S - sum_e p_e v_e (group_losses' terms, in
+  // f32); a token whose (K - kmin) H / ln E + 1/2 lies within entropy_margin of an integer, where
+  // that error could move its rounding, takes the token-by-token path, whose H sums -s ln s in
+  // double. The margin: S and the dot product are f32 sums of E terms (in two accumulators), each
+  // term a few ulps off, and sum_e p_e |v_e| = ln S + H <= 2 ln E; twice that bound.
   const moe_strategy strategy = c.options.strategy;
+  const bool entropy = strategy == MOE_STRATEGY_ENTROPY, norm = strategy == MOE_STRATEGY_NORM;
   const bool across = softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
                       (strategy == MOE_STRATEGY_TOP_K || strategy == MOE_STRATEGY_TOP_P ||
-                       strategy == MOE_STRATEGY_THRESHOLD) &&
-                      !p.want_losses && !p.want_score_entropy && !p.want_norm && !p.want_full && K <= kAcrossMaxK &&
-                      E <= kAcrossMaxE;
+                       strategy == MOE_STRATEGY_THRESHOLD || (entropy && E > 1) || norm) &&
+                      !p.want_losses && !p.want_full && K <= kAcrossMaxK && E <= kAcrossMaxE;
+  const double log_e = std::log(static_cast<double>(E));
+  const double entropy_margin =
+      (K - c.kmin) * (E + 16) * static_cast<double>(std::numeric_limits<float>::epsilon()) * (1 + 2 * log_e) /
+      (2 * log_e);
+  // Entropy's and (fused: calibrated) norm's k_t of the lanes [0, lanes) of a group (rows at `rows`,
+  // stride `stride`) into k_given (every lane written); returns the lanes left to the token-by-token
+  // path. (Not fused, entropy's H goes to the stage; the core decides from it, or from the norms.)
+  const bool k_given_by_lanes = entropy || (norm && fused);
+  const auto decide_lanes = [&](const int64_t* tokens, int64_t t0, int lanes, const float* rows, int64_t stride,
+                                int32_t* k_given) {
+    for (int l = 0; l < kLanes; ++l) k_given[l] = c.kmin;
+    uint32_t undecided = 0;
+    if (norm) {
+      TokenRow row;
+      for (int l = 0; l < lanes; ++l) {
+        row.norm = out.norm[tokens ? tokens[l] : t0 + l];
+        k_given[l] = decide_k(c, row, *p.k_params);
+      }
+      return undecided;
+    }
+    F max, sum, p_dot_v;
+    group_losses<0, false>(rows, E, stride, lanes, true, reinterpret_cast<F*>(b.loss_scratch), nullptr, max, sum,
+                           p_dot_v);
+    alignas(64) float lane_entropy[kLanes];
+    Vec::store(lane_entropy, Vec::sub(vlog(sum), p_dot_v));
+    for (int l = 0; l < lanes; ++l) {
+      const double y = (K - c.kmin) * (lane_entropy[l] / log_e) + 0.5;
+      if (std::abs(y - std::nearbyint(y)) < entropy_margin) undecided |= 1u << l;
+      k_given[l] = std::clamp(c.kmin + static_cast<int>(std::floor(y)), c.kmin, K);
+      if (!fused) out.score_entropy[tokens ? tokens[l] : t0 + l] = lane_entropy[l];
+    }
+    return undecided;
+  };
   if (across) {
     const auto finish = [&](int64_t t, const int32_t* experts, const float* scores, const float* logits) {
       if (fused) {
@@ -2485,13 +2533,17 @@ inline void rows_block(const RowBlock& b) {
     // alone or in a batch): token by token, assign_token's division a kept slot and its missed branch
     // where k_t ends were ~40% of top-p's time for logits E = 64 (bench/NOTES.md item 79).
     const auto finish_run = [&](const int64_t* tokens, int64_t t0, int n, const int32_t* experts, const float* scores,
-                                const float* logits) {
+                                const float* logits, const float* rows, int64_t stride) {
       const auto token_of = [&](int l) { return tokens ? tokens[l] : t0 + l; };
       for (int l0 = 0; l0 < n; l0 += kLanes) {
         const int lanes = n - l0 < kLanes ? n - l0 : kLanes;
         const int32_t* group_experts = experts + l0 * K;
         const float* group_scores = scores + l0 * K;
         const float* group_logits = logits + l0 * K;
+        alignas(64) int32_t k_given[kLanes];
+        const uint32_t undecided = k_given_by_lanes ? decide_lanes(tokens ? tokens + l0 : nullptr, t0 + l0, lanes,
+                                                                  rows + l0 * stride, stride, k_given)
+                                                   : 0;
         uint32_t unsure = ~0u;  // (not fused: every token's candidates to the stage)
         alignas(64) int32_t k[kLanes], slot_experts[kLanes * kAcrossMaxK];
         alignas(64) float slot_weights[kLanes * kAcrossMaxK];
@@ -2503,10 +2555,15 @@ inline void rows_block(const RowBlock& b) {
             experts_out = fused->experts + (t0 + l0) * K;
             weights_out = fused->weights + (t0 + l0) * K;
           }
-          unsure = finish_candidates(c, *p.k_params, lanes, group_experts, group_scores, experts_out, weights_out, k);
+          unsure = finish_candidates(c, *p.k_params, lanes, group_experts, group_scores, k_given, experts_out,
+                                     weights_out, k);
         }
         for (int l = 0; l < lanes; ++l) {
           const int64_t t = token_of(l0 + l);
+          if (undecided >> l & 1) {
+            token(static_cast<int>(t - b.first));
+            continue;
+          }
           if (unsure >> l & 1) {
             finish(t, group_experts + l * K, group_scores + l * K, group_logits + l * K);
             continue;
@@ -2528,7 +2585,7 @@ inline void rows_block(const RowBlock& b) {
         }
       }
     };
-    candidates_across_rows(b, token, finish_run);
+    candidates_across_rows(b, entropy, token, finish_run);
   } else {
     for (int i = 0; i < b.rows; ++i) token(i);
   }
