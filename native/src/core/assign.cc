@@ -26,8 +26,18 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
     score_sum += score[j];
     max_logit = std::max(max_logit, static_cast<double>(logit[j]));
   }
+  // With softmax scores s_j = exp(u_j - max u) / Z, the softmax of the selected logits is s_j / sum s
+  // within a few ulps while every selected s_j is a normal float: no exponentials then (they cost
+  // the core's pass over the candidates half its time, bench/NOTES.md item 93); from the logits
+  // where one underflowed (docs/semantics.md §6).
+  bool from_logits = c.weights_from_logits;
+  if (from_logits && c.options.scoring == MOE_SCORING_SOFTMAX) {
+    from_logits = false;
+    for (int j = 0; j < K; ++j)
+      if (experts[j] >= 0 && !(score[j] >= std::numeric_limits<float>::min())) from_logits = true;
+  }
   double exp_sum = 0;
-  if (c.weights_from_logits && max_logit != kMinusInf) {
+  if (from_logits && max_logit != kMinusInf) {
     for (int j = 0; j < K; ++j)
       if (experts[j] >= 0) exp_sum += std::exp(logit[j] - max_logit);
   }
@@ -37,7 +47,7 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
       continue;
     }
     double w;
-    if (c.weights_from_logits) {
+    if (from_logits) {
       w = exp_sum > 0 ? std::exp(logit[j] - max_logit) / exp_sum : 1.0 / survivors;
     } else if (c.normalize) {
       w = score_sum > 0 ? score[j] / score_sum : 1.0 / survivors;
