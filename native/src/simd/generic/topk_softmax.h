@@ -2481,8 +2481,9 @@ inline void rows_block(const RowBlock& b) {
                       !p.want_losses && !p.want_full && K <= kAcrossMaxK && E <= kAcrossMaxE;
   const double log_e = std::log(static_cast<double>(E));
   const double entropy_margin =
-      (K - c.kmin) * (E + 16) * static_cast<double>(std::numeric_limits<float>::epsilon()) * (1 + 2 * log_e) /
-      (2 * log_e);
+      entropy && E > 1 ? (K - c.kmin) * (E + 16) * static_cast<double>(std::numeric_limits<float>::epsilon()) *
+                             (1 + 2 * log_e) / (2 * log_e)
+                       : 0.0;
   // Entropy's and (fused: calibrated) norm's k_t of the lanes [0, lanes) of a group (rows at `rows`,
   // stride `stride`) into k_given (every lane written); returns the lanes left to the token-by-token
   // path. (Not fused, entropy's H goes to the stage; the core decides from it, or from the norms.)
