@@ -43,12 +43,16 @@ struct StageParams {
   bool want_losses = false;     // per-token logsumexp(u), H(p) and the sum of p over valid tokens
   bool want_full = false;       // the whole [T, E] key, s and u matrices (expert choice)
   // Fused assignment, only for a backend that fuses_assignment(), on token-choice calls without
-  // capacity or with dropPolicy 'position', whose k_t needs nothing but the token itself: the token
-  // stage also runs assign_token for every token, writing k_t, experts and weights into fused_out,
-  // and fills TokenStage::counts, counts_valid and k_histogram; capacity's drops follow in assign.
-  // The candidate, top_scores and score_entropy buffers are then absent.
+  // capacity or with dropPolicy 'position', whose k_t needs nothing but the token itself and k_params
+  // (or, with norm_from_batch, the batch's norms): the token stage also runs assign_token for every
+  // token, writing k_t, experts and weights into fused_out, and fills TokenStage::counts,
+  // counts_valid and k_histogram; capacity's drops follow in assign. The candidate, top_scores and
+  // score_entropy buffers are then absent.
   const KParams* k_params = nullptr;
   moe_route_outputs* fused_out = nullptr;
+  // Norm strategy, not calibrated: its centre and spread are the batch's (norm_statistics). Fused,
+  // the backend computes every token's norm first and takes them from those.
+  bool norm_from_batch = false;
 };
 
 // Where the token stage writes. The router owns and sizes these buffers.

@@ -191,10 +191,10 @@ moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype,
   p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
-  const bool k_per_token = c.options.strategy != MOE_STRATEGY_NORM || norm_calibrated;
+  p.norm_from_batch = c.options.strategy == MOE_STRATEGY_NORM && !norm_calibrated;
   // Capacity by position drops from the fused slots (assign); by score it needs every slot's s.
   const bool fusable_capacity = !c.capacity || c.options.drop_policy == MOE_DROP_POSITION;
-  if (out && r->backend->fuses_assignment() && !c.expert_choice && fusable_capacity && k_per_token) {
+  if (out && r->backend->fuses_assignment() && !c.expert_choice && fusable_capacity) {
     p.k_params = &r->k_snapshot;
     p.fused_out = out;
   }

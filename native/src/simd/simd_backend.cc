@@ -109,7 +109,18 @@ class SimdBackend final : public Backend {
     return packed;
   }
 
-  void token_stage(const StageParams& p, const TokenStage& out) override {
+  void token_stage(const StageParams& params, const TokenStage& out) override {
+    // Norm with the batch's statistics, fused: every token's norm first (finish_block then leaves
+    // them), and the assignment's parameters with the batch's centre and spread, as the core's
+    // k_params_for takes them from the same norms.
+    StageParams p = params;
+    KParams batch_k;
+    if (norms_first(p)) {
+      batch_norms(p, out);
+      batch_k = *p.k_params;
+      norm_statistics(out.norm, p.tokens, &batch_k.norm_mean, &batch_k.norm_std);
+      p.k_params = &batch_k;
+    }
     const Config& c = *p.config;
     const int E = c.E;
     const int64_t T = p.tokens;
@@ -209,6 +220,23 @@ class SimdBackend final : public Backend {
     return experts <= k_.shape.dot_max_experts && experts % k_.shape.panel_experts != 0;
   }
 
+  // Whether token_stage computes every norm before the rest of the stage (norm_from_batch, fused).
+  static bool norms_first(const StageParams& p) { return p.norm_from_batch && p.fused_out; }
+
+  // Every token's norm of its input row into out.norm, in chunks on the pool.
+  void batch_norms(const StageParams& p, const TokenStage& out) const {
+    const int64_t T = p.tokens, row_length = p.is_logits ? p.config->E : p.config->D;
+    const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
+    const char* in = static_cast<const char*>(p.input);
+    constexpr int64_t kNormTokens = 256;
+    const int threads = T * row_length < kParallelWork ? 1 : threads_;
+    auto body = [&](int64_t chunk, int) {
+      const int64_t end = std::min(T, (chunk + 1) * kNormTokens);
+      for (int64_t t = chunk * kNormTokens; t < end; ++t) out.norm[t] = k_.norm(in + t * row_bytes, p.dtype, row_length);
+    };
+    ThreadPool::instance().run((T + kNormTokens - 1) / kNormTokens, threads, body);
+  }
+
   // Tokens per block of widened logits.
   static int64_t logits_block_tokens(int experts) {
     return std::max<int64_t>(1, kWidenedBlockBytes / (kBlockTokens * 4 * padded(experts))) * kBlockTokens;
@@ -279,7 +307,7 @@ class SimdBackend final : public Backend {
     const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
     const char* in = static_cast<const char*>(p.input) + first * row_bytes;
     if (p.noise) add_noise(p, first, rows, s.u.data(), u_stride);
-    if (p.want_norm)
+    if (p.want_norm && !norms_first(p))
       for (int r = 0; r < rows; ++r) out.norm[first + r] = k_.norm(in + r * row_bytes, p.dtype, row_length);
     RowBlock rb;
     rb.config = &c;
