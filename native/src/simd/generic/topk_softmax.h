@@ -2484,9 +2484,10 @@ inline void rows_block(const RowBlock& b) {
       entropy && E > 1 ? (K - c.kmin) * (E + 16) * static_cast<double>(std::numeric_limits<float>::epsilon()) *
                              (1 + 2 * log_e) / (2 * log_e)
                        : 0.0;
-  // Entropy's and (fused: calibrated) norm's k_t of the lanes [0, lanes) of a group (rows at `rows`,
-  // stride `stride`) into k_given (every lane written); returns the lanes left to the token-by-token
-  // path. (Not fused, entropy's H goes to the stage; the core decides from it, or from the norms.)
+  // Entropy's and (fused) norm's k_t of the lanes [0, lanes) of a group (rows at `rows`, stride
+  // `stride`) into k_given (every lane written); returns the lanes left to the token-by-token path.
+  // (Not fused, entropy's H goes to the stage; the core decides from it, or from the norms.) Norm's
+  // parameters are the calibrated ones or the batch's (SimdBackend::token_stage computes them first).
   const bool k_given_by_lanes = entropy || (norm && fused);
   const auto decide_lanes = [&](const int64_t* tokens, int64_t t0, int lanes, const float* rows, int64_t stride,
                                 int32_t* k_given) {
