@@ -200,6 +200,7 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
 }
 
 // Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
+
 // Expert choice's order of an expert's candidates' keys as an integer, smallest first: descending
 // keys' bits made order-preserving (-0 taken as +0, as the float comparison ties them).
 inline uint32_t descending_rank(float key) {
