@@ -146,7 +146,7 @@ class SimdBackend final : public Backend {
       ThreadScratch& s = scratch_[slot];
       grown(s.u, u_words);
       grown(s.row, row_words);
-      if (p.want_losses || p.want_score_entropy) grown(s.loss, kLossLines * padded(E));
+      if (p.want_losses) grown(s.loss, kLossLines * padded(E));
       if (!p.is_logits)
         grown(s.widened, kBlockTokens * k_.shape.kc);
       if (p.fused_out) {

@@ -76,7 +76,7 @@ struct RowBlock {
   // Per-thread scratch: kRowArrays * padded(E) + kSlotArrays * padded(K) 4-byte words, and the
   // vectors of the shared helpers (group masking; selection for large K).
   void* scratch = nullptr;
-  // With losses or the entropy strategy: kLossLines * padded(E) ScratchLines, for their passes across tokens.
+  // With losses: kLossLines * padded(E) ScratchLines, for the loss pass across tokens.
   ScratchLine* loss_scratch = nullptr;
   std::vector<double>* group_score = nullptr;
   std::vector<int32_t>* group_order = nullptr;

@@ -318,13 +318,25 @@ inline float softmax_numerators(const float* u, int E, float max, float* e) {
   return Vec::reduce_add(sum);
 }
 
+// In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
+// entropy counts such p_e as 0 too), and v is clamped there (it is even -inf where u - m overflows).
+constexpr float kLossFloor = -88.0f;
+
 // exp(u - max) summed lane by lane over the E entries of u, a vector at a time (the tail past E
 // read as -inf); reduce_add gives softmax_numerators' sum, bit for bit, without storing the terms.
-inline F lane_exp_sums(const float* u, int E, F max) {
-  F sum = Vec::zero();
+// kDot: also exp(v) v (v = u - max, clamped at kLossFloor) summed into *dot the same way.
+template <bool kDot = false>
+inline F lane_exp_sums(const float* u, int E, F max, F* dot = nullptr) {
+  F sum = Vec::zero(), terms = Vec::zero();
+  const auto add = [&](F v) {
+    const F x = vexp(v);
+    sum = Vec::add(sum, x);
+    if constexpr (kDot) terms = Vec::fmadd(x, Vec::max(v, Vec::set1(kLossFloor)), terms);
+  };
   int e0 = 0;
-  for (; e0 + kLanes <= E; e0 += kLanes) sum = Vec::add(sum, vexp(Vec::sub(Vec::load(u + e0), max)));
-  if (e0 < E) sum = Vec::add(sum, vexp(Vec::sub(Vec::load_tail(u + e0, E - e0, -kInf), max)));
+  for (; e0 + kLanes <= E; e0 += kLanes) add(Vec::sub(Vec::load(u + e0), max));
+  if (e0 < E) add(Vec::sub(Vec::load_tail(u + e0, E - e0, -kInf), max));
+  if constexpr (kDot) *dot = terms;
   return sum;
 }
 
@@ -1162,26 +1174,36 @@ inline F sum_lanes(F* v) {
 }
 
 // The softmax denominators Z = sum_e exp(u_e - max) of kLanes tokens, lane l token l's (max: lane l
-// of row_max), for the weights of `normalize: false`, which are the scores themselves: from the
-// columns[0, E) of E <= kLanes experts, in registers.
-inline F column_exp_sums(const F* columns, int E, F row_max) {
-  F sum[2] = {Vec::zero(), Vec::zero()};
+// of row_max), for the weights of `normalize: false`, which are the scores themselves, and for the
+// candidates' scores: from the columns[0, E) of E <= kLanes experts, in registers. kDot: also
+// sum_e exp(v_e) v_e (lane_exp_sums') into *dot, for the entropy ln Z - dot / Z.
+template <bool kDot = false>
+inline F column_exp_sums(const F* columns, int E, F row_max, F* dot = nullptr) {
+  F sum[2] = {Vec::zero(), Vec::zero()}, terms[2] = {Vec::zero(), Vec::zero()};
 #pragma GCC unroll 16
   for (int e = 0; e < kLanes; ++e)
-    if (e < E) sum[e % 2] = Vec::add(sum[e % 2], vexp(Vec::sub(columns[e], row_max)));
+    if (e < E) {
+      const F v = Vec::sub(columns[e], row_max);
+      const F x = vexp(v);
+      sum[e % 2] = Vec::add(sum[e % 2], x);
+      if constexpr (kDot) terms[e % 2] = Vec::fmadd(x, Vec::max(v, Vec::set1(kLossFloor)), terms[e % 2]);
+    }
+  if constexpr (kDot) *dot = Vec::add(terms[0], terms[1]);
   return Vec::add(sum[0], sum[1]);
 }
 
 // The same from the kLanes rows at base (row stride `stride`): each row's lane_exp_sums, the rows'
 // vectors summed across lanes together (sum_lanes). Tokens [live, kLanes) read row 0.
-inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_max) {
+template <bool kDot = false>
+inline F row_exp_sums(const float* base, int64_t stride, int E, int live, F row_max, F* dot = nullptr) {
   alignas(64) float max[kLanes];
   Vec::store(max, row_max);
-  F sums[kLanes];
+  F sums[kLanes], terms[kLanes];
   for (int l = 0; l < kLanes; ++l) {
     const int row = l < live ? l : 0;
-    sums[l] = lane_exp_sums(base + row * stride, E, Vec::set1(max[row]));
+    sums[l] = lane_exp_sums<kDot>(base + row * stride, E, Vec::set1(max[row]), &terms[l]);
   }
+  if constexpr (kDot) *dot = sum_lanes(terms);
   return sum_lanes(sums);
 }
 
@@ -1303,8 +1325,8 @@ template <int K>
 template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 [[gnu::always_inline]] inline bool rows_across_tokens(const Config& c, const float* base, int64_t stride, int live,
                                                       float* weights_out, int32_t* experts_out, int32_t* counts,
-                                                      float* logits_out, NibbleTally* tally = nullptr,
-                                                      GroupPicks<K>* picks = nullptr) {
+                                                      float* logits_out, float* entropy_out = nullptr,
+                                                      NibbleTally* tally = nullptr, GroupPicks<K>* picks = nullptr) {
   constexpr int L = K <= 1 ? 1 : K <= 2 ? 2 : K <= 4 ? 4 : 8;
   const int E = kFixedE ? kFixedE : c.E;
   if constexpr (kFixedE > 0) stride = kFixedE;  // (the same value, now a constant for what follows)
@@ -1410,7 +1432,15 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
   }
   if (candidates) {
     store_slots<K>(weight, chosen, logits_out, experts_out);
-    const F Z = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
+    F Z;
+    if (entropy_out) {  // H = ln Z - sum_e p_e v_e, the same Z (bench/NOTES.md item 95)
+      F dot;
+      Z = kOneVector ? column_exp_sums<true>(columns, E, row_max, &dot)
+                     : row_exp_sums<true>(base, stride, E, live, row_max, &dot);
+      Vec::store(entropy_out, Vec::sub(vlog(Z), Vec::div(dot, Z)));
+    } else {
+      Z = kOneVector ? column_exp_sums(columns, E, row_max) : row_exp_sums(base, stride, E, live, row_max);
+    }
     const F inv = Vec::div(Vec::set1(1.0f), Z);
     for (int j = 0; j < K; ++j) weight[j] = Vec::mul(vexp(Vec::sub(weight[j], row_max)), inv);
     store_slots<K>(weight, chosen, weights_out, experts_out);
@@ -1437,9 +1467,9 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
 template <int K, int kFixedE, bool kSigmoid>
 [[gnu::noinline]] bool rows_across_tokens_call(const Config& c, const float* base, int64_t stride, int live,
                                                float* weights_out, int32_t* experts_out, int32_t* counts,
-                                               float* logits_out) {
+                                               float* logits_out, float* entropy_out) {
   return rows_across_tokens<K, false, kFixedE, kSigmoid>(c, base, stride, live, weights_out, experts_out, counts,
-                                                         logits_out);
+                                                         logits_out, entropy_out);
 }
 
 // rows_across_tokens over a run of `groups` consecutive groups (kLanes rows of `stride` each), chosen
@@ -1464,7 +1494,8 @@ constexpr int kDeferGroups = 4, kDeferMaxK = kWideDefer ? 2 : 4, kDeferMaxSigmoi
 constexpr int kDeferMinE = kWideDefer ? 4 : 1, kDeferMaxE = kWideDefer ? 8 : kLanes;
 template <int K, bool kOneVector, int kFixedE, bool kSigmoid>
 inline int run_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
-                             float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out) {
+                             float* weights_out, int32_t* experts_out, int32_t* counts, float* logits_out,
+                             float* entropy_out) {
   NibbleTally tally;
   const bool tallied = kOneVector && counts && c.E <= kTallyMaxE;
   constexpr bool kDeferable = kOneVector && (kSigmoid ? K <= kDeferMaxSigmoidK : K > 1 && K <= kDeferMaxK);
@@ -1486,15 +1517,17 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
     float* weights = weights_out + g * kLanes * K;
     int32_t* experts = experts_out + g * kLanes * K;
     float* logits = logits_out ? logits_out + g * kLanes * K : nullptr;
+    float* entropy = entropy_out ? entropy_out + g * kLanes : nullptr;
     bool routed;
     if constexpr (kOneVector) {
       routed = rows_across_tokens<K, true, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts,
-                                                              tallied ? nullptr : counts, logits,
+                                                              tallied ? nullptr : counts, logits, entropy,
                                                               tallied ? &tally : nullptr,
                                                               defer ? &picks[g % kDeferGroups] : nullptr);
       if (routed && tallied) tally.group_done(c.E, counts);
     } else {
-      routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts, logits);
+      routed = rows_across_tokens_call<K, kFixedE, kSigmoid>(c, rows, stride, live, weights, experts, counts, logits,
+                                                             entropy);
     }
     if (!routed) break;
     if (defer && g % kDeferGroups == kDeferGroups - 1) weigh(g + 1 - kDeferGroups, g + 1);
@@ -1512,15 +1545,16 @@ inline int run_across_tokens(const Config& c, const float* base, int64_t stride,
 constexpr int kFixedColumnsMaxE = 256;
 template <int K, bool kSigmoid, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
-                       int32_t* experts_out, int32_t* counts, float* logits_out) {
+                       int32_t* experts_out, int32_t* counts, float* logits_out, float* entropy_out) {
   if constexpr (kE <= (kSigmoid ? kSigmoidAcrossMaxE : kFixedColumnsMaxE)) {
     if (c.E == kE && stride == kE)
       return run_across_tokens<K, false, kE, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
-                                                       logits_out);
-    return run_columns<K, kSigmoid, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out);
+                                                       logits_out, entropy_out);
+    return run_columns<K, kSigmoid, 2 * kE>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out,
+                                            entropy_out);
   } else {
     return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
-                                                    logits_out);
+                                                    logits_out, entropy_out);
   }
 }
 
@@ -1536,23 +1570,24 @@ inline int run_columns(const Config& c, const float* base, int64_t stride, int g
 template <bool kSigmoid, int K = 1>
 inline int groups_across_tokens(const Config& c, const float* base, int64_t stride, int groups, int live,
                                 float* weights_out, int32_t* experts_out, int32_t* counts,
-                                float* logits_out = nullptr) {
+                                float* logits_out = nullptr, float* entropy_out = nullptr) {
   if constexpr (K < kAcrossMaxK) {
     if (c.K != K)
       return groups_across_tokens<kSigmoid, K + 1>(c, base, stride, groups, live, weights_out, experts_out, counts,
-                                                   logits_out);
+                                                   logits_out, entropy_out);
   }
   if (c.E > kLanes) {
     if constexpr (kLanes == 8)
-      return run_columns<K, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out);
+      return run_columns<K, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts, logits_out,
+                                      entropy_out);
     return run_across_tokens<K, false, 0, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
-                                                    logits_out);
+                                                    logits_out, entropy_out);
   }
   return with_fixed_width(c.E, stride, [&](auto width) {
     // (A width below K never comes, K <= E, and is not instantiated.)
     constexpr int kWidth = decltype(width)::value >= K ? decltype(width)::value : 0;
     return run_across_tokens<K, true, kWidth, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
-                                                        logits_out);
+                                                        logits_out, entropy_out);
   });
 }
 
@@ -1993,43 +2028,40 @@ inline uint32_t finish_candidates(const Config& c, const KParams& kp, int n, con
 
 // The candidates (rows_across_tokens' logits_out form) of a block's finite rows, across tokens as
 // across_rows takes them (whole groups straight from u, the others gathered), handed to
-// finish_run(tokens, t0, n, experts, scores, logits, rows, stride): n tokens, tokens[l] (or t0 + l
-// where tokens is null), their slots in rows of K, their logits the rows at `rows` (stride `stride`;
-// a gathered group's rows past n copies of its first where `pad`); the rows with a non-finite logit
-// go to left(row).
+// finish_run(tokens, t0, n, experts, scores, logits, entropies): n tokens, tokens[l] (or t0 + l where
+// tokens is null), their slots in rows of K, and with `entropy` each token's H(s) = ln Z - sum p v in
+// entropies[l] (f32; else null); the rows with a non-finite logit go to left(row).
 template <class Left, class FinishRun>
-inline void candidates_across_rows(const RowBlock& b, bool pad, Left&& left, FinishRun&& finish_run) {
+inline void candidates_across_rows(const RowBlock& b, bool entropy, Left&& left, FinishRun&& finish_run) {
   const Config& c = *b.config;
   const int E = c.E;
   // Whole groups go kCandidateRun at a time, so that the choice of kernel is paid a run, not a group.
   constexpr int kCandidateRun = 8, kRunSlots = kCandidateRun * kLanes * kAcrossMaxK;
   alignas(64) float gathered[kLanes * kAcrossMaxE];
-  alignas(64) float scores[kRunSlots], logits[kRunSlots];
+  alignas(64) float scores[kRunSlots], logits[kRunSlots], run_entropies[kCandidateRun * kLanes];
   alignas(64) int32_t experts[kRunSlots];
+  float* entropies = entropy ? run_entropies : nullptr;
   const auto whole = [&](const float* base, int64_t t0, int groups) {
     for (int g = 0; g < groups;) {
       const int run = groups - g < kCandidateRun ? groups - g : kCandidateRun;
       const int done = groups_across_tokens<false>(c, base + g * kLanes * b.u_stride, b.u_stride, run, kLanes, scores,
-                                                   experts, nullptr, logits);
+                                                   experts, nullptr, logits, entropies);
       const int64_t first = t0 + g * kLanes;
       std::memset(b.out->invalid + first, 0, static_cast<size_t>(done) * kLanes);
-      finish_run(nullptr, first, done * kLanes, experts, scores, logits, base + g * kLanes * b.u_stride, b.u_stride);
+      finish_run(nullptr, first, done * kLanes, experts, scores, logits, entropies);
       g += done;
       if (done < run) return g;
     }
     return groups;
   };
   const auto part = [&](float* rows, int n, const int64_t* tokens) {
-    groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits);  // finite rows: cannot fail
+    // (finite rows: cannot fail)
+    groups_across_tokens<false>(c, rows, E, 1, n, scores, experts, nullptr, logits, entropies);
     for (int l = 0; l < n; ++l) b.out->invalid[tokens[l]] = 0;
-    finish_run(tokens, 0, n, experts, scores, logits, rows, static_cast<int64_t>(E));
+    finish_run(tokens, 0, n, experts, scores, logits, entropies);
   };
-  by_finite_groups(b, pad || by_columns<false>(c), gathered, whole, left, part);
+  by_finite_groups(b, by_columns<false>(c), gathered, whole, left, part);
 }
-
-// In the loss terms' exp(v) v: exp(v) is 0 where it would not be a normal float (the general path's
-// entropy counts such p_e as 0 too), and v is clamped there (it is even -inf where u - m overflows).
-constexpr float kLossFloor = -88.0f;
 
 // The loss terms (SPEC §7) of kLanes tokens at once, one per lane: the rows at base (stride
 // `stride`), every logit finite, the live tokens in lanes [0, live). With m the row's maximum,
@@ -2040,8 +2072,7 @@ constexpr float kLossFloor = -88.0f;
 // one logarithm a token instead of one an expert, every term >= 0, no horizontal sum. columns:
 // scratch of padded(E) vectors. kFixedE, when not 0, is E, a power of two up to kLanes with the
 // rows back to back (below kLanes narrow_columns, at kLanes load_columns with every bound known).
-// Without kProbabilities, only max, sum and p_dot_v (p_lanes is not touched): the entropy strategy's.
-template <int kFixedE = 0, bool kProbabilities = true>
+template <int kFixedE = 0>
 inline void group_losses(const float* base, int E, int64_t stride, int live, bool first, F* columns, F* p_lanes,
                          F& max, F& sum, F& p_dot_v) {
   if constexpr (kFixedE > 0) E = stride = kFixedE;  // (the same values, now constants)
@@ -2055,7 +2086,7 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, boo
       const bool fixed = with_fixed_width(E, stride, [&](auto width) {
         constexpr int kWidth = decltype(width)::value;
         if constexpr (kWidth > 0)
-          group_losses<kWidth, kProbabilities>(base, E, stride, live, first, columns, p_lanes, max, sum, p_dot_v);
+          group_losses<kWidth>(base, E, stride, live, first, columns, p_lanes, max, sum, p_dot_v);
         return kWidth > 0;
       });
       if (fixed) return;
@@ -2086,7 +2117,6 @@ inline void group_losses(const float* base, int E, int64_t stride, int live, boo
   sum = Vec::add(sums[0], sums[1]);
   const F inv = Vec::div(Vec::set1(1.0f), sum);
   p_dot_v = Vec::mul(Vec::add(dot[0], dot[1]), inv);
-  if constexpr (!kProbabilities) return;
   const F inv_live = Vec::select(Vec::first(live), inv, Vec::zero());
   if (first) {
     for (int e = 0; e < E; ++e) p_lanes[e] = Vec::mul(columns[e], inv_live);
@@ -2468,11 +2498,12 @@ inline void rows_block(const RowBlock& b) {
   // the finite rows' candidates across tokens (candidates_across_rows), whose K best scores are then
   // also threshold's top scores; assigned here when fused, else by the core's pass over the
   // candidates. The other rows one by one above. (bench/NOTES.md items 75-76, 92.)
-  // Entropy's H(s_t) comes kLanes tokens at a time as ln S - sum_e p_e v_e (group_losses' terms, in
-  // f32); a token whose (K - kmin) H / ln E + 1/2 lies within entropy_margin of an integer, where
-  // that error could move its rounding, takes the token-by-token path, whose H sums -s ln s in
-  // double. The margin: S and the dot product are f32 sums of E terms (in two accumulators), each
-  // term a few ulps off, and sum_e p_e |v_e| = ln S + H <= 2 ln E; twice that bound.
+  // Entropy's H(s_t) comes kLanes tokens at a time as ln Z - sum_e p_e v_e, Z and the dot product
+  // summed with the candidates' own Z (rows_across_tokens' entropy_out, in f32); a token whose
+  // (K - kmin) H / ln E + 1/2 lies within entropy_margin of an integer, where that error could move
+  // its rounding, takes the token-by-token path, whose H sums -s ln s in double. The margin: Z and
+  // the dot product are f32 sums of E terms, each term a few ulps off, and sum_e p_e |v_e| = ln Z + H
+  // <= 2 ln E; twice that bound.
   const moe_strategy strategy = c.options.strategy;
   const bool entropy = strategy == MOE_STRATEGY_ENTROPY, norm = strategy == MOE_STRATEGY_NORM;
   const bool across = softmax && !keys_from_logits && unbiased && c.group_size == 0 &&
@@ -2484,12 +2515,12 @@ inline void rows_block(const RowBlock& b) {
       entropy && E > 1 ? (K - c.kmin) * (E + 16) * static_cast<double>(std::numeric_limits<float>::epsilon()) *
                              (1 + 2 * log_e) / (2 * log_e)
                        : 0.0;
-  // Entropy's and (fused) norm's k_t of the lanes [0, lanes) of a group (rows at `rows`, stride
-  // `stride`) into k_given (every lane written); returns the lanes left to the token-by-token path.
+  // Entropy's (from the lanes' H in lane_entropy) and (fused) norm's k_t of the lanes [0, lanes) of a
+  // group into k_given (every lane written); returns the lanes left to the token-by-token path.
   // (Not fused, entropy's H goes to the stage; the core decides from it, or from the norms.) Norm's
   // parameters are the calibrated ones or the batch's (SimdBackend::token_stage computes them first).
   const bool k_given_by_lanes = entropy || (norm && fused);
-  const auto decide_lanes = [&](const int64_t* tokens, int64_t t0, int lanes, const float* rows, int64_t stride,
+  const auto decide_lanes = [&](const int64_t* tokens, int64_t t0, int lanes, const float* lane_entropy,
                                 int32_t* k_given) {
     for (int l = 0; l < kLanes; ++l) k_given[l] = c.kmin;
     uint32_t undecided = 0;
@@ -2501,11 +2532,6 @@ inline void rows_block(const RowBlock& b) {
       }
       return undecided;
     }
-    F max, sum, p_dot_v;
-    group_losses<0, false>(rows, E, stride, lanes, true, reinterpret_cast<F*>(b.loss_scratch), nullptr, max, sum,
-                           p_dot_v);
-    alignas(64) float lane_entropy[kLanes];
-    Vec::store(lane_entropy, Vec::sub(vlog(sum), p_dot_v));
     for (int l = 0; l < lanes; ++l) {
       const double y = (K - c.kmin) * (lane_entropy[l] / log_e) + 0.5;
       if (std::abs(y - std::nearbyint(y)) < entropy_margin) undecided |= 1u << l;
@@ -2535,7 +2561,7 @@ inline void rows_block(const RowBlock& b) {
     // alone or in a batch): token by token, assign_token's division a kept slot and its missed branch
     // where k_t ends were ~40% of top-p's time for logits E = 64 (bench/NOTES.md item 79).
     const auto finish_run = [&](const int64_t* tokens, int64_t t0, int n, const int32_t* experts, const float* scores,
-                                const float* logits, const float* rows, int64_t stride) {
+                                const float* logits, const float* entropies) {
       const auto token_of = [&](int l) { return tokens ? tokens[l] : t0 + l; };
       for (int l0 = 0; l0 < n; l0 += kLanes) {
         const int lanes = n - l0 < kLanes ? n - l0 : kLanes;
@@ -2543,9 +2569,10 @@ inline void rows_block(const RowBlock& b) {
         const float* group_scores = scores + l0 * K;
         const float* group_logits = logits + l0 * K;
         alignas(64) int32_t k_given[kLanes];
-        const uint32_t undecided = k_given_by_lanes ? decide_lanes(tokens ? tokens + l0 : nullptr, t0 + l0, lanes,
-                                                                  rows + l0 * stride, stride, k_given)
-                                                   : 0;
+        const uint32_t undecided =
+            k_given_by_lanes ? decide_lanes(tokens ? tokens + l0 : nullptr, t0 + l0, lanes,
+                                            entropies ? entropies + l0 : nullptr, k_given)
+                             : 0;
         uint32_t unsure = ~0u;  // (not fused: every token's candidates to the stage)
         alignas(64) int32_t k[kLanes], slot_experts[kLanes * kAcrossMaxK];
         alignas(64) float slot_weights[kLanes * kAcrossMaxK];
