@@ -17,12 +17,13 @@ T* grown(std::vector<T>& v, int64_t n) {
 }
 
 // v grown to at least n entries, the first n zero; its storage. (A memset: std::vector::assign(n, 0)
-// stored one entry at a time, ~2 us a call in the five E-sized counters of E = 1024.)
+// stored one entry at a time, ~2 us a call in the five E-sized counters of E = 1024.) n = 0 leaves
+// an empty vector's storage null, which memset may not take even for no bytes.
 template <typename T>
 T* zeroed(std::vector<T>& v, int64_t n) {
   static_assert(std::is_arithmetic_v<T>, "all-zero bytes are zero");
   T* p = grown(v, n);
-  std::memset(p, 0, static_cast<size_t>(n) * sizeof(T));
+  if (n > 0) std::memset(p, 0, static_cast<size_t>(n) * sizeof(T));
   return p;
 }
 
