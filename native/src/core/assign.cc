@@ -265,15 +265,19 @@ void smallest_ranks(const uint32_t* rank, int64_t n, int64_t count, int32_t* pen
 
 // Below this many keys (T·E) expert choice stays on the calling thread.
 constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
-// Tokens a chunk of the keys' transpose takes, and of the tokens' own part.
-constexpr int64_t kTransposeTokens = 256, kChoiceTokens = 1024;
+// Tokens a chunk of the keys' transpose takes, and of the tokens' own part. The transpose goes a
+// tile of tokens at a time, all their experts, one line of each expert's ranks: by expert over the
+// whole chunk, its reads, a power-of-two stride apart, fell in a quarter of L1's sets at E = 64 and
+// it took 140 ns a token (item 96).
+constexpr int64_t kTransposeTokens = 256, kTransposeTile = 16, kChoiceTokens = 1024;
 
-// Expert choice (docs/semantics.md §5). The keys go by expert (a transpose of the [T, E] keys, in
-// chunks of tokens); each expert's C best tokens come from smallest_ranks on their ranks
-// (descending_rank), the experts in parallel; then a counting pass by token lists each token's
-// choices, experts ascending, and a stable insertion sort by key puts them in key order, the tokens
-// in chunks on the pool, each chunk's tallies added in chunk order. (Until
-// bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64.)
+// Expert choice (docs/semantics.md §5). The keys' ranks (descending_rank) go by expert (a transpose
+// of the [T, E] keys, in chunks of tokens); each expert's C best tokens come from smallest_ranks, the
+// experts in parallel, and are marked in a [T, E] byte matrix; then each token reads its row of it,
+// experts ascending, and keeps its K best choices by key (ties to the lower expert) with an insertion
+// into K slots, the tokens in chunks on the pool, each chunk's tallies added in chunk order. (Until
+// bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64;
+// until item 96 a serial counting pass listed each token's choices.)
 void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
@@ -281,69 +285,75 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
   const int threads = T * E < kParallelChoiceKeys ? 1 : ThreadPool::resolve_threads(c.options.threads);
   ThreadPool& pool = ThreadPool::instance();
 
-  float* by_expert = grown(ws.expert_keys, T * E);  // [E][T]
+  const int64_t row = (E + 7) / 8 * 8;  // a token's bytes of the marks: whole 8-byte words
+  // [E][T], an expert's ranks a line more than whole lines apart (T of a power of two, they fell in
+  // one of L1's sets)
+  const int64_t ranks = (T + 15) / 16 * 16 + 16;
+  uint32_t* by_expert = grown(ws.expert_ranks, ranks * E);
+  uint8_t* chosen = grown(ws.chosen, T * row);          // [T][row] 1 where expert e took token t
   auto transpose = [&](int64_t chunk, int) {
     const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
-    for (int e = 0; e < E; ++e)
-      for (int64_t t = t0; t < t1; ++t) by_expert[e * T + t] = st.full_key[t * E + e];
+    for (int64_t tile = t0; tile < t1; tile += kTransposeTile)
+      for (int e = 0; e < E; ++e)
+        for (int64_t t = tile; t < std::min(t1, tile + kTransposeTile); ++t)
+          by_expert[e * ranks + t] = descending_rank(st.full_key[t * E + e]);
+    std::memset(chosen + t0 * row, 0, static_cast<size_t>((t1 - t0) * row));
   };
   pool.run((T + kTransposeTokens - 1) / kTransposeTokens, threads, transpose);
 
-  int32_t* chosen = grown(ws.order, E * capacity);  // [E][C] each expert's tokens, in no order
-  const int64_t per_thread = 3 * T + 1;  // ranks, pending, taken
-  uint32_t* scratch = grown(ws.expert_ranks, threads * per_thread);
+  const int64_t per_thread = 2 * T + 1;  // pending, taken
+  int32_t* scratch = grown(ws.rank_scratch, threads * per_thread);
   auto choose = [&](int64_t e, int slot) {
-    uint32_t* rank = scratch + slot * per_thread;
-    const float* key = by_expert + e * T;
-    for (int64_t t = 0; t < T; ++t) rank[t] = descending_rank(key[t]);
-    int32_t* pending = reinterpret_cast<int32_t*>(rank + T);
-    smallest_ranks(rank, T, capacity, pending, pending + T, chosen + e * capacity);
+    int32_t* pending = scratch + slot * per_thread;
+    int32_t* taken = pending + T;
+    smallest_ranks(by_expert + e * ranks, T, capacity, pending, taken, taken);
+    for (int64_t i = 0; i < capacity; ++i) chosen[taken[i] * row + e] = 1;
   };
   if (capacity > 0) pool.run(E, threads, choose);
 
-  // Each token's choices, experts ascending: [start[t], start[t + 1]) of ws.choices.
-  int64_t* start = zeroed(ws.cursor, T + 1);
-  for (int64_t i = 0; i < E * capacity; ++i) ++start[chosen[i] + 1];
-  for (int64_t t = 0; t < T; ++t) start[t + 1] += start[t];
-  ws.choices.resize(static_cast<size_t>(E * capacity));
-  for (int e = 0; e < E; ++e)
-    for (int64_t i = 0; i < capacity; ++i) {
-      const int32_t t = chosen[e * capacity + i];
-      ws.choices[start[t]++] = {st.full_key[t * static_cast<int64_t>(E) + e], t, e, 0};
-    }
-  // (The scatter left start[t] at token t's end, which is token t + 1's begin.)
-  // Then each token on its own, on the pool in chunks of tokens: its choices in key order, the first
-  // K kept, their weights; each chunk tallies its counts, k_t and drops apart, added after.
+  // Each token on its own, on the pool in chunks of tokens: its choices in key order, the first K
+  // kept, their weights; each chunk tallies its counts, k_t and drops apart, added after.
   const int64_t chunks = (T + kChoiceTokens - 1) / kChoiceTokens;
   const int64_t tally_words = 2 * E + K + 2;  // counts, valid counts, k histogram, drops
   int64_t* tallies = zeroed(ws.choice_tallies, chunks * tally_words);
-  float* slot_scratch = grown(ws.slot_values, 2 * threads * K);
+  float* slot_scratch = grown(ws.slot_values, 3 * threads * K);
   auto per_token = [&](int64_t chunk, int slot) {
     int64_t* counts = tallies + chunk * tally_words;
     int64_t* counts_valid = counts + E;
     int64_t* k_histogram = counts_valid + E;
     int64_t& dropped = k_histogram[K + 1];
-    float* score = slot_scratch + 2 * slot * K;
+    float* key = slot_scratch + 3 * slot * K;
+    float* score = key + K;
     float* logit = score + K;
     const int64_t t0 = chunk * kChoiceTokens, t1 = std::min(T, t0 + kChoiceTokens);
-    int64_t begin = t0 > 0 ? start[t0 - 1] : 0;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t end = start[t];
-      Workspace::Choice* first = ws.choices.data() + begin;
-      const int64_t n = end - begin;
-      begin = end;
-      for (int64_t i = 1; i < n; ++i) {  // by key descending, stable (experts ascending)
-        const Workspace::Choice x = first[i];
-        int64_t j = i;
-        for (; j > 0 && first[j - 1].key < x.key; --j) first[j] = first[j - 1];
-        first[j] = x;
-      }
-      const int k = static_cast<int>(std::min<int64_t>(n, K));
+      const float* token_key = st.full_key + t * E;
       int32_t* experts = out->experts + t * K;
+      int k = 0;
+      int64_t n = 0;
+      for (int e0 = 0; e0 < E; e0 += 8) {
+        uint64_t marks;  // bytes 0 or 1: one bit each
+        std::memcpy(&marks, chosen + t * row + e0, sizeof marks);
+        for (; marks != 0; marks &= marks - 1) {
+          const int e = e0 + __builtin_ctzll(marks) / 8;
+          const float x = token_key[e];
+          ++n;
+          if (k == K && !(x > key[K - 1])) continue;  // (an equal key: the lower expert stays)
+          int j = k < K ? k++ : K - 1;
+          for (; j > 0 && key[j - 1] < x; --j) {
+            key[j] = key[j - 1];
+            experts[j] = experts[j - 1];
+          }
+          key[j] = x;
+          experts[j] = e;
+        }
+      }
       for (int j = 0; j < K; ++j) {
-        const int32_t e = j < k ? first[j].expert : -1;
-        experts[j] = e;
-        if (e < 0) continue;
+        if (j >= k) {
+          experts[j] = -1;
+          continue;
+        }
+        const int32_t e = experts[j];
         ++counts[e];
         if (!st.invalid[t]) ++counts_valid[e];
         score[j] = st.full_score[t * E + e];
@@ -464,8 +474,8 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 }  // namespace
 
 int64_t Workspace::host_bytes() const {
-  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, order, slot_values,
-                        expert_keys, expert_ranks, choice_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, slot_values,
+                        expert_ranks, rank_scratch, chosen, choice_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
                         full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
                         loss_entropy_, p_sum_, invalid_);
 }

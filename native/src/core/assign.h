@@ -30,7 +30,7 @@ class Workspace {
 
   std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token
   std::vector<int64_t> counts_before_valid;  // [E] the same over valid tokens (aux loss)
-  std::vector<int64_t> cursor;  // capacity counters [E]; dispatch places [2 pairs][E]; expert choice [T+1]
+  std::vector<int64_t> cursor;  // capacity counters [E]; dispatch places [2 pairs][E]
   struct Choice {
     float key;
     int32_t token;
@@ -38,11 +38,11 @@ class Workspace {
     int32_t slot;
   };
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
-  std::vector<Choice> choices;   // capacity ('score') and expert choice
-  std::vector<int32_t> order;    // expert choice: [E][C] each expert's chosen tokens
-  std::vector<float> slot_values;             // [threads][2K] expert choice: a token's slots' s and u
-  std::vector<float> expert_keys;             // [E][T] expert choice: the keys by expert
-  std::vector<uint32_t> expert_ranks;         // [threads][3T + 1] expert choice: smallest_ranks' scratch
+  std::vector<Choice> choices;                // capacity ('score')
+  std::vector<float> slot_values;             // [threads][3K] expert choice: a token's slots' key, s and u
+  std::vector<uint32_t> expert_ranks;         // [E][T] expert choice: the keys' ranks by expert
+  std::vector<int32_t> rank_scratch;          // [threads][2T + 1] expert choice: smallest_ranks' scratch
+  std::vector<uint8_t> chosen;                // [T][E rounded up to 8] expert choice: the experts' marks
   std::vector<int64_t> choice_tallies;        // [chunks][2E + K + 2] expert choice: a chunk's counts
 
  private:
