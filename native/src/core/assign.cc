@@ -79,130 +79,9 @@ void renormalize_survivors(const Config& c, const int32_t* experts, float* weigh
       weights[j] = static_cast<float>(usable ? weights[j] * scale / sum : scale / survivors);
 }
 
-// dropPolicy 'position' (docs/semantics.md §7): each expert keeps its first `capacity` assignments
-// in slot order, so the dropped ones are each expert's last count - capacity. A pass from the last
-// token back drops them (expert -1, weight 0 in place) and stops once none is left: it covers only
-// the tail of the batch where they lie. reweigh(t) follows for each token that lost a slot.
-template <class Reweigh>
-void drop_by_position(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
-                      const Reweigh& reweigh) {
-  const int K = c.K;
-  std::vector<int64_t>& excess = ws.cursor;
-  int64_t left = 0;
-  for (int e = 0; e < c.E; ++e) {
-    excess[e] = std::max<int64_t>(ws.counts_before[e] - capacity, 0);
-    left += excess[e];
-  }
-  for (int64_t t = T - 1; t >= 0 && left > 0; --t) {
-    bool dropped = false;
-    for (int j = 0; j < K; ++j) {  // (an expert holds one slot of a token at most)
-      int32_t& e = out->experts[t * K + j];
-      if (e < 0 || excess[e] == 0) continue;
-      --excess[e];
-      --left;
-      e = -1;
-      out->weights[t * K + j] = 0.0f;
-      ++out->dropped_assignments;
-      dropped = true;
-    }
-    if (dropped) reweigh(t);
-  }
-}
-
-// dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
-// Only the experts with more assignments than that drop any: their slots are gathered by expert (in
-// slot order) and each expert's split at its capacity-th best, O(its assignments) rather than a sort.
-// The dropped slots become expert -1, weight 0; then reweigh(t) for each token that lost one (once a
-// slot lost: a token that lost two is reweighed twice, the last time with both gone).
-template <class Reweigh>
-void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
-                   const Reweigh& reweigh) {
-  const int E = c.E, K = c.K;
-  const float* score = ws.stage().candidate_score;
-  const std::vector<int64_t>& count = ws.counts_before;
-  // An overflowing expert's fill position; the others share a spare entry past them, so that the
-  // gathering takes no branch on the expert (half of them overflow at capacityFactor 1).
-  std::vector<int64_t>& end = ws.cursor;
-  int64_t total = 0;
-  for (int e = 0; e < E; ++e) {
-    end[e] = total;
-    if (count[e] > capacity) total += count[e];
-  }
-  for (int e = 0; e < E; ++e)
-    if (count[e] <= capacity) end[e] = total;
-  ws.choices.resize(static_cast<size_t>(total) + 1);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int j = 0; j < K; ++j) {
-      const int64_t i = t * K + j;
-      const int32_t e = out->experts[i];
-      if (e < 0) continue;
-      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), e, static_cast<int32_t>(i)};
-      end[e] += count[e] > capacity;
-    }
-  }
-  const auto better = [](const Workspace::Choice& a, const Workspace::Choice& b) {
-    return a.key > b.key || (a.key == b.key && a.slot < b.slot);
-  };
-  for (int e = 0; e < E; ++e) {
-    if (count[e] <= capacity) continue;
-    const auto last = ws.choices.begin() + end[e];
-    const auto first = last - count[e];
-    std::nth_element(first, first + capacity, last, better);
-    for (auto dropped = first + capacity; dropped != last; ++dropped) {
-      out->experts[dropped->slot] = -1;
-      out->weights[dropped->slot] = 0.0f;
-      ++out->dropped_assignments;
-    }
-  }
-  for (int e = 0; e < E; ++e) {
-    if (count[e] <= capacity) continue;
-    const auto last = ws.choices.begin() + end[e];
-    for (auto dropped = last - count[e] + capacity; dropped != last; ++dropped) reweigh(dropped->token);
-  }
-}
-
-// Token choice: k_t, the first k_t candidates of each token and their weights (a fused token stage
-// wrote them already), then capacity, which reweighs only the tokens that lost a slot: from their
-// candidates (slot_weights), or after a fused stage (dropPolicy 'position' only) from their own
-// weights. Capacity drops nothing when no expert has more than `capacity` assignments.
-void assign_token_choice(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
-                         moe_route_outputs* out) {
-  const int64_t T = p.tokens;
-  const int K = c.K;
-  const TokenStage& st = ws.stage();
-  const bool fused = p.fused_out != nullptr;
-  if (!fused) {
-    for (int64_t t = 0; t < T; ++t) {
-      int32_t* experts = out->experts + t * K;
-      const int k = assign_token(c, token_row(c, st, t), kp, experts, out->weights + t * K);
-      out->experts_per_token[t] = k;
-      ++ws.k_histogram[k];
-      for (int j = 0; j < k; ++j) {
-        ++ws.counts_before[experts[j]];
-        if (!st.invalid[t]) ++ws.counts_before_valid[experts[j]];
-      }
-    }
-  }
-  if (!c.capacity) return;
-
-  const int64_t capacity = capacity_per_expert(c, T);
-  const bool overflow = std::any_of(ws.counts_before.begin(), ws.counts_before.begin() + c.E,
-                                    [&](int64_t count) { return count > capacity; });
-  if (!overflow) return;
-  const auto reweigh = [&](int64_t t) {
-    int32_t* experts = out->experts + t * K;
-    float* weights = out->weights + t * K;
-    if (fused) renormalize_survivors(c, experts, weights);
-    else slot_weights(c, experts, st.candidate_score + t * K, st.candidate_logit + t * K, weights);
-  };
-  if (c.options.drop_policy == MOE_DROP_POSITION) drop_by_position(c, T, capacity, ws, out, reweigh);
-  else drop_by_score(c, T, capacity, ws, out, reweigh);
-}
-
-// Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
-
-// Expert choice's order of an expert's candidates' keys as an integer, smallest first: descending
-// keys' bits made order-preserving (-0 taken as +0, as the float comparison ties them).
+// The order of an expert's candidates' keys (expert choice) or scores (capacity by score) as an
+// integer, smallest first: descending keys' bits made order-preserving (-0 taken as +0, as the float
+// comparison ties them).
 inline uint32_t descending_rank(float key) {
   uint32_t bits;
   const float k = key + 0.0f;  // (-0 + 0 is +0)
@@ -263,40 +142,222 @@ void smallest_ranks(const uint32_t* rank, int64_t n, int64_t count, int32_t* pen
   for (int64_t i = 0; i < need; ++i) out[below_total + i] = all ? static_cast<int32_t>(i) : pending[i];
 }
 
+// Below this many slots (T·K) the passes over the slots (the dispatch scatter, ~2 ns a slot from
+// DRAM) or the tokens stay on the calling thread: waking the pool's workers costs a few microseconds.
+constexpr int64_t kParallelSlots = int64_t{1} << 14;
+
+// The pool's threads for a pass of `work` items: the calling thread alone below `parallel_from`.
+int pass_threads(const Config& c, int64_t work, int64_t parallel_from) {
+  return work < parallel_from ? 1 : ThreadPool::resolve_threads(c.options.threads);
+}
+
+// Tokens a chunk of a per-token pass on the pool takes (expert choice's choices, token choice's
+// assignment when the token stage did not fuse it).
+constexpr int64_t kChunkTokens = 1024;
+
+// A chunk's counts, apart from the other chunks': added in chunk order after the pass (integers: the
+// sums do not depend on the threads either way).
+struct ChunkTally {
+  int64_t* counts;        // [E] assignments
+  int64_t* counts_valid;  // [E] of them, of valid tokens
+  int64_t* k_histogram;   // [K + 1] tokens by k_t
+  int64_t* dropped;       // [1] choices dropped (expert choice)
+};
+
+// body(t0, t1, tally, slot) for the tokens [t0, t1) of each chunk of kChunkTokens, the chunks on the
+// pool (`threads` of it), each with its own zeroed tally; then the tallies into ws.counts_before,
+// ws.counts_before_valid, ws.k_histogram and out->dropped_assignments.
+template <class Body>
+void tokens_in_chunks(const Config& c, int64_t T, int threads, Workspace& ws, moe_route_outputs* out, const Body& body) {
+  const int E = c.E, K = c.K;
+  const int64_t chunks = (T + kChunkTokens - 1) / kChunkTokens;
+  const int64_t words = 2 * E + K + 2;
+  int64_t* tallies = zeroed(ws.chunk_tallies, chunks * words);
+  auto run = [&](int64_t chunk, int slot) {
+    int64_t* tally = tallies + chunk * words;
+    const int64_t t0 = chunk * kChunkTokens;
+    body(t0, std::min(T, t0 + kChunkTokens), ChunkTally{tally, tally + E, tally + 2 * E, tally + 2 * E + K + 1},
+         slot);
+  };
+  ThreadPool::instance().run(chunks, threads, run);
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t* tally = tallies + chunk * words;
+    for (int e = 0; e < E; ++e) {
+      ws.counts_before[e] += tally[e];
+      ws.counts_before_valid[e] += tally[E + e];
+    }
+    for (int k = 0; k <= K; ++k) ws.k_histogram[k] += tally[2 * E + k];
+    out->dropped_assignments += tally[2 * E + K + 1];
+  }
+}
+
+// dropPolicy 'position' (docs/semantics.md §7): each expert keeps its first `capacity` assignments
+// in slot order, so the dropped ones are each expert's last count - capacity. A pass from the last
+// token back drops them (expert -1, weight 0 in place) and stops once none is left: it covers only
+// the tail of the batch where they lie. reweigh(t) follows for each token that lost a slot.
+template <class Reweigh>
+void drop_by_position(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
+                      const Reweigh& reweigh) {
+  const int K = c.K;
+  std::vector<int64_t>& excess = ws.cursor;
+  int64_t left = 0;
+  for (int e = 0; e < c.E; ++e) {
+    excess[e] = std::max<int64_t>(ws.counts_before[e] - capacity, 0);
+    left += excess[e];
+  }
+  for (int64_t t = T - 1; t >= 0 && left > 0; --t) {
+    bool dropped = false;
+    for (int j = 0; j < K; ++j) {  // (an expert holds one slot of a token at most)
+      int32_t& e = out->experts[t * K + j];
+      if (e < 0 || excess[e] == 0) continue;
+      --excess[e];
+      --left;
+      e = -1;
+      out->weights[t * K + j] = 0.0f;
+      ++out->dropped_assignments;
+      dropped = true;
+    }
+    if (dropped) reweigh(t);
+  }
+}
+
+// dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
+// Only the experts with more assignments than that drop any: their slots are gathered by expert (in
+// slot order), and each such expert's kept ones come from smallest_ranks on the scores' ranks
+// (descending_rank), the experts on the pool; the others become expert -1, weight 0. Then reweigh(t)
+// for each token that lost one (once a slot lost: a token that lost two is reweighed twice, the last
+// time with both gone). (Until bench/NOTES.md item 97, std::nth_element on the records, serially.)
+template <class Reweigh>
+void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
+                   const Reweigh& reweigh) {
+  const int E = c.E, K = c.K;
+  const float* score = ws.stage().candidate_score;
+  const std::vector<int64_t>& count = ws.counts_before;
+  // An overflowing expert's fill position; the others share a spare entry past them, so that the
+  // gathering takes no branch on the expert (half of them overflow at capacityFactor 1).
+  std::vector<int64_t>& end = ws.cursor;
+  int64_t total = 0, most = 0;
+  for (int e = 0; e < E; ++e) {
+    end[e] = total;
+    if (count[e] > capacity) {
+      total += count[e];
+      most = std::max(most, count[e]);
+    }
+  }
+  for (int e = 0; e < E; ++e)
+    if (count[e] <= capacity) end[e] = total;
+  ws.choices.resize(static_cast<size_t>(total) + 1);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int j = 0; j < K; ++j) {
+      const int64_t i = t * K + j;
+      const int32_t e = out->experts[i];
+      if (e < 0) continue;
+      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), e, static_cast<int32_t>(i)};
+      end[e] += count[e] > capacity;
+    }
+  }
+  const int threads = pass_threads(c, total, kParallelSlots);
+  uint32_t* ranks = grown(ws.expert_ranks, threads * most);
+  int32_t* indexes = grown(ws.rank_scratch, threads * (2 * most + 1));  // pending, taken
+  uint8_t* marks = grown(ws.chosen, threads * most);
+  auto split = [&](int64_t e, int slot) {
+    const int64_t n = count[e];
+    if (n <= capacity) return;
+    const Workspace::Choice* first = ws.choices.data() + end[e] - n;
+    uint32_t* rank = ranks + slot * most;
+    int32_t* pending = indexes + slot * (2 * most + 1);
+    int32_t* taken = pending + n;
+    uint8_t* kept = marks + slot * most;
+    for (int64_t i = 0; i < n; ++i) {
+      rank[i] = descending_rank(first[i].key);
+      kept[i] = 0;
+    }
+    if (capacity > 0) smallest_ranks(rank, n, capacity, pending, taken, taken);
+    for (int64_t i = 0; i < capacity; ++i) kept[taken[i]] = 1;
+    for (int64_t i = 0; i < n; ++i) {
+      if (kept[i]) continue;
+      out->experts[first[i].slot] = -1;
+      out->weights[first[i].slot] = 0.0f;
+    }
+  };
+  ThreadPool::instance().run(E, threads, split);
+  for (int e = 0; e < E; ++e) {
+    if (count[e] <= capacity) continue;
+    out->dropped_assignments += count[e] - capacity;
+    for (int64_t i = end[e] - count[e]; i < end[e]; ++i)
+      if (out->experts[ws.choices[i].slot] < 0) reweigh(ws.choices[i].token);
+  }
+}
+
+// Token choice: k_t, the first k_t candidates of each token and their weights (a fused token stage
+// wrote them already), then capacity, which reweighs only the tokens that lost a slot: from their
+// candidates (slot_weights), or after a fused stage (dropPolicy 'position' only) from their own
+// weights. Capacity drops nothing when no expert has more than `capacity` assignments.
+void assign_token_choice(const Config& c, const StageParams& p, const KParams& kp, Workspace& ws,
+                         moe_route_outputs* out) {
+  const int64_t T = p.tokens;
+  const int K = c.K;
+  const TokenStage& st = ws.stage();
+  const bool fused = p.fused_out != nullptr;
+  if (!fused) {
+    const int threads = pass_threads(c, T * K, kParallelSlots);
+    tokens_in_chunks(c, T, threads, ws, out, [&](int64_t t0, int64_t t1, const ChunkTally& tally, int) {
+      for (int64_t t = t0; t < t1; ++t) {
+        int32_t* experts = out->experts + t * K;
+        const int k = assign_token(c, token_row(c, st, t), kp, experts, out->weights + t * K);
+        out->experts_per_token[t] = k;
+        ++tally.k_histogram[k];
+        for (int j = 0; j < k; ++j) {
+          ++tally.counts[experts[j]];
+          if (!st.invalid[t]) ++tally.counts_valid[experts[j]];
+        }
+      }
+    });
+  }
+  if (!c.capacity) return;
+
+  const int64_t capacity = capacity_per_expert(c, T);
+  const bool overflow = std::any_of(ws.counts_before.begin(), ws.counts_before.begin() + c.E,
+                                    [&](int64_t count) { return count > capacity; });
+  if (!overflow) return;
+  const auto reweigh = [&](int64_t t) {
+    int32_t* experts = out->experts + t * K;
+    float* weights = out->weights + t * K;
+    if (fused) renormalize_survivors(c, experts, weights);
+    else slot_weights(c, experts, st.candidate_score + t * K, st.candidate_logit + t * K, weights);
+  };
+  if (c.options.drop_policy == MOE_DROP_POSITION) drop_by_position(c, T, capacity, ws, out, reweigh);
+  else drop_by_score(c, T, capacity, ws, out, reweigh);
+}
+
+// Expert choice: every expert takes its best tokens, then each token keeps at most K of them.
+
 // Below this many keys (T·E) expert choice stays on the calling thread.
 constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
-// Tokens a chunk of the keys' transpose takes, and of the tokens' own part. The transpose goes a
-// tile of tokens at a time, all their experts, one line of each expert's ranks: by expert over the
-// whole chunk, its reads, a power-of-two stride apart, fell in a quarter of L1's sets at E = 64 and
-// it took 140 ns a token (item 96).
-constexpr int64_t kTransposeTokens = 256, kTransposeTile = 16, kChoiceTokens = 1024;
+// Tokens a chunk of the keys' transpose takes.
+constexpr int64_t kTransposeTokens = 256;
 
 // Expert choice (docs/semantics.md §5). The keys' ranks (descending_rank) go by expert (a transpose
 // of the [T, E] keys, in chunks of tokens); each expert's C best tokens come from smallest_ranks, the
 // experts in parallel, and are marked in a [T, E] byte matrix; then each token reads its row of it,
 // experts ascending, and keeps its K best choices by key (ties to the lower expert) with an insertion
-// into K slots, the tokens in chunks on the pool, each chunk's tallies added in chunk order. (Until
+// into K slots, the tokens in chunks on the pool (tokens_in_chunks). (Until
 // bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64;
 // until item 96 a serial counting pass listed each token's choices.)
 void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
   const int64_t capacity = T > 0 ? capacity_per_expert(c, T) : 0;
-  const int threads = T * E < kParallelChoiceKeys ? 1 : ThreadPool::resolve_threads(c.options.threads);
+  const int threads = pass_threads(c, T * E, kParallelChoiceKeys);
   ThreadPool& pool = ThreadPool::instance();
 
   const int64_t row = (E + 7) / 8 * 8;  // a token's bytes of the marks: whole 8-byte words
-  // [E][T], an expert's ranks a line more than whole lines apart (T of a power of two, they fell in
-  // one of L1's sets)
-  const int64_t ranks = (T + 15) / 16 * 16 + 16;
-  uint32_t* by_expert = grown(ws.expert_ranks, ranks * E);
+  uint32_t* by_expert = grown(ws.expert_ranks, T * E);  // [E][T]
   uint8_t* chosen = grown(ws.chosen, T * row);          // [T][row] 1 where expert e took token t
   auto transpose = [&](int64_t chunk, int) {
     const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
-    for (int64_t tile = t0; tile < t1; tile += kTransposeTile)
-      for (int e = 0; e < E; ++e)
-        for (int64_t t = tile; t < std::min(t1, tile + kTransposeTile); ++t)
-          by_expert[e * ranks + t] = descending_rank(st.full_key[t * E + e]);
+    for (int e = 0; e < E; ++e)
+      for (int64_t t = t0; t < t1; ++t) by_expert[e * T + t] = descending_rank(st.full_key[t * E + e]);
     std::memset(chosen + t0 * row, 0, static_cast<size_t>((t1 - t0) * row));
   };
   pool.run((T + kTransposeTokens - 1) / kTransposeTokens, threads, transpose);
@@ -306,26 +367,18 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
   auto choose = [&](int64_t e, int slot) {
     int32_t* pending = scratch + slot * per_thread;
     int32_t* taken = pending + T;
-    smallest_ranks(by_expert + e * ranks, T, capacity, pending, taken, taken);
+    smallest_ranks(by_expert + e * T, T, capacity, pending, taken, taken);
     for (int64_t i = 0; i < capacity; ++i) chosen[taken[i] * row + e] = 1;
   };
   if (capacity > 0) pool.run(E, threads, choose);
 
   // Each token on its own, on the pool in chunks of tokens: its choices in key order, the first K
-  // kept, their weights; each chunk tallies its counts, k_t and drops apart, added after.
-  const int64_t chunks = (T + kChoiceTokens - 1) / kChoiceTokens;
-  const int64_t tally_words = 2 * E + K + 2;  // counts, valid counts, k histogram, drops
-  int64_t* tallies = zeroed(ws.choice_tallies, chunks * tally_words);
+  // kept, their weights.
   float* slot_scratch = grown(ws.slot_values, 3 * threads * K);
-  auto per_token = [&](int64_t chunk, int slot) {
-    int64_t* counts = tallies + chunk * tally_words;
-    int64_t* counts_valid = counts + E;
-    int64_t* k_histogram = counts_valid + E;
-    int64_t& dropped = k_histogram[K + 1];
+  tokens_in_chunks(c, T, threads, ws, out, [&](int64_t t0, int64_t t1, const ChunkTally& tally, int slot) {
     float* key = slot_scratch + 3 * slot * K;
     float* score = key + K;
     float* logit = score + K;
-    const int64_t t0 = chunk * kChoiceTokens, t1 = std::min(T, t0 + kChoiceTokens);
     for (int64_t t = t0; t < t1; ++t) {
       const float* token_key = st.full_key + t * E;
       int32_t* experts = out->experts + t * K;
@@ -354,32 +407,18 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
           continue;
         }
         const int32_t e = experts[j];
-        ++counts[e];
-        if (!st.invalid[t]) ++counts_valid[e];
+        ++tally.counts[e];
+        if (!st.invalid[t]) ++tally.counts_valid[e];
         score[j] = st.full_score[t * E + e];
         logit[j] = st.full_logit[t * E + e];
       }
       out->experts_per_token[t] = k;
-      dropped += n - k;
-      ++k_histogram[k];
+      *tally.dropped += n - k;
+      ++tally.k_histogram[k];
       slot_weights(c, experts, score, logit, out->weights + t * K);
     }
-  };
-  pool.run(chunks, threads, per_token);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t* tally = tallies + chunk * tally_words;
-    for (int e = 0; e < E; ++e) {
-      ws.counts_before[e] += tally[e];
-      ws.counts_before_valid[e] += tally[E + e];
-    }
-    for (int k = 0; k <= K; ++k) ws.k_histogram[k] += tally[2 * E + k];
-    out->dropped_assignments += tally[2 * E + K + 1];
-  }
+  });
 }
-
-// Below this many slots the dispatch scatter stays on the calling thread (~2 ns a slot from DRAM:
-// waking the pool's workers costs a few microseconds).
-constexpr int64_t kParallelDispatchSlots = int64_t{1} << 14;
 
 // The expert-major layout (docs/semantics.md §8): slot i goes to its expert's next place in slot
 // order. Its slots are cut in pairs of chunks: the first of a pair fills each expert's places from
@@ -399,8 +438,8 @@ void assign_dispatch(const Config& c, int64_t T, Workspace& ws, moe_route_output
   const int64_t n = T * K;
   // A pair for every two threads the option asks for, even beyond the machine's (the pool runs them
   // on the threads it has, a few pairs apiece): the layout does not depend on them.
-  const bool parallel = n >= kParallelDispatchSlots;
-  const int threads = parallel ? ThreadPool::resolve_threads(c.options.threads) : 1;
+  const bool parallel = n >= kParallelSlots;
+  const int threads = pass_threads(c, n, kParallelSlots);
   const int pairs = parallel ? std::max(1, (c.options.threads > 0 ? c.options.threads : threads) / 2) : 1;
   const int chunks = 2 * pairs;
   const auto chunk_begin = [&](int64_t chunk) { return n * chunk / chunks; };
@@ -475,7 +514,7 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 
 int64_t Workspace::host_bytes() const {
   return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, slot_values,
-                        expert_ranks, rank_scratch, chosen, choice_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+                        expert_ranks, rank_scratch, chosen, chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
                         full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
                         loss_entropy_, p_sum_, invalid_);
 }

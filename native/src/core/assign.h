@@ -40,10 +40,13 @@ class Workspace {
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;                // capacity ('score')
   std::vector<float> slot_values;             // [threads][3K] expert choice: a token's slots' key, s and u
-  std::vector<uint32_t> expert_ranks;         // [E][T] expert choice: the keys' ranks by expert
-  std::vector<int32_t> rank_scratch;          // [threads][2T + 1] expert choice: smallest_ranks' scratch
-  std::vector<uint8_t> chosen;                // [T][E rounded up to 8] expert choice: the experts' marks
-  std::vector<int64_t> choice_tallies;        // [chunks][2E + K + 2] expert choice: a chunk's counts
+  // smallest_ranks' ranks, scratch and marks: expert choice's [E][T] ranks, [threads][2T + 1] and
+  // [T][E rounded up to 8] chosen (token, expert) pairs; capacity by score's [threads][n], [threads]
+  // [2n + 1] and [threads][n] kept assignments, n an expert's most
+  std::vector<uint32_t> expert_ranks;
+  std::vector<int32_t> rank_scratch;
+  std::vector<uint8_t> chosen;
+  std::vector<int64_t> chunk_tallies;         // [chunks][2E + K + 2] a per-token pass's counts by chunk
 
  private:
   std::vector<int32_t> candidate_expert_;
