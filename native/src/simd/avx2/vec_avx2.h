@@ -179,11 +179,18 @@ struct Vec {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
   }
 
-  // acc[0..n) += a[0..n)^2 in double.
-  static void add_squares_to_double(double* acc, F a, int n) {
+  // norm_of's accumulators: zero, acc + a^2 lane by lane in double, and their sum as
+  // reduce_add_double sums an array.
+  static D zero_double() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+  static D add_squares_double(const D& acc, F a) {
     const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(a));
     const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
-    add_to_double(acc, _mm256_mul_pd(lo, lo), _mm256_mul_pd(hi, hi), n);
+    return {_mm256_add_pd(acc.lo, _mm256_mul_pd(lo, lo)), _mm256_add_pd(acc.hi, _mm256_mul_pd(hi, hi))};
+  }
+  static double reduce_double(const D& acc) {
+    const __m256d quad = _mm256_add_pd(acc.lo, acc.hi);
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(quad), _mm256_extractf128_pd(quad, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
   }
   // acc[0] + ... + acc[kLanes - 1].
   static double reduce_add_double(const double* acc) {

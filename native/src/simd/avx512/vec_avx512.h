@@ -207,12 +207,15 @@ struct Vec {
                           static_cast<unsigned>(_mm512_cmp_pd_mask(a.hi, b.hi, _CMP_GE_OQ)) << 8);
   }
 
-  // acc[0..n) += a[0..n)^2 in double.
-  static void add_squares_to_double(double* acc, F a, int n) {
+  // norm_of's accumulators: zero, acc + a^2 lane by lane in double, and their sum as
+  // reduce_add_double sums an array.
+  static D zero_double() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
+  static D add_squares_double(const D& acc, F a) {
     const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a));
     const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1));
-    add_to_double(acc, _mm512_mul_pd(lo, lo), _mm512_mul_pd(hi, hi), n);
+    return {_mm512_add_pd(acc.lo, _mm512_mul_pd(lo, lo)), _mm512_add_pd(acc.hi, _mm512_mul_pd(hi, hi))};
   }
+  static double reduce_double(const D& acc) { return _mm512_reduce_add_pd(_mm512_add_pd(acc.lo, acc.hi)); }
   // acc[0] + ... + acc[kLanes - 1].
   static double reduce_add_double(const double* acc) {
     return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(acc), _mm512_loadu_pd(acc + 8)));

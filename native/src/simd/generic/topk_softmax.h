@@ -364,16 +364,16 @@ inline void add_losses(const float* p, int E, double logsumexp, const TokenStage
 
 // ||row||_2 of a row of n elements of any input dtype, squares summed in double.
 inline double norm_of(const void* row, moe_dtype dtype, int64_t n) {
-  double acc[kLanes] = {};
+  Vec::D acc = Vec::zero_double();
   with_loader(dtype, [&](auto loader) {
     using L = decltype(loader);
     const typename L::T* x = static_cast<const typename L::T*>(row);
     for (int64_t i = 0; i < n; i += kLanes) {
       const int lanes = n - i < kLanes ? static_cast<int>(n - i) : kLanes;
-      Vec::add_squares_to_double(acc, lanes == kLanes ? L::load(x + i) : L::tail(x + i, lanes), lanes);
+      acc = Vec::add_squares_double(acc, lanes == kLanes ? L::load(x + i) : L::tail(x + i, lanes));  // (tail: 0s)
     }
   });
-  return std::sqrt(Vec::reduce_add_double(acc));
+  return std::sqrt(Vec::reduce_double(acc));
 }
 
 // Validation of one row: copies src[0..E) into u with every non-finite entry, and the padding up to a

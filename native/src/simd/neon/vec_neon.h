@@ -148,12 +148,14 @@ struct Vec {
     return vcombine_u32(vmovn_u64(vcgeq_f64(a.lo, b.lo)), vmovn_u64(vcgeq_f64(a.hi, b.hi)));
   }
 
-  // acc[0..n) += a[0..n)^2 in double.
-  static void add_squares_to_double(double* acc, F a, int n) {
-    float values[kLanes];
-    vst1q_f32(values, a);
-    for (int i = 0; i < n; ++i) acc[i] += static_cast<double>(values[i]) * values[i];
+  // norm_of's accumulators: zero, acc + a^2 lane by lane in double, and their sum as
+  // reduce_add_double sums an array.
+  static D zero_double() { return {vdupq_n_f64(0.0), vdupq_n_f64(0.0)}; }
+  static D add_squares_double(const D& acc, F a) {
+    const float64x2_t lo = vcvt_f64_f32(vget_low_f32(a)), hi = vcvt_high_f64_f32(a);
+    return {vaddq_f64(acc.lo, vmulq_f64(lo, lo)), vaddq_f64(acc.hi, vmulq_f64(hi, hi))};
   }
+  static double reduce_double(const D& acc) { return vaddvq_f64(vaddq_f64(acc.lo, acc.hi)); }
   // acc[0] + ... + acc[kLanes - 1].
   static double reduce_add_double(const double* acc) {
     return vaddvq_f64(vaddq_f64(vld1q_f64(acc), vld1q_f64(acc + 2)));
