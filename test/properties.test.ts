@@ -451,7 +451,7 @@ describe('sanitized logits with many non-finite rows in one chunk', () => {
     // (sigmoid keys across tokens are signed: +inf and a negative NaN give the least key, not the largest)
     const negativeNaN = new Float32Array(new Uint32Array([0xffc00000]).buffer)[0]!;
     const poison = [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, negativeNaN];
-    for (const [E, K, scoring] of [[8, 2, 'softmax'], [64, 8, 'softmax'], [300, 4, 'softmax'], [8, 2, 'sigmoid'], [64, 8, 'sigmoid'], [100, 1, 'sigmoid']] as const) {
+    for (const [E, K, scoring] of [[8, 2, 'softmax'], [64, 8, 'softmax'], [300, 4, 'softmax'], [8, 2, 'sigmoid'], [64, 8, 'sigmoid'], [100, 1, 'sigmoid'], [300, 4, 'sigmoid']] as const) {
       const T = 4000;
       const logits = Float32Array.from({ length: T * E }, () => normal());
       // (one kind of poison a run of 16 tokens, so that a group of a vector of tokens meets only one)
@@ -732,7 +732,7 @@ describe('entropy\'s k_t agrees with the reference next to its rounding boundari
 // bucket pass, for thread counts that make one, two and four pairs, with slots left empty by capacity
 // and by dynamic k, and with block padding.
 describe('the dispatch layout is the same on any number of threads', () => {
-  it(`E = 8, 64, 300 above and below the parallel size; capacity, top-p, expert choice, blocks × [${backendNames.join(', ')}]`, { timeout: 60_000 }, () => {
+  it(`E = 8, 64, 300 above and below the parallel size; capacity by position and by score, top-p, expert choice, blocks × [${backendNames.join(', ')}]`, { timeout: 60_000 }, () => {
     const rng = new Rng(20261125);
     const layout = (experts: Int32Array, E: number, blockSize: number) => {
       const buckets: number[][] = Array.from({ length: E }, () => []);
@@ -752,17 +752,20 @@ describe('the dispatch layout is the same on any number of threads', () => {
       const logits = Float32Array.from({ length: T * E }, (_, i) => rng.normal() + popularity[i % E]!);
       const variants: Record<string, unknown>[] = [
         { dispatch: true }, { dispatch: { blockSize: 16 }, capacityFactor: 1 }, { dispatch: { blockSize: 3 }, strategy: 'top-p', topP: 0.6 },
-        { dispatch: true, strategy: 'expert-choice' },
+        { dispatch: true, strategy: 'expert-choice' }, { dispatch: true, capacityFactor: 1, dropPolicy: 'score' },
       ];
       for (const variant of variants)
         for (const backend of backendNames) {
           let first: Int32Array | undefined;
+          let firstWeights: Float32Array | undefined;
           for (const threads of [1, 2, 3, 4, 5, 8]) {
             const router = new DynamicRouter({ inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), backend: backend as BackendName, threads, ...variant } as any);
             const r = router.routeLogits(logits);
             const where = `E=${E} K=${K} T=${T} ${JSON.stringify(variant)} ${backend} threads ${threads}`;
             first ??= r.experts.slice();
+            firstWeights ??= r.weights.slice();
             expect(r.experts, where).toEqual(first);
+            expect(r.weights, where).toEqual(firstWeights);
             const blockSize = (variant.dispatch as { blockSize?: number }).blockSize ?? 1;
             const want = layout(r.experts, E, blockSize);
             expect(Array.from(r.dispatch!.offsets), where).toEqual(want.offsets);

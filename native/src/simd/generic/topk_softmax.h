@@ -448,18 +448,21 @@ constexpr int score_key_power(int E) { return E <= 32 ? 1 : E <= 64 ? 2 : E <= 1
 // lanes, sixteen registers: E = 32 to 200 10-40% slower, E = 256 -8%, with gathers), and NEON has
 // neither gathers nor two-source permutes.
 constexpr int kColumnMaxE = kLanes >= 16 ? 2 * kLanes : kAcrossMaxE;
-// Sigmoid scores' keys (logit_key) on d = min(max, 0) - u: b bits of position cost up to
-// 0.56 2^(b-23) max_s (max <= 0) or 0.45 2^(b-23) max_s (max > 0), within SPEC §10's 1e-5 max_s for
-// b <= 7 (docs/semantics.md §13). knockout_keys keys softmax only, so sigmoid rows take the columns
-// up to that E on every ISA, AVX-512's 33-128 too (until item 80 of bench/NOTES.md those went token
-// by token there: logits-64x8 took 4.6x the columns' time).
-constexpr int kSigmoidAcrossMaxE = 128;
-static_assert(kSigmoidAcrossMaxE <= kAcrossMaxE, "sigmoid rows across tokens");
+// Sigmoid scores' keys (logit_key) on d = min(max, 0) - u, signed, raised to key_power(E) with its
+// sign kept: b bits of position cost up to 0.56 2^(b-23) / p max_s (max <= 0) or 0.45 2^(b-23) / p
+// max_s (max > 0), within SPEC §10's 1e-5 max_s for every E, as the softmax keys' powers are
+// (docs/semantics.md §13). Up to kSigmoidAcrossMaxE their rows go across tokens: from the columns on
+// every ISA up to kSigmoidColumnsMaxE, AVX-512's 33-128 too (until item 80 of bench/NOTES.md those
+// went token by token there: logits-64x8 took 4.6x the columns' time), and above it by AVX-512's
+// knockout_keys. (Until item 99 sigmoid rows above E = 128 went token by token on every ISA; at
+// E = 1024 across tokens took the token path's time, -9 to +5% on AVX-512, +3% on AVX2.)
+constexpr int kSigmoidAcrossMaxE = std::min(512, kAcrossMaxE);
+constexpr int kSigmoidColumnsMaxE = kLanes >= 16 ? 128 : kSigmoidAcrossMaxE;
 // The most experts whose columns rows_across_tokens keeps (column_keys), by scoring (softmax's
 // include select-then-softmax's scaled keys).
 template <bool kSigmoid>
 constexpr int kColumnsMaxE =
-    kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE > kScaledKeyMaxE ? kColumnMaxE : kScaledKeyMaxE;
+    kSigmoid ? kSigmoidColumnsMaxE : kColumnMaxE > kScaledKeyMaxE ? kColumnMaxE : kScaledKeyMaxE;
 // Whether rows_across_tokens keys a row of c.E experts on the scaled keys, and whether it takes the
 // row from the columns: up to kColumnMaxE, and for the scaled keys, which knockout_keys lacks.
 template <bool kSigmoid>
@@ -468,7 +471,7 @@ inline bool scaled_keys(const Config& c) {
 }
 template <bool kSigmoid>
 inline bool by_columns(const Config& c) {
-  return c.E <= (kSigmoid ? kSigmoidAcrossMaxE : kColumnMaxE) || scaled_keys<kSigmoid>(c);
+  return c.E <= (kSigmoid ? kSigmoidColumnsMaxE : kColumnMaxE) || scaled_keys<kSigmoid>(c);
 }
 
 // Sorting networks over vectors of int keys, lane by lane (ascending).
@@ -726,10 +729,11 @@ struct NibbleTally {
 constexpr int kPlainKeyMaxE = 128;
 constexpr int key_power(int width) { return width <= kPlainKeyMaxE ? 1 : width <= 256 ? 2 : width <= 512 ? 4 : 8; }
 //
-// Sigmoid scores (kSigmoid, E <= kSigmoidAcrossMaxE) key instead on d = m - u with m = min(max, 0),
-// +0 for a zero (key_offset), as the token-by-token path does (docs/semantics.md §13): d < 0 where
-// max > 0, so the key is d's sortable image (signed), its low b bits the expert (value_bits then
-// keeps the sign bit). m is +0 rather than -0, so that d is +0 for both zeros, one value as above.
+// Sigmoid scores (kSigmoid) key instead on d = m - u with m = min(max, 0), +0 for a zero
+// (key_offset), as the token-by-token path does (docs/semantics.md §13): d < 0 where max > 0, so the
+// key is the sortable image (signed) of d, or of |d|^p (of (16 |d|)^8) with d's sign, its low b bits
+// the expert (value_bits then keeps the sign bit). m is +0 rather than -0, so that d is +0 for both
+// zeros, one value as above.
 template <bool kSigmoid>
 inline F key_offset(F row_max) {
   if constexpr (kSigmoid) return Vec::add(Vec::min(row_max, Vec::zero()), Vec::zero());
@@ -740,8 +744,18 @@ inline F key_offset(F row_max) {
 // 32nd of 1 + w), scale = scaled_key_scale's.
 template <int kPower, bool kSigmoid = false>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert, F scale = Vec::zero()) {
-  if constexpr (kSigmoid) return Vec::and_or(sortable(Vec::to_bits(Vec::sub(max, u))), value_bits, expert);
   constexpr int kP = kPower < 0 ? -kPower : kPower;
+  if constexpr (kSigmoid) {
+    static_assert(kPower > 0, "sigmoid keys are not scaled");
+    const F d = Vec::sub(max, u);
+    if constexpr (kP == 1) return Vec::and_or(sortable(Vec::to_bits(d)), value_bits, expert);
+    F w = Vec::abs(d);
+    if (kP == 8) w = Vec::mul(w, Vec::set1(16.0f));
+#pragma GCC unroll 3
+    for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
+    const Vec::I sign = Vec::int_and(Vec::to_bits(d), Vec::int_set1(static_cast<int32_t>(0x80000000u)));
+    return Vec::and_or(sortable(Vec::int_or(Vec::to_bits(w), sign)), value_bits, expert);
+  }
   static_assert(kPower != 32, "the 32nd power is of 1 + w for the scaled keys, w <= 1");
   F w = Vec::sub(max, u);
   if constexpr (kPower < 0) w = Vec::mul(w, scale);
@@ -847,11 +861,12 @@ template <int L, int N, int kLost, int M, bool kPartial, class V>
 // with it, logits-256x8 in cache took 5-9% longer). False, with best and row_max unset, when a logit of the
 // group is not finite. (V is Vec, a parameter so that the ISAs that never instantiate this, for want of
 // V::int_permute2, can compile it.)
-template <int L, bool kPartial, int N = 4, class V = Vec>
+template <int L, bool kPartial, bool kSigmoid, int N = 4, class V = Vec>
 inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Vec::I value_bits, Vec::I* best,
                           F& row_max) {
   if constexpr (N * kLanes < kAcrossMaxE) {
-    if (N * kLanes < E) return knockout_keys<L, kPartial, 2 * N, V>(base, E, stride, live, value_bits, best, row_max);
+    if (N * kLanes < E)
+      return knockout_keys<L, kPartial, kSigmoid, 2 * N, V>(base, E, stride, live, value_bits, best, row_max);
   }
   const int rows_read = kPartial ? live : kLanes;
   constexpr int kPower = key_power(N * kLanes);  // (that of every E it takes)
@@ -897,9 +912,9 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
         top[i % 4] = i < 4 ? load(i) : Vec::max(top[i % 4], load(i));
       }
       maxes[l] = Vec::reduce_max(Vec::max(Vec::max(top[0], top[1]), Vec::max(top[2], top[3])));
-      const F max = Vec::set1(maxes[l]);
+      const F offset = key_offset<kSigmoid>(Vec::set1(maxes[l]));
       const auto key = [&](int i) {
-        return logit_key<kPower>(max, load(i), value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
+        return logit_key<kPower, kSigmoid>(offset, load(i), value_bits, Vec::int_add(lane, Vec::int_set1(i * kLanes)));
       };
       int32_t* lost = losers + l * kLost;
       // Vector x against x + H: the loser into lost[x], the winner returned; `worst` takes the
@@ -952,8 +967,8 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     maxes[l] = maxes[0];
   }
   // The finiteness check, on the keys (keys_finite; it replaces an FMA a vector and a sum a token:
-  // bench/NOTES.md item 26).
-  if (!keys_finite(worst, base, stride, rows_read, E)) return false;
+  // bench/NOTES.md item 26); sigmoid keys' also on their least, once the lanes' best are known.
+  if (!kSigmoid && !keys_finite(worst, base, stride, rows_read, E)) return false;
   row_max = Vec::load(maxes);
 
   F column[kLanes];
@@ -967,6 +982,7 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
     add_keys<L>(best, key, c0 == 0);
   }
+  if (kSigmoid && !keys_finite(worst, base, stride, rows_read, E, &best[0])) return false;
   // (The best key of all is the best winner.)
   if constexpr (L > 1) descend<L, N, kLost, 1, kPartial, V>(losers, live, best);
   return true;
@@ -1355,10 +1371,11 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
     finite = vector_keys<L, kFixedE, kSigmoid>(base, E, stride, value_bits, columns, keys, best, row_max);
   } else {
     const bool columns_path = by_columns<kSigmoid>(c);
-    if constexpr (kColumnMaxE < kAcrossMaxE && !kSigmoid)  // (elsewhere knockout_keys is never instantiated)
+    // (Only on AVX-512, kColumnMaxE < kAcrossMaxE: elsewhere knockout_keys is never instantiated.)
+    if constexpr (kColumnMaxE < kAcrossMaxE && kColumnsMaxE<kSigmoid> < kAcrossMaxE)
       if (!columns_path)
-        finite = live < kLanes ? knockout_keys<L, true>(base, E, stride, live, value_bits, best, row_max)
-                               : knockout_keys<L, false>(base, E, stride, live, value_bits, best, row_max);
+        finite = live < kLanes ? knockout_keys<L, true, kSigmoid>(base, E, stride, live, value_bits, best, row_max)
+                               : knockout_keys<L, false, kSigmoid>(base, E, stride, live, value_bits, best, row_max);
     F* column_keys_out = count_keys ? keys : nullptr;
     if (columns_path && scaled_keys<kSigmoid>(c)) {
       if constexpr (!kSigmoid) {
@@ -1369,14 +1386,15 @@ template <int K, bool kOneVector, int kFixedE = 0, bool kSigmoid = false>
       }
     } else if (columns_path) {
       // (One column_keys for each power of w that the ISA's columns reach: 1 and 2 on NEON, 1 to 8
-      // on AVX2, 1 on AVX-512; sigmoid keys, up to kSigmoidAcrossMaxE, take 1.)
+      // on AVX2, 1 on AVX-512, for softmax's keys and sigmoid's.)
       const int power = key_power(E);
-      if constexpr (key_power(kColumnMaxE) >= 8 && !kSigmoid)
-        if (power == 8) finite = column_keys<L, 8, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (key_power(kColumnMaxE) >= 4 && !kSigmoid)
-        if (power == 4) finite = column_keys<L, 4, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
-      if constexpr (key_power(kColumnMaxE) >= 2 && !kSigmoid)
-        if (power == 2) finite = column_keys<L, 2, false>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      constexpr int kMaxPower = key_power(kSigmoid ? kSigmoidColumnsMaxE : kColumnMaxE);
+      if constexpr (kMaxPower >= 8)
+        if (power == 8) finite = column_keys<L, 8, kSigmoid>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (kMaxPower >= 4)
+        if (power == 4) finite = column_keys<L, 4, kSigmoid>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
+      if constexpr (kMaxPower >= 2)
+        if (power == 2) finite = column_keys<L, 2, kSigmoid>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
       if (power == 1) finite = column_keys<L, 1, kSigmoid>(base, E, stride, value_bits, columns, column_keys_out, best, row_max);
     }
   }
@@ -1546,7 +1564,7 @@ constexpr int kFixedColumnsMaxE = 256;
 template <int K, bool kSigmoid, int kE = 2 * kLanes>
 inline int run_columns(const Config& c, const float* base, int64_t stride, int groups, int live, float* weights_out,
                        int32_t* experts_out, int32_t* counts, float* logits_out, float* entropy_out) {
-  if constexpr (kE <= (kSigmoid ? kSigmoidAcrossMaxE : kFixedColumnsMaxE)) {
+  if constexpr (kE <= kFixedColumnsMaxE) {
     if (c.E == kE && stride == kE)
       return run_across_tokens<K, false, kE, kSigmoid>(c, base, stride, groups, live, weights_out, experts_out, counts,
                                                        logits_out, entropy_out);
