@@ -252,7 +252,7 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
       const int64_t i = t * K + j;
       const int32_t e = out->experts[i];
       if (e < 0) continue;
-      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), e, static_cast<int32_t>(i)};
+      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), static_cast<int32_t>(i)};
       end[e] += count[e] > capacity;
     }
   }

@@ -34,7 +34,6 @@ class Workspace {
   struct Choice {
     float key;
     int32_t token;
-    int32_t expert;
     int32_t slot;
   };
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t

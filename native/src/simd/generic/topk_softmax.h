@@ -745,25 +745,20 @@ inline F key_offset(F row_max) {
 template <int kPower, bool kSigmoid = false>
 inline Vec::I logit_key(F max, F u, Vec::I value_bits, Vec::I expert, F scale = Vec::zero()) {
   constexpr int kP = kPower < 0 ? -kPower : kPower;
-  if constexpr (kSigmoid) {
-    static_assert(kPower > 0, "sigmoid keys are not scaled");
-    const F d = Vec::sub(max, u);
-    if constexpr (kP == 1) return Vec::and_or(sortable(Vec::to_bits(d)), value_bits, expert);
-    F w = Vec::abs(d);
-    if (kP == 8) w = Vec::mul(w, Vec::set1(16.0f));
-#pragma GCC unroll 3
-    for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
-    const Vec::I sign = Vec::int_and(Vec::to_bits(d), Vec::int_set1(static_cast<int32_t>(0x80000000u)));
-    return Vec::and_or(sortable(Vec::int_or(Vec::to_bits(w), sign)), value_bits, expert);
-  }
   static_assert(kPower != 32, "the 32nd power is of 1 + w for the scaled keys, w <= 1");
-  F w = Vec::sub(max, u);
+  static_assert(!kSigmoid || kPower > 0, "sigmoid keys are not scaled");
+  const F d = Vec::sub(max, u);
+  F w = kSigmoid && kP > 1 ? Vec::abs(d) : d;  // (sigmoid's d is signed: its power takes |d|, then d's sign)
   if constexpr (kPower < 0) w = Vec::mul(w, scale);
   if (kP == 8) w = Vec::mul(w, Vec::set1(16.0f));
   if (kP == 32) w = Vec::add(w, Vec::set1(1.0f));
 #pragma GCC unroll 5
   for (int p = 1; p < kP; p *= 2) w = Vec::mul(w, w);
-  return Vec::and_or(Vec::to_bits(w), value_bits, expert);
+  if constexpr (!kSigmoid) return Vec::and_or(Vec::to_bits(w), value_bits, expert);
+  Vec::I bits = Vec::to_bits(w);
+  const Vec::I sign = Vec::int_set1(static_cast<int32_t>(0x80000000u));
+  if constexpr (kP > 1) bits = Vec::int_or(bits, Vec::int_and(Vec::to_bits(d), sign));
+  return Vec::and_or(sortable(bits), value_bits, expert);
 }
 // The scale of the scaled keys: 1 / (2 m), m = max(|row max|, |row min|), at most FLT_MAX (m = 0,
 // or subnormal). A non-finite logit makes m infinite or NaN and the keys of its row NaN (0 * inf,
@@ -966,9 +961,6 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     std::memcpy(winners[l], winners[0], sizeof winners[0]);
     maxes[l] = maxes[0];
   }
-  // The finiteness check, on the keys (keys_finite; it replaces an FMA a vector and a sum a token:
-  // bench/NOTES.md item 26); sigmoid keys' also on their least, once the lanes' best are known.
-  if (!kSigmoid && !keys_finite(worst, base, stride, rows_read, E)) return false;
   row_max = Vec::load(maxes);
 
   F column[kLanes];
@@ -982,7 +974,9 @@ inline bool knockout_keys(const float* base, int E, int64_t stride, int live, Ve
     for (int i = 0; i < L; ++i) key[i] = Vec::to_bits(column[c0 + i]);
     add_keys<L>(best, key, c0 == 0);
   }
-  if (kSigmoid && !keys_finite(worst, base, stride, rows_read, E, &best[0])) return false;
+  // The finiteness check, on the keys (keys_finite; it replaces an FMA a vector and a sum a token:
+  // bench/NOTES.md item 26), sigmoid keys' also on their least, as column_keys does.
+  if (!keys_finite(worst, base, stride, rows_read, E, kSigmoid ? &best[0] : nullptr)) return false;
   // (The best key of all is the best winner.)
   if constexpr (L > 1) descend<L, N, kLost, 1, kPartial, V>(losers, live, best);
   return true;
