@@ -60,6 +60,30 @@ function tallyCase(t: Tally, c: Case, results: (RefRouting | RefError)[]) {
 
 const backendNames = backendList();
 
+// One synchronous routeLogits call on a batch of logits, for the options given (inputDim 1, a zero
+// gate weight).
+function logitsCase(options: Record<string, unknown>, logits: Float32Array, describe: string): Case {
+  const E = options.numExperts as number;
+  return {
+    seed: 0,
+    strategy: (options.strategy as Strategy | undefined) ?? 'top-k',
+    options: { inputDim: 1, weight: new Float32Array(E), ...options } as Case['options'],
+    weightDtype: 'f32',
+    calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T: logits.length / E, data: logits, injected: [] }],
+    describe,
+    calibrate: undefined,
+  };
+}
+
+// Every backend against the independent reference on a case.
+async function expectReferenceOnEveryBackend(c: Case) {
+  const refs = referenceRun(c)[0];
+  for (const backend of backendNames) {
+    const mismatch = await runCase(c, backend, refs);
+    if (mismatch) throw new Error(mismatch);
+  }
+}
+
 describe('native engine agrees with the reference', () => {
   it('has at least the scalar backend', () => {
     expect(backendNames).toContain('scalar');
@@ -270,20 +294,13 @@ describe('sigmoid and softmax routing with a selection bias or groups agrees wit
           return out;
         };
         // Against the independent reference (its near-ties of keys and of group scores), every backend.
-        const c: Case = {
-          seed: 0,
-          strategy: 'top-k',
-          options: { inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), scoring, selectionBias, groups, normalize, scale: 2.5 } as Case['options'],
-          weightDtype: 'f32',
-          calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
-          describe: `${scoring} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)}`,
-          calibrate: undefined,
-        };
-        const refs = referenceRun(c)[0];
-        for (const backend of backendNames) {
-          const mismatch = await runCase(c, backend, refs);
-          if (mismatch) throw new Error(mismatch);
-        }
+        await expectReferenceOnEveryBackend(
+          logitsCase(
+            { numExperts: E, topK: K, scoring, selectionBias, groups, normalize, scale: 2.5 },
+            logits,
+            `${scoring} E=${E} K=${K} scale=${scale} bias scale=${biasScale} far=${far} groups=${JSON.stringify(groups)}`,
+          ),
+        );
         // Sigmoid keys are the token path's bit for bit: each slot against the scalar oracle's too.
         if (scoring === 'softmax') continue;
         const oracle = route('scalar');
@@ -627,19 +644,9 @@ describe('expert choice agrees with the reference at any batch size, ties includ
           if (t % 7 === 3 && t % 4 !== 1) logits.fill(0.5, t * E, (t + 1) * E);
         }
         for (const capacityFactor of [0.5, 1, 2]) {
-          const c: Case = {
-            seed: 0,
-            strategy: 'expert-choice',
-            options: { inputDim: 1, numExperts: E, topK: K, weight: new Float32Array(E), strategy: 'expert-choice', capacityFactor } as Case['options'],
-            weightDtype: 'f32',
-            calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
-            describe: `expert choice E=${E} K=${K} T=${T} factor ${capacityFactor}`,
-            calibrate: undefined,
-          };
-          const refs = referenceRun(c)[0];
+          const c = logitsCase({ numExperts: E, topK: K, strategy: 'expert-choice', capacityFactor }, logits, `expert choice E=${E} K=${K} T=${T} factor ${capacityFactor}`);
+          await expectReferenceOnEveryBackend(c);
           for (const backend of backendNames) {
-            const mismatch = await runCase(c, backend, refs);
-            if (mismatch) throw new Error(mismatch);
             // The reference accepts either side of an exact tie; SPEC §5 takes the lower token. The
             // copies of token 0 tie on every key, so an expert that took a later copy took every
             // earlier one: each earlier copy has that expert, or K experts already.
@@ -660,6 +667,38 @@ describe('expert choice agrees with the reference at any batch size, ties includ
       }
     }
     expect(cases).toBe(3 * 7 * 3);
+  });
+});
+
+// From 2048 tokens and 32 experts, each expert's capacity-th key is first bracketed from a sample of
+// evenly spaced tokens (bench/NOTES.md item 100); only the keys inside its band are selected among.
+// A period in the batch fools the sample: here every 16th token is far above (experts 0 and 1) or
+// below (expert 2) the rest, so those experts' bands miss and they take from their whole columns.
+// Plain random batches check the bands themselves, on both sides of the sampled size.
+describe('expert choice from sampled bands, and where a sample misleads', () => {
+  it(`T = 2047 to 20000, E = 32, 64, 300; spikes every 16th token × [${backendNames.join(', ')}]`, { timeout: 120_000 }, async () => {
+    const rng = new Rng(20261125);
+    let cases = 0;
+    const shapes = [
+      { T: 2047, E: 64, K: 8, spikes: false }, { T: 2048, E: 64, K: 8, spikes: false }, { T: 20000, E: 64, K: 8, spikes: false },
+      { T: 4096, E: 32, K: 4, spikes: true }, { T: 6000, E: 64, K: 8, spikes: true }, { T: 2500, E: 300, K: 6, spikes: true },
+    ];
+    for (const { T, E, K, spikes } of shapes) {
+      const logits = Float32Array.from({ length: T * E }, () => rng.normal());
+      if (spikes)
+        for (let t = 0; t < T; t += 16) {
+          logits[t * E] = 12;
+          logits[t * E + 1] = 9;
+          logits[t * E + 2] = -12;
+        }
+      for (const capacityFactor of [0.5, 1, 2]) {
+        await expectReferenceOnEveryBackend(
+          logitsCase({ numExperts: E, topK: K, strategy: 'expert-choice', capacityFactor }, logits, `expert choice E=${E} K=${K} T=${T} factor ${capacityFactor}${spikes ? ' spikes' : ''}`),
+        );
+        cases += 1;
+      }
+    }
+    expect(cases).toBe(shapes.length * 3);
   });
 });
 
@@ -705,20 +744,9 @@ describe('entropy\'s k_t agrees with the reference next to its rounding boundari
         logits.set(scaled(hi), t * E);
       }
       for (const capacity of [{}, { capacityFactor: 1.5, dropPolicy: 'score' }]) {
-        const c: Case = {
-          seed: 0,
-          strategy: 'entropy',
-          options: { inputDim: 1, numExperts: E, topK: K, minExperts: kmin, weight: new Float32Array(E), strategy: 'entropy', ...capacity } as Case['options'],
-          weightDtype: 'f32',
-          calls: [{ kind: 'routeLogits', async: false, dtype: 'f32', T, data: logits, injected: [] }],
-          describe: `entropy E=${E} K=${K} kmin=${kmin} ${JSON.stringify(capacity)}`,
-          calibrate: undefined,
-        };
-        const refs = referenceRun(c)[0];
-        for (const backend of backendNames) {
-          const mismatch = await runCase(c, backend, refs);
-          if (mismatch) throw new Error(mismatch);
-        }
+        await expectReferenceOnEveryBackend(
+          logitsCase({ numExperts: E, topK: K, minExperts: kmin, strategy: 'entropy', ...capacity }, logits, `entropy E=${E} K=${K} kmin=${kmin} ${JSON.stringify(capacity)}`),
+        );
         cases += 1;
       }
     }

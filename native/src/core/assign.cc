@@ -334,71 +334,285 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
 
 // Below this many keys (T·E) expert choice stays on the calling thread.
 constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
-// Tokens a chunk of the keys' transpose takes.
+// From this many tokens and experts each expert's band comes from a sample of the tokens.
+constexpr int64_t kSampleFromTokens = 2048;
+constexpr int kSampleFromExperts = 32;
+// The sample: one token in kSampleStride, kSampleFromTokens / kSampleStride to kMaxSample of them,
+// gathered by expert kTransposeTokens at a time.
+constexpr int64_t kSampleStride = 32;
+constexpr int64_t kMaxSample = 2048;
 constexpr int64_t kTransposeTokens = 256;
+// The band's half-width in standard deviations of the sample's count below the capacity-th rank.
+constexpr double kBandDeviations = 4.5;
+// Experts a step of the pass that marks and lists the keys takes.
+constexpr int kBandBlock = 64;
+// From and to this many choices a token's are put in order by counting, each against all (branch-free:
+// an insertion mispredicts about once a choice); fewer or more, by an insertion into K slots.
+constexpr int kCountedFrom = 4, kCountedTo = 24;
 
-// Expert choice (docs/semantics.md §5). The keys' ranks (descending_rank) go by expert (a transpose
-// of the [T, E] keys, in chunks of tokens); each expert's C best tokens come from smallest_ranks, the
-// experts in parallel, and are marked in a [T, E] byte matrix; then each token reads its row of it,
-// experts ascending, and keeps its K best choices by key (ties to the lower expert) with an insertion
-// into K slots, the tokens in chunks on the pool (tokens_in_chunks). (Until
-// bench/NOTES.md item 91 a partial sort per expert compared strided keys: 3.8 us a token at E = 64;
-// until item 96 a serial counting pass listed each token's choices.)
+// Bit i set where flag[i] (0 or 1), i < count (a multiple of 8, at most 64): each 8 flags' bytes
+// times 0x0102040810204080 hold those 8 bits in their top byte (no two partial products overlap).
+inline uint64_t byte_bits(const uint8_t* flag, int64_t count) {
+  uint64_t bits = 0;
+  for (int64_t i = 0; i < count; i += 8) {
+    uint64_t bytes;
+    std::memcpy(&bytes, flag + i, sizeof bytes);
+    bits |= (bytes * 0x0102040810204080u) >> 56 << i;
+  }
+  return bits;
+}
+
+// The key whose descending_rank is `rank` (+0 for that of -0 and +0).
+inline float key_of_rank(uint32_t rank) {
+  const uint32_t m = ~rank;
+  const uint32_t bits = (m & 0x80000000u) ? m & 0x7fffffffu : ~m;
+  float key;
+  std::memcpy(&key, &bits, sizeof key);
+  return key;
+}
+
+// Each expert's band of keys where its capacity-th best key should lie: keys above above[e] are
+// surely its, those in [from[e], above[e]] may be. The band's ends are the sample's order statistics
+// kBandDeviations either side of where that key falls among them: their count past it is binomial,
+// so the band misses with a chance of ~1e-5 an expert on data without a period of the sample's
+// stride (mark_expert_choices then reads the expert's whole column). (Keys are finite or -inf: float
+// comparisons order them as descending_rank.)
+void expert_bands(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, float* above,
+                  float* from) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int E = c.E;
+  std::fill(above, above + E, kInf);
+  std::fill(from, from + E, -kInf);
+  const int64_t n = std::min(T / kSampleStride, kMaxSample);
+  const double q = static_cast<double>(capacity) / static_cast<double>(T);
+  const double half = kBandDeviations * std::sqrt(static_cast<double>(n) * q * (1 - q)) + 1;
+  const int64_t lo = static_cast<int64_t>(std::floor(q * static_cast<double>(n) - half));
+  const int64_t hi = static_cast<int64_t>(std::ceil(q * static_cast<double>(n) + half));
+  const float* key = ws.stage().full_key;
+  uint32_t* samples = grown(ws.expert_ranks, E * n);  // [E][n]
+  auto gather = [&](int64_t chunk, int) {
+    const int64_t i1 = std::min(n, (chunk + 1) * kTransposeTokens);
+    for (int64_t i = chunk * kTransposeTokens; i < i1; ++i) {
+      const float* token_key = key + i * T / n * E;
+      for (int e = 0; e < E; ++e) samples[e * n + i] = descending_rank(token_key[e]);
+    }
+  };
+  ThreadPool::instance().run((n + kTransposeTokens - 1) / kTransposeTokens, threads, gather);
+  auto bound = [&](int64_t e, int) {
+    uint32_t* rank = samples + e * n;
+    if (lo >= 0) {
+      std::nth_element(rank, rank + lo, rank + n);
+      above[e] = key_of_rank(rank[lo]);
+    }
+    if (hi < n) {
+      std::nth_element(rank + std::max<int64_t>(lo + 1, 0), rank + hi, rank + n);
+      from[e] = key_of_rank(rank[hi]);
+    }
+  };
+  ThreadPool::instance().run(E, threads, bound);
+}
+
+// mark_expert_choices' bands (expert_bands): a pass over the tokens, in chunks on the pool, marks
+// each expert's keys above its band, counts them and lists those in it; the entries then go by
+// expert, in token order, to ws.expert_ranks and ws.band_tokens at [begin[e], begin[e + 1]).
+// sure[e] is the count above the band of an expert whose capacity-th key lies in it; the others'
+// stay -1.
+void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, uint8_t* chosen,
+                  int64_t row, int64_t* begin, int64_t* sure, int64_t* place) {
+  const int E = c.E;
+  ThreadPool& pool = ThreadPool::instance();
+  const float* key = ws.stage().full_key;
+  float* above = grown(ws.expert_bands, 2 * E);
+  float* from = above + E;
+  expert_bands(c, T, capacity, threads, ws, above, from);
+
+  const int64_t chunks = (T + kChunkTokens - 1) / kChunkTokens;
+  int64_t* tallies = grown(ws.chunk_tallies, chunks * 2 * E);  // [chunk] above the band [E], in it [E]
+  if (static_cast<int64_t>(ws.band_entries.size()) < chunks) ws.band_entries.resize(static_cast<size_t>(chunks));
+  auto classify = [&](int64_t chunk, int) {
+    int64_t* above_band = tallies + chunk * 2 * E;
+    int64_t* in_band = above_band + E;
+    std::fill(above_band, above_band + 2 * E, 0);
+    std::vector<Workspace::BandEntry>& entries = ws.band_entries[chunk];
+    entries.clear();
+    const int64_t t0 = chunk * kChunkTokens, t1 = std::min(T, t0 + kChunkTokens);
+    const float* __restrict band_above = above;  // (locals: the byte stores alias the captures)
+    const float* __restrict band_from = from;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* __restrict token_key = key + t * E;
+      uint8_t* __restrict marks = chosen + t * row;
+      for (int e0 = 0; e0 < E; e0 += kBandBlock) {  // (plain loops the compiler vectorizes)
+        const int m = std::min(kBandBlock, E - e0);
+        uint8_t band[kBandBlock];
+        for (int i = 0; i < m; ++i) {
+          const float x = token_key[e0 + i];
+          const bool taken = x > band_above[e0 + i];
+          marks[e0 + i] = taken;
+          above_band[e0 + i] += taken;
+          band[i] = !taken & (x >= band_from[e0 + i]);
+        }
+        const int whole = (m + 7) / 8 * 8;
+        std::fill(band + m, band + whole, uint8_t{0});
+        for (uint64_t bits = byte_bits(band, whole); bits != 0; bits &= bits - 1) {
+          const int e = e0 + __builtin_ctzll(bits);
+          entries.push_back({descending_rank(token_key[e]), static_cast<int32_t>(t), e});
+          ++in_band[e];
+        }
+      }
+      std::fill(marks + E, marks + row, uint8_t{0});
+    }
+  };
+  pool.run(chunks, threads, classify);
+
+  for (int e = 0; e < E; ++e) {
+    int64_t next = begin[e], above_count = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      place[chunk * E + e] = next;
+      above_count += tallies[chunk * 2 * E + e];
+      next += tallies[chunk * 2 * E + E + e];
+    }
+    begin[e + 1] = next;
+    if (above_count < capacity && next - begin[e] + above_count >= capacity) sure[e] = above_count;
+  }
+  uint32_t* band_rank = grown(ws.expert_ranks, begin[E]);
+  int32_t* band_token = grown(ws.band_tokens, begin[E]);
+  auto gather = [&](int64_t chunk, int) {
+    int64_t* at = place + chunk * E;
+    for (const Workspace::BandEntry& entry : ws.band_entries[chunk]) {
+      const int64_t i = at[entry.expert]++;
+      band_rank[i] = entry.rank;
+      band_token[i] = entry.token;
+    }
+  };
+  pool.run(chunks, threads, gather);
+}
+
+// Expert choice's marks (docs/semantics.md §5): chosen[t·row + e] = 1 where expert e takes token t,
+// one of its `capacity` smallest ranks (descending_rank of the keys), ties to the lower token. An
+// expert whose capacity-th key lies in its band (band_choices) takes the rest of its tokens from
+// the band, the others from their whole column (smallest_ranks, the experts on the pool). (Until
+// bench/NOTES.md item 100, every expert's whole column: a transpose of the [T, E] keys, then
+// smallest_ranks over T.)
+void mark_expert_choices(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, uint8_t* chosen,
+                         int64_t row) {
+  const int E = c.E;
+  ThreadPool& pool = ThreadPool::instance();
+  const float* key = ws.stage().full_key;
+  // Expert e's band entries at [begin[e], begin[e + 1]) of band_rank and band_token, chunk by chunk;
+  // sure[e] its keys above the band, or -1 where it takes from its whole column: every expert below
+  // kSampleFromTokens tokens or kSampleFromExperts experts (where a band would save little).
+  const bool sampled = T >= kSampleFromTokens && E >= kSampleFromExperts;
+  const int64_t chunks = (T + kChunkTokens - 1) / kChunkTokens;
+  int64_t* begin = grown(ws.cursor, (chunks + 2) * E + 1);  // begin [E + 1], sure [E], places [chunk][E]
+  int64_t* sure = begin + E + 1;
+  int64_t* place = sure + E;
+  std::fill(begin, begin + E + 1, 0);
+  std::fill(sure, sure + E, -1);
+  if (sampled) band_choices(c, T, capacity, threads, ws, chosen, row, begin, sure, place);
+  else std::memset(chosen, 0, static_cast<size_t>(T * row));
+
+  // The whole columns' ranks, [columns][T] after the bands', the experts' column place[e]; their
+  // marks from the bands cleared. (A transpose, in chunks of tokens.)
+  const int64_t total = begin[E];
+  int64_t columns = 0, most = 0;
+  for (int e = 0; e < E; ++e) {
+    if (sure[e] < 0) place[e] = columns++;
+    most = std::max(most, sure[e] >= 0 ? begin[e + 1] - begin[e] : T);
+  }
+  uint32_t* band_rank = grown(ws.expert_ranks, total + columns * T);
+  const int32_t* band_token = ws.band_tokens.data();
+  uint32_t* column_rank = band_rank + total;
+  auto transpose = [&](int64_t chunk, int) {
+    const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
+    for (int e = 0; e < E; ++e) {
+      if (sure[e] >= 0) continue;
+      uint32_t* column = column_rank + place[e] * T;
+      for (int64_t t = t0; t < t1; ++t) column[t] = descending_rank(key[t * E + e]);
+      if (sampled)
+        for (int64_t t = t0; t < t1; ++t) chosen[t * row + e] = 0;
+    }
+  };
+  if (columns > 0) pool.run((T + kTransposeTokens - 1) / kTransposeTokens, threads, transpose);
+
+  const int64_t per_thread = 2 * most + 1;  // pending, taken
+  int32_t* scratch = grown(ws.rank_scratch, threads * per_thread);
+  auto choose = [&](int64_t e, int slot) {
+    int32_t* pending = scratch + slot * per_thread;
+    int32_t* taken = pending + most;
+    if (sure[e] >= 0) {
+      const int64_t need = capacity - sure[e];
+      smallest_ranks(band_rank + begin[e], begin[e + 1] - begin[e], need, pending, taken, taken);
+      for (int64_t i = 0; i < need; ++i) chosen[band_token[begin[e] + taken[i]] * row + e] = 1;
+    } else {
+      smallest_ranks(column_rank + place[e] * T, T, capacity, pending, taken, taken);
+      for (int64_t i = 0; i < capacity; ++i) chosen[taken[i] * row + e] = 1;
+    }
+  };
+  pool.run(E, threads, choose);
+}
+
+// Expert choice (docs/semantics.md §5): each expert's C best tokens marked in a [T, E] byte matrix
+// (mark_expert_choices); then each token reads its row of it, experts ascending, and keeps its K best
+// choices by key (ties to the lower expert) with an insertion into K slots, the tokens in chunks on
+// the pool (tokens_in_chunks). (Until bench/NOTES.md item 91 a partial sort per expert compared
+// strided keys: 3.8 us a token at E = 64; until item 96 a serial counting pass listed each token's
+// choices.)
 void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
   const int64_t capacity = T > 0 ? capacity_per_expert(c, T) : 0;
   const int threads = pass_threads(c, T * E, kParallelChoiceKeys);
-  ThreadPool& pool = ThreadPool::instance();
 
   const int64_t row = (E + 7) / 8 * 8;  // a token's bytes of the marks: whole 8-byte words
-  uint32_t* by_expert = grown(ws.expert_ranks, T * E);  // [E][T]
-  uint8_t* chosen = grown(ws.chosen, T * row);          // [T][row] 1 where expert e took token t
-  auto transpose = [&](int64_t chunk, int) {
-    const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
-    for (int e = 0; e < E; ++e)
-      for (int64_t t = t0; t < t1; ++t) by_expert[e * T + t] = descending_rank(st.full_key[t * E + e]);
-    std::memset(chosen + t0 * row, 0, static_cast<size_t>((t1 - t0) * row));
-  };
-  pool.run((T + kTransposeTokens - 1) / kTransposeTokens, threads, transpose);
+  uint8_t* chosen = grown(ws.chosen, T * row);
+  if (capacity > 0) mark_expert_choices(c, T, capacity, threads, ws, chosen, row);
+  else std::memset(chosen, 0, static_cast<size_t>(T * row));
 
-  const int64_t per_thread = 2 * T + 1;  // pending, taken
-  int32_t* scratch = grown(ws.rank_scratch, threads * per_thread);
-  auto choose = [&](int64_t e, int slot) {
-    int32_t* pending = scratch + slot * per_thread;
-    int32_t* taken = pending + T;
-    smallest_ranks(by_expert + e * T, T, capacity, pending, taken, taken);
-    for (int64_t i = 0; i < capacity; ++i) chosen[taken[i] * row + e] = 1;
-  };
-  if (capacity > 0) pool.run(E, threads, choose);
-
-  // Each token on its own, on the pool in chunks of tokens: its choices in key order, the first K
-  // kept, their weights.
-  float* slot_scratch = grown(ws.slot_values, 3 * threads * K);
+  // Each token on its own, on the pool in chunks of tokens: its choices (experts ascending), put in
+  // order by key (by counting or an insertion, see kCountedFrom) and the first K kept, their weights.
+  uint32_t* rank_scratch = grown(ws.expert_ranks, threads * (E + K));
+  int32_t* list_scratch = grown(ws.rank_scratch, threads * 2 * E);
+  float* slot_scratch = grown(ws.slot_values, 2 * threads * K);
   tokens_in_chunks(c, T, threads, ws, out, [&](int64_t t0, int64_t t1, const ChunkTally& tally, int slot) {
-    float* key = slot_scratch + 3 * slot * K;
-    float* score = key + K;
+    uint32_t* rank = rank_scratch + slot * (E + K);  // a choice's descending_rank; [K] kept ones' after
+    int32_t* expert = list_scratch + slot * 2 * E;   // a choice's expert, then those in order
+    int32_t* order = expert + E;
+    float* score = slot_scratch + 2 * slot * K;
     float* logit = score + K;
     for (int64_t t = t0; t < t1; ++t) {
       const float* token_key = st.full_key + t * E;
+      const uint8_t* marks = chosen + t * row;
+      int n = 0;
+      for (int e0 = 0; e0 < E; e0 += 64) {
+        for (uint64_t bits = byte_bits(marks + e0, std::min<int64_t>(64, row - e0)); bits != 0; bits &= bits - 1) {
+          const int e = e0 + __builtin_ctzll(bits);
+          rank[n] = descending_rank(token_key[e]);
+          expert[n++] = e;
+        }
+      }
+      const int k = std::min(n, K);
       int32_t* experts = out->experts + t * K;
-      int k = 0;
-      int64_t n = 0;
-      for (int e0 = 0; e0 < E; e0 += 8) {
-        uint64_t marks;  // bytes 0 or 1: one bit each
-        std::memcpy(&marks, chosen + t * row + e0, sizeof marks);
-        for (; marks != 0; marks &= marks - 1) {
-          const int e = e0 + __builtin_ctzll(marks) / 8;
-          const float x = token_key[e];
-          ++n;
-          if (k == K && !(x > key[K - 1])) continue;  // (an equal key: the lower expert stays)
-          int j = k < K ? k++ : K - 1;
-          for (; j > 0 && key[j - 1] < x; --j) {
-            key[j] = key[j - 1];
+      if (n >= kCountedFrom && n <= kCountedTo) {  // (an equal rank: the lower expert first)
+        for (int i = 0; i < n; ++i) {
+          int place = 0;
+          for (int j = 0; j < i; ++j) place += rank[j] <= rank[i];
+          for (int j = i + 1; j < n; ++j) place += rank[j] < rank[i];
+          order[place] = expert[i];
+        }
+        for (int j = 0; j < k; ++j) experts[j] = order[j];  // (std::copy: a memmove call)
+      } else {
+        uint32_t* kept = rank + n;
+        int filled = 0;
+        for (int i = 0; i < n; ++i) {
+          const uint32_t x = rank[i];
+          if (filled == K && !(x < kept[K - 1])) continue;  // (an equal rank: the lower expert stays)
+          int j = filled < K ? filled++ : K - 1;
+          for (; j > 0 && kept[j - 1] > x; --j) {
+            kept[j] = kept[j - 1];
             experts[j] = experts[j - 1];
           }
-          key[j] = x;
-          experts[j] = e;
+          kept[j] = x;
+          experts[j] = expert[i];
         }
       }
       for (int j = 0; j < K; ++j) {
@@ -513,10 +727,13 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 }  // namespace
 
 int64_t Workspace::host_bytes() const {
-  return capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, slot_values,
-                        expert_ranks, rank_scratch, chosen, chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
-                        full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
-                        loss_entropy_, p_sum_, invalid_);
+  int64_t entries = 0;
+  for (const std::vector<BandEntry>& chunk : band_entries) entries += capacity_bytes(chunk);
+  return entries + capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, slot_values,
+                                  expert_ranks, rank_scratch, chosen, expert_bands, band_entries, band_tokens,
+                                  chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
+                                  full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
+                                  loss_entropy_, p_sum_, invalid_);
 }
 
 const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {

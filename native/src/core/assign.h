@@ -30,7 +30,9 @@ class Workspace {
 
   std::vector<int64_t> counts_before;        // [E] assignments before capacity, every token
   std::vector<int64_t> counts_before_valid;  // [E] the same over valid tokens (aux loss)
-  std::vector<int64_t> cursor;  // capacity counters [E]; dispatch places [2 pairs][E]
+  // capacity counters [E]; dispatch places [2 pairs][E]; expert choice's band starts [E + 1], counts
+  // above the bands [E] and places [chunks][E]
+  std::vector<int64_t> cursor;
   struct Choice {
     float key;
     int32_t token;
@@ -39,13 +41,24 @@ class Workspace {
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;                // capacity ('score')
   std::vector<float> slot_values;             // [threads][3K] expert choice: a token's slots' key, s and u
-  // smallest_ranks' ranks, scratch and marks: expert choice's [E][T] ranks, [threads][2T + 1] and
-  // [T][E rounded up to 8] chosen (token, expert) pairs; capacity by score's [threads][n], [threads]
-  // [2n + 1] and [threads][n] kept assignments, n an expert's most
+  // smallest_ranks' ranks, scratch and marks: expert choice's sample ([threads][n]) then its bands'
+  // ranks by expert (and [threads][T] whole columns), [threads][2n + 1] and [T][E rounded up to 8]
+  // chosen (token, expert) pairs, n an expert's band or T; capacity by score's [threads][n],
+  // [threads][2n + 1] and [threads][n] kept assignments, n an expert's most
   std::vector<uint32_t> expert_ranks;
   std::vector<int32_t> rank_scratch;
   std::vector<uint8_t> chosen;
-  std::vector<int64_t> chunk_tallies;         // [chunks][2E + K + 2] a per-token pass's counts by chunk
+  // Expert choice's bands: [2E] keys above and from; per chunk of tokens its keys in a band, in
+  // token order; the bands' tokens by expert.
+  struct BandEntry {
+    uint32_t rank;
+    int32_t token;
+    int32_t expert;
+  };
+  std::vector<float> expert_bands;
+  std::vector<std::vector<BandEntry>> band_entries;
+  std::vector<int32_t> band_tokens;
+  std::vector<int64_t> chunk_tallies;  // [chunks][2E + K + 2] a per-token pass's counts by chunk; [chunks][2E] bands'
 
  private:
   std::vector<int32_t> candidate_expert_;
