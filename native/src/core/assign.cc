@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "scratch.h"
 #include "thread_pool.h"
@@ -13,18 +14,23 @@ namespace moe {
 namespace {
 
 // Weights of one token's K slots from the slots' s and u (docs/semantics.md §6–§7); an empty slot
-// (expert -1) gets 0 and takes no part.
-void slot_weights(const Config& c, const int32_t* experts, const float* score, const float* logit,
+// (expert -1) gets 0 and takes no part. The slots' u: logit[K], or logit(j) for slot j, read only
+// where the weights come from the logits (expert choice's are in a [T, E] matrix: a miss each).
+template <class Logits>
+void slot_weights(const Config& c, const int32_t* experts, const float* score, const Logits& logits,
                   float* weights) {
   constexpr double kMinusInf = -std::numeric_limits<double>::infinity();
+  const auto logit = [&](int j) -> float {
+    if constexpr (std::is_invocable_v<const Logits&, int>) return logits(j);
+    else return logits[j];
+  };
   const int K = c.K;
   int survivors = 0;
-  double score_sum = 0, max_logit = kMinusInf;
+  double score_sum = 0;
   for (int j = 0; j < K; ++j) {
     if (experts[j] < 0) continue;
     ++survivors;
     score_sum += score[j];
-    max_logit = std::max(max_logit, static_cast<double>(logit[j]));
   }
   // With softmax scores s_j = exp(u_j - max u) / Z, the softmax of the selected logits is s_j / sum s
   // within a few ulps while every selected s_j is a normal float: no exponentials then (they cost
@@ -36,10 +42,13 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
     for (int j = 0; j < K; ++j)
       if (experts[j] >= 0 && !(score[j] >= std::numeric_limits<float>::min())) from_logits = true;
   }
-  double exp_sum = 0;
-  if (from_logits && max_logit != kMinusInf) {
+  double max_logit = kMinusInf, exp_sum = 0;
+  if (from_logits) {
     for (int j = 0; j < K; ++j)
-      if (experts[j] >= 0) exp_sum += std::exp(logit[j] - max_logit);
+      if (experts[j] >= 0) max_logit = std::max(max_logit, static_cast<double>(logit(j)));
+    if (max_logit != kMinusInf)
+      for (int j = 0; j < K; ++j)
+        if (experts[j] >= 0) exp_sum += std::exp(logit(j) - max_logit);
   }
   for (int j = 0; j < K; ++j) {
     if (experts[j] < 0) {
@@ -48,7 +57,7 @@ void slot_weights(const Config& c, const int32_t* experts, const float* score, c
     }
     double w;
     if (from_logits) {
-      w = exp_sum > 0 ? std::exp(logit[j] - max_logit) / exp_sum : 1.0 / survivors;
+      w = exp_sum > 0 ? std::exp(logit(j) - max_logit) / exp_sum : 1.0 / survivors;
     } else if (c.normalize) {
       w = score_sum > 0 ? score[j] / score_sum : 1.0 / survivors;
     } else {
@@ -572,13 +581,12 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
   // order by key (by counting or an insertion, see kCountedFrom) and the first K kept, their weights.
   uint32_t* rank_scratch = grown(ws.expert_ranks, threads * (E + K));
   int32_t* list_scratch = grown(ws.rank_scratch, threads * 2 * E);
-  float* slot_scratch = grown(ws.slot_values, 2 * threads * K);
+  float* slot_scratch = grown(ws.slot_values, threads * K);
   tokens_in_chunks(c, T, threads, ws, out, [&](int64_t t0, int64_t t1, const ChunkTally& tally, int slot) {
     uint32_t* rank = rank_scratch + slot * (E + K);  // a choice's descending_rank; [K] kept ones' after
     int32_t* expert = list_scratch + slot * 2 * E;   // a choice's expert, then those in order
     int32_t* order = expert + E;
-    float* score = slot_scratch + 2 * slot * K;
-    float* logit = score + K;
+    float* score = slot_scratch + slot * K;
     for (int64_t t = t0; t < t1; ++t) {
       const float* token_key = st.full_key + t * E;
       const uint8_t* marks = chosen + t * row;
@@ -624,12 +632,12 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
         ++tally.counts[e];
         if (!st.invalid[t]) ++tally.counts_valid[e];
         score[j] = st.full_score[t * E + e];
-        logit[j] = st.full_logit[t * E + e];
       }
       out->experts_per_token[t] = k;
       *tally.dropped += n - k;
       ++tally.k_histogram[k];
-      slot_weights(c, experts, score, logit, out->weights + t * K);
+      const float* token_logit = st.full_logit + t * E;
+      slot_weights(c, experts, score, [&](int j) { return token_logit[experts[j]]; }, out->weights + t * K);
     }
   });
 }

@@ -40,7 +40,7 @@ class Workspace {
   };
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
   std::vector<Choice> choices;                // capacity ('score')
-  std::vector<float> slot_values;             // [threads][3K] expert choice: a token's slots' key, s and u
+  std::vector<float> slot_values;             // [threads][K] expert choice: a token's slots' s
   // smallest_ranks' ranks, scratch and marks: expert choice's sample ([threads][n]) then its bands'
   // ranks by expert (and [threads][T] whole columns), [threads][2n + 1] and [T][E rounded up to 8]
   // chosen (token, expert) pairs, n an expert's band or T; capacity by score's [threads][n],
