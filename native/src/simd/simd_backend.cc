@@ -223,16 +223,21 @@ class SimdBackend final : public Backend {
   // Whether token_stage computes every norm before the rest of the stage (norm_from_batch, fused).
   static bool norms_first(const StageParams& p) { return p.norm_from_batch && p.fused_out; }
 
-  // Every token's norm of its input row into out.norm, in chunks on the pool.
-  void batch_norms(const StageParams& p, const TokenStage& out) const {
-    const int64_t T = p.tokens, row_length = p.is_logits ? p.config->E : p.config->D;
+  // The norms of the input rows of tokens [first, end) into out.norm.
+  void row_norms(const StageParams& p, const TokenStage& out, int64_t first, int64_t end) const {
+    const int64_t row_length = p.is_logits ? p.config->E : p.config->D;
     const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
     const char* in = static_cast<const char*>(p.input);
+    for (int64_t t = first; t < end; ++t) out.norm[t] = k_.norm(in + t * row_bytes, p.dtype, row_length);
+  }
+
+  // Every token's norm into out.norm, in chunks on the pool.
+  void batch_norms(const StageParams& p, const TokenStage& out) const {
+    const int64_t T = p.tokens, row_length = p.is_logits ? p.config->E : p.config->D;
     constexpr int64_t kNormTokens = 256;
     const int threads = T * row_length < kParallelWork ? 1 : threads_;
     auto body = [&](int64_t chunk, int) {
-      const int64_t end = std::min(T, (chunk + 1) * kNormTokens);
-      for (int64_t t = chunk * kNormTokens; t < end; ++t) out.norm[t] = k_.norm(in + t * row_bytes, p.dtype, row_length);
+      row_norms(p, out, chunk * kNormTokens, std::min(T, (chunk + 1) * kNormTokens));
     };
     ThreadPool::instance().run((T + kNormTokens - 1) / kNormTokens, threads, body);
   }
@@ -307,8 +312,7 @@ class SimdBackend final : public Backend {
     const size_t row_bytes = static_cast<size_t>(row_length) * dtype_size(p.dtype);
     const char* in = static_cast<const char*>(p.input) + first * row_bytes;
     if (p.noise) add_noise(p, first, rows, s.u.data(), u_stride);
-    if (p.want_norm && !norms_first(p))
-      for (int r = 0; r < rows; ++r) out.norm[first + r] = k_.norm(in + r * row_bytes, p.dtype, row_length);
+    if (p.want_norm && !norms_first(p)) row_norms(p, out, first, first + rows);
     RowBlock rb;
     rb.config = &c;
     rb.params = &p;
