@@ -702,6 +702,38 @@ describe('expert choice from sampled bands, and where a sample misleads', () => 
   });
 });
 
+// Expert choice's keys of a sanitized logit are -inf and its s 0 (docs/semantics.md §5, SPEC's
+// sanitize); the core takes a kept slot's s from its key when the keys are the scores (no selection
+// bias), so a capacity of every token, which keeps such slots, checks that mapping: unnormalized
+// weights are the s themselves.
+describe('expert choice keeps sanitized tokens\' slots last, with weight s = 0', () => {
+  it(`E = 8, 64; rows with some or every logit non-finite; softmax and sigmoid × [${backendNames.join(', ')}]`, async () => {
+    const rng = new Rng(20261127);
+    let cases = 0;
+    for (const { E, K, T } of [{ E: 8, K: 2, T: 40 }, { E: 64, K: 8, T: 3000 }]) {
+      const logits = Float32Array.from({ length: T * E }, () => rng.normal());
+      const bad = [NaN, Infinity, -Infinity];
+      for (let t = 0; t < T; t += 3) {
+        const finite = t % 2 === 0 ? 0 : 1; // every logit non-finite, or all but one
+        for (let e = finite; e < E; e++) logits[t * E + e] = bad[(t + e) % 3]!;
+      }
+      for (const scoring of ['softmax', 'sigmoid'] as const) {
+        for (const normalize of [false, true]) {
+          await expectReferenceOnEveryBackend(
+            logitsCase(
+              { numExperts: E, topK: K, strategy: 'expert-choice', capacityFactor: E / K, validation: 'sanitize', scoring, normalize },
+              logits,
+              `expert choice sanitized E=${E} ${scoring} normalize ${normalize}`,
+            ),
+          );
+          cases += 1;
+        }
+      }
+    }
+    expect(cases).toBe(2 * 2 * 2);
+  });
+});
+
 // The entropy strategy decides k_t across tokens from an f32 H = ln S - sum p v and leaves a token
 // whose (K - kmin) H / ln E lies within that sum's error of a rounding boundary to the token-by-token
 // path (bench/NOTES.md item 92). Rows scaled to put it at a boundary, just off one (inside and
