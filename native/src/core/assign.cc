@@ -566,8 +566,7 @@ void mark_expert_choices(const Config& c, int64_t T, int64_t capacity, int threa
 // the pool (tokens_in_chunks). (Until bench/NOTES.md item 91 a partial sort per expert compared
 // strided keys: 3.8 us a token at E = 64; until item 96 a serial counting pass listed each token's
 // choices.)
-void assign_expert_choice(const Config& c, int64_t T, const float* selection_bias, Workspace& ws,
-                          moe_route_outputs* out) {
+void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
   const int64_t capacity = T > 0 ? capacity_per_expert(c, T) : 0;
@@ -580,11 +579,10 @@ void assign_expert_choice(const Config& c, int64_t T, const float* selection_bia
 
   // Each token on its own, on the pool in chunks of tokens: its choices (experts ascending), put in
   // order by key (by counting or an insertion, see kCountedFrom) and the first K kept, their weights.
-  // Keys of s without a selection bias are s but where u = -inf (key -inf, s 0): a kept slot's s then
-  // comes from its key, in cache, not from the [T, E] s (a miss each at E = 256).
+  // Where the keys are the scores (StageParams::scores_are_keys, no s matrix), a kept slot's s comes
+  // from its key, in cache (reading the [T, E] s cost a miss a slot at E = 256).
   constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-  const bool scores_are_keys = c.options.order == MOE_ORDER_SOFTMAX_THEN_SELECT &&
-                               std::all_of(selection_bias, selection_bias + E, [](float b) { return b == 0.0f; });
+  const bool scores_are_keys = st.full_score == nullptr;
   uint32_t* rank_scratch = grown(ws.expert_ranks, threads * (E + K));
   int32_t* list_scratch = grown(ws.rank_scratch, threads * 2 * E);
   float* slot_scratch = grown(ws.slot_values, threads * K);
@@ -777,7 +775,7 @@ const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
   }
   if (p.want_full) {
     stage_.full_key = grown(full_key_, T * E);
-    stage_.full_score = grown(full_score_, T * E);
+    if (!p.scores_are_keys) stage_.full_score = grown(full_score_, T * E);
     stage_.full_logit = grown(full_logit_, T * E);
   }
   return stage_;
@@ -874,7 +872,7 @@ void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace&
   out->dropped_assignments = 0;
 
   if (c.expert_choice) {
-    assign_expert_choice(c, T, p.selection_bias, ws, out);
+    assign_expert_choice(c, T, ws, out);
   } else {
     assign_token_choice(c, p, kp, ws, out);
   }

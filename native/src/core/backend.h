@@ -42,6 +42,10 @@ struct StageParams {
   bool want_score_entropy = false;  // per-token H(s) (strategy entropy)
   bool want_losses = false;     // per-token logsumexp(u), H(p) and the sum of p over valid tokens
   bool want_full = false;       // the whole [T, E] key, s and u matrices (expert choice)
+  // With want_full: the keys are the scores s but where u = -inf (key -inf, s 0), as without a
+  // selection bias in softmax-then-select order; the s matrix is then absent (TokenStage::full_score
+  // null) and not written.
+  bool scores_are_keys = false;
   // Fused assignment, only for a backend that fuses_assignment(), on token-choice calls without
   // capacity or with dropPolicy 'position', whose k_t needs nothing but the token itself and k_params
   // (or, with norm_from_batch, the batch's norms): the token stage also runs assign_token for every
@@ -68,7 +72,7 @@ struct TokenStage {
   double* loss_entropy = nullptr;       // [T] want_losses: H(p) (valid tokens)
   double* p_sum = nullptr;              // [E] want_losses: sum over valid tokens of p, fixed order
   float* full_key = nullptr;            // [T*E] want_full
-  float* full_score = nullptr;          // [T*E] want_full
+  float* full_score = nullptr;          // [T*E] want_full, unless scores_are_keys
   float* full_logit = nullptr;          // [T*E] want_full
   int64_t* counts = nullptr;            // [E] fused: assignments per expert, every token
   int64_t* counts_valid = nullptr;      // [E] fused: the same over valid tokens

@@ -191,6 +191,8 @@ moe::StageParams stage_params(moe_router* r, const void* input, moe_dtype dtype,
   p.want_score_entropy = c.options.strategy == MOE_STRATEGY_ENTROPY;
   p.want_losses = c.options.losses != 0;
   p.want_full = c.expert_choice;
+  p.scores_are_keys = p.want_full && c.options.order == MOE_ORDER_SOFTMAX_THEN_SELECT &&
+                     std::all_of(r->bias_snapshot.begin(), r->bias_snapshot.end(), [](float b) { return b == 0.0f; });
   p.norm_from_batch = c.options.strategy == MOE_STRATEGY_NORM && !norm_calibrated;
   // Capacity by position drops from the fused slots (assign); by score it needs every slot's s.
   const bool fusable_capacity = !c.capacity || c.options.drop_policy == MOE_DROP_POSITION;

@@ -469,7 +469,7 @@ void CudaBackend::token_stage(const StageParams& p, const TokenStage& out) {
   if (o.norm) fetch(out.norm, o.norm, T * sizeof(double), "cudaMemcpy (norms)");
   if (o.full_key) {
     fetch(out.full_key, o.full_key, cells * sizeof(float), "cudaMemcpy (keys)");
-    fetch(out.full_score, o.full_score, cells * sizeof(float), "cudaMemcpy (scores)");
+    if (out.full_score) fetch(out.full_score, o.full_score, cells * sizeof(float), "cudaMemcpy (scores)");
     fetch(out.full_logit, o.full_logit, cells * sizeof(float), "cudaMemcpy (logits)");
   }
   if (p.want_losses) {

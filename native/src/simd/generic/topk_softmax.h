@@ -2472,7 +2472,7 @@ inline void rows_block(const RowBlock& b) {
       for (int e0 = 0; e0 < E; e0 += kLanes) {
         const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
         Vec::store_tail(out.full_key + t * E + e0, Vec::load(key + e0), lanes);
-        Vec::store_tail(out.full_score + t * E + e0, Vec::load(s + e0), lanes);
+        if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, Vec::load(s + e0), lanes);
         Vec::store_tail(out.full_logit + t * E + e0, Vec::load(u + e0), lanes);
       }
     }
