@@ -670,12 +670,13 @@ describe('expert choice agrees with the reference at any batch size, ties includ
   });
 });
 
-// From 2048 tokens and 32 experts, each expert's capacity-th key is first bracketed from a sample of
-// evenly spaced tokens (bench/NOTES.md item 100); only the keys inside its band are selected among.
-// A period in the batch fools the sample: here every 16th token is far above (experts 0 and 1) or
-// below (expert 2) the rest, so those experts' bands miss and they take from their whole columns.
-// Plain random batches check the bands themselves, on both sides of the sampled size.
-describe('expert choice from sampled bands, and where a sample misleads', () => {
+// From 2048 tokens, each expert's capacity-th key (expert choice, from 32 experts) or score (capacity
+// by score) is first bracketed from a sample of evenly spaced tokens (bench/NOTES.md items 100, 101);
+// only the keys inside its band are selected among. A period in the batch fools the sample: here
+// every 16th token is far above (experts 0 and 1) or below (expert 2) the rest, so those experts'
+// bands miss and they take from their whole columns or lists. Plain random batches check the bands
+// themselves, on both sides of the sampled size.
+describe('expert choice and capacity by score from sampled bands, and where a sample misleads', () => {
   it(`T = 2047 to 20000, E = 32, 64, 300; spikes every 16th token × [${backendNames.join(', ')}]`, { timeout: 120_000 }, async () => {
     const rng = new Rng(20261125);
     let cases = 0;
@@ -692,8 +693,12 @@ describe('expert choice from sampled bands, and where a sample misleads', () => 
           logits[t * E + 2] = -12;
         }
       for (const capacityFactor of [0.5, 1, 2]) {
+        const shape = `E=${E} K=${K} T=${T} factor ${capacityFactor}${spikes ? ' spikes' : ''}`;
         await expectReferenceOnEveryBackend(
-          logitsCase({ numExperts: E, topK: K, strategy: 'expert-choice', capacityFactor }, logits, `expert choice E=${E} K=${K} T=${T} factor ${capacityFactor}${spikes ? ' spikes' : ''}`),
+          logitsCase({ numExperts: E, topK: K, strategy: 'expert-choice', capacityFactor }, logits, `expert choice ${shape}`),
+        );
+        await expectReferenceOnEveryBackend(
+          logitsCase({ numExperts: E, topK: K, capacityFactor, dropPolicy: 'score' }, logits, `capacity by score ${shape}`),
         );
         cases += 1;
       }

@@ -230,71 +230,225 @@ void drop_by_position(const Config& c, int64_t T, int64_t capacity, Workspace& w
   }
 }
 
+// Bands from a sample: a group of keys (an expert's keys in expert choice, an overflowing expert's
+// slots' scores in capacity by score) keeps its `keep` best of `count`; the keep-th best key is
+// bracketed from the order statistics of a sample, and only the keys in that band need selecting
+// among (bench/NOTES.md items 100 and 101).
+
+// From this many tokens the bands come from a sample: one token in kSampleStride, at most kMaxSample.
+constexpr int64_t kSampleFromTokens = 2048;
+constexpr int64_t kSampleStride = 32;
+constexpr int64_t kMaxSample = 2048;
+// The band's half-width in standard deviations of the sample's count past the keep-th best key.
+constexpr double kBandDeviations = 4.5;
+
+// The key whose descending_rank is `rank` (+0 for that of -0 and +0).
+inline float key_of_rank(uint32_t rank) {
+  const uint32_t m = ~rank;
+  const uint32_t bits = (m & 0x80000000u) ? m & 0x7fffffffu : ~m;
+  float key;
+  std::memcpy(&key, &bits, sizeof key);
+  return key;
+}
+
+// A group's band from the ranks (descending_rank) of n sampled keys (reordered), q the fraction it
+// keeps: keys above *above are surely kept, keys in [*from, *above] may be, keys below *from are not.
+// The ends are the sample's order statistics kBandDeviations either side of where the keep-th best
+// falls among them (+inf and -inf past the sample's ends). That count is binomial, so the band
+// misses with a chance of ~1e-5 on data without a period of the sample's stride; the caller then
+// takes the group's whole list. (Keys are finite or -inf: float comparisons order them as
+// descending_rank does.)
+void band_ends(uint32_t* rank, int64_t n, double q, float* above, float* from) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const double half = kBandDeviations * std::sqrt(static_cast<double>(n) * q * (1 - q)) + 1;
+  const int64_t lo = static_cast<int64_t>(std::floor(q * static_cast<double>(n) - half));
+  const int64_t hi = static_cast<int64_t>(std::ceil(q * static_cast<double>(n) + half));
+  *above = kInf;
+  *from = -kInf;
+  if (lo >= 0) {
+    std::nth_element(rank, rank + lo, rank + n);
+    *above = key_of_rank(rank[lo]);
+  }
+  if (hi < n) {
+    std::nth_element(rank + std::max<int64_t>(lo + 1, 0), rank + hi, rank + n);
+    *from = key_of_rank(rank[hi]);
+  }
+}
+
+// The chunks' listed keys (ws.band_entries) by group, in chunk order: entry i of group g of a chunk
+// to rank[] and item[] at place[chunk·groups + g] (advanced), the chunks on the pool.
+void lists_by_group(Workspace& ws, int64_t chunks, int groups, int threads, int64_t* place, uint32_t* rank,
+                    int32_t* item) {
+  auto gather = [&](int64_t chunk, int) {
+    int64_t* at = place + chunk * groups;
+    for (const Workspace::BandEntry& entry : ws.band_entries[chunk]) {
+      const int64_t i = at[entry.group]++;
+      rank[i] = entry.rank;
+      item[i] = entry.item;
+    }
+  };
+  ThreadPool::instance().run(chunks, threads, gather);
+}
+
 // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
-// Only the experts with more assignments than that drop any: their slots are gathered by expert (in
-// slot order), and each such expert's kept ones come from smallest_ranks on the scores' ranks
-// (descending_rank), the experts on the pool; the others become expert -1, weight 0. Then reweigh(t)
-// for each token that lost one (once a slot lost: a token that lost two is reweighed twice, the last
-// time with both gone). (Until bench/NOTES.md item 97, std::nth_element on the records, serially.)
+// Only the experts with more assignments than that drop any. Their bands (band_ends, from the slots
+// of a sample of the tokens below kSampleFromTokens every assignment is in the band) and a pass over
+// the slots, in chunks of tokens on the pool, count each one's scores above its band and list the
+// others, which go by expert in slot order; an expert whose capacity-th score lies in its band keeps
+// the best of them (smallest_ranks on descending_rank), one whose band missed takes from all its
+// slots; the rest become expert -1, weight 0, the experts on the pool. Then reweigh(t) for each
+// token that lost one (once a slot lost: a token that lost two is reweighed twice, the last time with
+// both gone). (Until bench/NOTES.md item 101 every overflowing expert's slots were gathered, serially;
+// until item 97, std::nth_element on them, serially.)
 template <class Reweigh>
 void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, moe_route_outputs* out,
                    const Reweigh& reweigh) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
   const int E = c.E, K = c.K;
   const float* score = ws.stage().candidate_score;
-  const std::vector<int64_t>& count = ws.counts_before;
-  // An overflowing expert's fill position; the others share a spare entry past them, so that the
-  // gathering takes no branch on the expert (half of them overflow at capacityFactor 1).
-  std::vector<int64_t>& end = ws.cursor;
-  int64_t total = 0, most = 0;
+  int32_t* experts = out->experts;
+  const int64_t* count = ws.counts_before.data();
+  const int threads = pass_threads(c, T * K, kParallelSlots);
+  ThreadPool& pool = ThreadPool::instance();
+
+  // Bands, [E + 1]: an expert that keeps all its slots, and the spare entry past them for empty
+  // slots, surely keeps every score (above -inf: the pass takes no branch on the expert).
+  float* above = grown(ws.expert_bands, 2 * (E + 1));
+  float* from = above + E + 1;
+  std::fill(above, above + E + 1, -kInf);
+  std::fill(from, from + E + 1, -kInf);
+  const auto overflows = [&](int e) { return count[e] > capacity; };
+  if (T >= kSampleFromTokens) {
+    const int64_t n = std::min(T / kSampleStride, kMaxSample);
+    int64_t* sampled = zeroed(ws.cursor, 2 * E + 1);  // the sample's slots by expert [E + 1], places [E]
+    int64_t* place = sampled + E + 1;
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < K; ++j) {
+        const int32_t e = experts[i * T / n * K + j];
+        if (e >= 0) ++sampled[e + 1];
+      }
+    for (int e = 0; e < E; ++e) sampled[e + 1] += sampled[e];
+    std::copy(sampled, sampled + E, place);
+    uint32_t* samples = grown(ws.expert_ranks, sampled[E]);
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < K; ++j) {
+        const int64_t slot = i * T / n * K + j;
+        if (experts[slot] >= 0) samples[place[experts[slot]]++] = descending_rank(score[slot]);
+      }
+    for (int e = 0; e < E; ++e)
+      if (overflows(e))
+        band_ends(samples + sampled[e], sampled[e + 1] - sampled[e],
+                  static_cast<double>(capacity) / static_cast<double>(count[e]), &above[e], &from[e]);
+  } else {
+    for (int e = 0; e < E; ++e)
+      if (overflows(e)) above[e] = kInf;
+  }
+
+  // The pass: per chunk of tokens, each expert's scores above its band, its other slots listed (in
+  // slot order) and how many of those lie in the band.
+  const int64_t chunks = (T + kChunkTokens - 1) / kChunkTokens;
+  const int64_t words = 3 * (E + 1);  // a chunk's tallies: above [E + 1], listed [E + 1], in band [E + 1]
+  int64_t* tallies = zeroed(ws.chunk_tallies, chunks * words);
+  if (static_cast<int64_t>(ws.band_entries.size()) < chunks) ws.band_entries.resize(static_cast<size_t>(chunks));
+  auto classify = [&](int64_t chunk, int) {
+    int64_t* above_band = tallies + chunk * words;
+    int64_t* listed = above_band + E + 1;
+    int64_t* in_band = listed + E + 1;
+    std::vector<Workspace::BandEntry>& entries = ws.band_entries[chunk];
+    entries.clear();
+    const int64_t i1 = std::min(T, (chunk + 1) * kChunkTokens) * K;
+    for (int64_t i = chunk * kChunkTokens * K; i < i1; ++i) {
+      const int32_t e = experts[i] < 0 ? E : experts[i];
+      const float s = score[i];
+      const bool surely = s > above[e];
+      above_band[e] += surely;
+      if (!surely && e < E) {
+        entries.push_back({descending_rank(s), static_cast<int32_t>(i), e});
+        ++listed[e];
+        in_band[e] += s >= from[e];
+      }
+    }
+  };
+  pool.run(chunks, threads, classify);
+
+  // Each overflowing expert's listed slots at [begin[e], begin[e + 1]) of ws.expert_ranks and
+  // ws.band_items, in slot order; one whose band missed (sure[e] = -1) then lists all its slots at
+  // [begin[E] + whole[e], + count[e]). ws.cursor: begin [E + 1], sure [E], whole [E], places
+  // [chunk][E].
+  int64_t* begin = grown(ws.cursor, (chunks + 3) * E + 1);
+  int64_t* sure = begin + E + 1;
+  int64_t* whole = sure + E;
+  int64_t* place = whole + E;
+  begin[0] = 0;
+  int64_t wholes = 0, most = 0;
   for (int e = 0; e < E; ++e) {
-    end[e] = total;
-    if (count[e] > capacity) {
-      total += count[e];
+    int64_t next = begin[e], above_count = 0, band_count = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t* tally = tallies + chunk * words;
+      place[chunk * E + e] = next;
+      above_count += tally[e];
+      next += tally[E + 1 + e];
+      band_count += tally[2 * (E + 1) + e];
+    }
+    begin[e + 1] = next;
+    sure[e] = above_count;
+    if (!overflows(e)) continue;
+    if (above_count < capacity && above_count + band_count >= capacity) {
+      most = std::max(most, next - begin[e]);
+    } else {
+      sure[e] = -1;
+      whole[e] = wholes;
+      wholes += count[e];
       most = std::max(most, count[e]);
     }
   }
-  for (int e = 0; e < E; ++e)
-    if (count[e] <= capacity) end[e] = total;
-  ws.choices.resize(static_cast<size_t>(total) + 1);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int j = 0; j < K; ++j) {
-      const int64_t i = t * K + j;
-      const int32_t e = out->experts[i];
-      if (e < 0) continue;
-      ws.choices[end[e]] = {score[i], static_cast<int32_t>(t), static_cast<int32_t>(i)};
-      end[e] += count[e] > capacity;
-    }
-  }
-  const int threads = pass_threads(c, total, kParallelSlots);
-  uint32_t* ranks = grown(ws.expert_ranks, threads * most);
+  const int64_t listed_total = begin[E];
+  uint32_t* rank = grown(ws.expert_ranks, listed_total + wholes);
+  int32_t* item = grown(ws.band_items, listed_total + wholes);
+  lists_by_group(ws, chunks, E, threads, place, rank, item);
+  // The whole lists, read before any slot is dropped (the drops write the experts).
+  auto list_whole = [&](int64_t e, int) {
+    if (!overflows(static_cast<int>(e)) || sure[e] >= 0) return;
+    int64_t n = listed_total + whole[e];
+    for (int64_t i = 0; i < T * K; ++i)
+      if (experts[i] == e) {
+        rank[n] = descending_rank(score[i]);
+        item[n++] = static_cast<int32_t>(i);
+      }
+  };
+  if (wholes > 0) pool.run(E, threads, list_whole);
+
+  // Each overflowing expert keeps the best of its list (all its slots above the band kept), the rest
+  // dropped.
   int32_t* indexes = grown(ws.rank_scratch, threads * (2 * most + 1));  // pending, taken
   uint8_t* marks = grown(ws.chosen, threads * most);
   auto split = [&](int64_t e, int slot) {
-    const int64_t n = count[e];
-    if (n <= capacity) return;
-    const Workspace::Choice* first = ws.choices.data() + end[e] - n;
-    uint32_t* rank = ranks + slot * most;
+    if (!overflows(static_cast<int>(e))) return;
+    const bool banded = sure[e] >= 0;
+    const int64_t first = banded ? begin[e] : listed_total + whole[e];
+    const int64_t n = banded ? begin[e + 1] - begin[e] : count[e];
+    const int64_t keep = banded ? capacity - sure[e] : capacity;
     int32_t* pending = indexes + slot * (2 * most + 1);
     int32_t* taken = pending + n;
     uint8_t* kept = marks + slot * most;
-    for (int64_t i = 0; i < n; ++i) {
-      rank[i] = descending_rank(first[i].key);
-      kept[i] = 0;
-    }
-    if (capacity > 0) smallest_ranks(rank, n, capacity, pending, taken, taken);
-    for (int64_t i = 0; i < capacity; ++i) kept[taken[i]] = 1;
+    std::fill(kept, kept + n, uint8_t{0});
+    if (keep > 0) smallest_ranks(rank + first, n, keep, pending, taken, taken);
+    for (int64_t i = 0; i < keep; ++i) kept[taken[i]] = 1;
     for (int64_t i = 0; i < n; ++i) {
       if (kept[i]) continue;
-      out->experts[first[i].slot] = -1;
-      out->weights[first[i].slot] = 0.0f;
+      experts[item[first + i]] = -1;
+      out->weights[item[first + i]] = 0.0f;
     }
   };
-  ThreadPool::instance().run(E, threads, split);
+  pool.run(E, threads, split);
   for (int e = 0; e < E; ++e) {
-    if (count[e] <= capacity) continue;
+    if (!overflows(e)) continue;
     out->dropped_assignments += count[e] - capacity;
-    for (int64_t i = end[e] - count[e]; i < end[e]; ++i)
-      if (out->experts[ws.choices[i].slot] < 0) reweigh(ws.choices[i].token);
+    const bool banded = sure[e] >= 0;
+    const int64_t first = banded ? begin[e] : listed_total + whole[e];
+    const int64_t n = banded ? begin[e + 1] - begin[e] : count[e];
+    for (int64_t i = first; i < first + n; ++i)
+      if (experts[item[i]] < 0) reweigh(item[i] / K);
   }
 }
 
@@ -343,16 +497,10 @@ void assign_token_choice(const Config& c, const StageParams& p, const KParams& k
 
 // Below this many keys (T·E) expert choice stays on the calling thread.
 constexpr int64_t kParallelChoiceKeys = int64_t{1} << 15;
-// From this many tokens and experts each expert's band comes from a sample of the tokens.
-constexpr int64_t kSampleFromTokens = 2048;
+// From this many experts (and kSampleFromTokens tokens) each expert's band comes from a sample.
 constexpr int kSampleFromExperts = 32;
-// The sample: one token in kSampleStride, kSampleFromTokens / kSampleStride to kMaxSample of them,
-// gathered by expert kTransposeTokens at a time.
-constexpr int64_t kSampleStride = 32;
-constexpr int64_t kMaxSample = 2048;
+// Tokens a chunk of the sample's gathering by expert, or of the whole columns' transpose, takes.
 constexpr int64_t kTransposeTokens = 256;
-// The band's half-width in standard deviations of the sample's count below the capacity-th rank.
-constexpr double kBandDeviations = 4.5;
 // Experts a step of the pass that marks and lists the keys takes.
 constexpr int kBandBlock = 64;
 // From and to this many choices a token's are put in order by counting, each against all (branch-free:
@@ -371,32 +519,12 @@ inline uint64_t byte_bits(const uint8_t* flag, int64_t count) {
   return bits;
 }
 
-// The key whose descending_rank is `rank` (+0 for that of -0 and +0).
-inline float key_of_rank(uint32_t rank) {
-  const uint32_t m = ~rank;
-  const uint32_t bits = (m & 0x80000000u) ? m & 0x7fffffffu : ~m;
-  float key;
-  std::memcpy(&key, &bits, sizeof key);
-  return key;
-}
-
-// Each expert's band of keys where its capacity-th best key should lie: keys above above[e] are
-// surely its, those in [from[e], above[e]] may be. The band's ends are the sample's order statistics
-// kBandDeviations either side of where that key falls among them: their count past it is binomial,
-// so the band misses with a chance of ~1e-5 an expert on data without a period of the sample's
-// stride (mark_expert_choices then reads the expert's whole column). (Keys are finite or -inf: float
-// comparisons order them as descending_rank.)
+// Each expert's band (band_ends) from a sample of every kSampleStride-th token, gathered by expert.
 void expert_bands(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, float* above,
                   float* from) {
-  constexpr float kInf = std::numeric_limits<float>::infinity();
   const int E = c.E;
-  std::fill(above, above + E, kInf);
-  std::fill(from, from + E, -kInf);
   const int64_t n = std::min(T / kSampleStride, kMaxSample);
   const double q = static_cast<double>(capacity) / static_cast<double>(T);
-  const double half = kBandDeviations * std::sqrt(static_cast<double>(n) * q * (1 - q)) + 1;
-  const int64_t lo = static_cast<int64_t>(std::floor(q * static_cast<double>(n) - half));
-  const int64_t hi = static_cast<int64_t>(std::ceil(q * static_cast<double>(n) + half));
   const float* key = ws.stage().full_key;
   uint32_t* samples = grown(ws.expert_ranks, E * n);  // [E][n]
   auto gather = [&](int64_t chunk, int) {
@@ -407,23 +535,13 @@ void expert_bands(const Config& c, int64_t T, int64_t capacity, int threads, Wor
     }
   };
   ThreadPool::instance().run((n + kTransposeTokens - 1) / kTransposeTokens, threads, gather);
-  auto bound = [&](int64_t e, int) {
-    uint32_t* rank = samples + e * n;
-    if (lo >= 0) {
-      std::nth_element(rank, rank + lo, rank + n);
-      above[e] = key_of_rank(rank[lo]);
-    }
-    if (hi < n) {
-      std::nth_element(rank + std::max<int64_t>(lo + 1, 0), rank + hi, rank + n);
-      from[e] = key_of_rank(rank[hi]);
-    }
-  };
+  auto bound = [&](int64_t e, int) { band_ends(samples + e * n, n, q, &above[e], &from[e]); };
   ThreadPool::instance().run(E, threads, bound);
 }
 
 // mark_expert_choices' bands (expert_bands): a pass over the tokens, in chunks on the pool, marks
 // each expert's keys above its band, counts them and lists those in it; the entries then go by
-// expert, in token order, to ws.expert_ranks and ws.band_tokens at [begin[e], begin[e + 1]).
+// expert, in token order, to ws.expert_ranks and ws.band_items at [begin[e], begin[e + 1]).
 // sure[e] is the count above the band of an expert whose capacity-th key lies in it; the others'
 // stay -1.
 void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, uint8_t* chosen,
@@ -484,16 +602,8 @@ void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Wor
     if (above_count < capacity && next - begin[e] + above_count >= capacity) sure[e] = above_count;
   }
   uint32_t* band_rank = grown(ws.expert_ranks, begin[E]);
-  int32_t* band_token = grown(ws.band_tokens, begin[E]);
-  auto gather = [&](int64_t chunk, int) {
-    int64_t* at = place + chunk * E;
-    for (const Workspace::BandEntry& entry : ws.band_entries[chunk]) {
-      const int64_t i = at[entry.expert]++;
-      band_rank[i] = entry.rank;
-      band_token[i] = entry.token;
-    }
-  };
-  pool.run(chunks, threads, gather);
+  int32_t* band_token = grown(ws.band_items, begin[E]);
+  lists_by_group(ws, chunks, E, threads, place, band_rank, band_token);
 }
 
 // Expert choice's marks (docs/semantics.md §5): chosen[t·row + e] = 1 where expert e takes token t,
@@ -529,7 +639,7 @@ void mark_expert_choices(const Config& c, int64_t T, int64_t capacity, int threa
     most = std::max(most, sure[e] >= 0 ? begin[e + 1] - begin[e] : T);
   }
   uint32_t* band_rank = grown(ws.expert_ranks, total + columns * T);
-  const int32_t* band_token = ws.band_tokens.data();
+  const int32_t* band_token = ws.band_items.data();
   uint32_t* column_rank = band_rank + total;
   auto transpose = [&](int64_t chunk, int) {
     const int64_t t0 = chunk * kTransposeTokens, t1 = std::min(T, t0 + kTransposeTokens);
@@ -741,8 +851,8 @@ void assign_losses(const Config& c, int64_t T, const Workspace& ws, moe_route_ou
 int64_t Workspace::host_bytes() const {
   int64_t entries = 0;
   for (const std::vector<BandEntry>& chunk : band_entries) entries += capacity_bytes(chunk);
-  return entries + capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, choices, slot_values,
-                                  expert_ranks, rank_scratch, chosen, expert_bands, band_entries, band_tokens,
+  return entries + capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, slot_values,
+                                  expert_ranks, rank_scratch, chosen, expert_bands, band_entries, band_items,
                                   chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
                                   full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
                                   loss_entropy_, p_sum_, invalid_);

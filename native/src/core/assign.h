@@ -33,31 +33,26 @@ class Workspace {
   // capacity counters [E]; dispatch places [2 pairs][E]; expert choice's band starts [E + 1], counts
   // above the bands [E] and places [chunks][E]
   std::vector<int64_t> cursor;
-  struct Choice {
-    float key;
-    int32_t token;
-    int32_t slot;
-  };
   std::vector<int64_t> k_histogram;          // [K+1] tokens per k_t
-  std::vector<Choice> choices;                // capacity ('score')
   std::vector<float> slot_values;             // [threads][K] expert choice: a token's slots' s
-  // smallest_ranks' ranks, scratch and marks: expert choice's sample ([threads][n]) then its bands'
-  // ranks by expert (and [threads][T] whole columns), [threads][2n + 1] and [T][E rounded up to 8]
-  // chosen (token, expert) pairs, n an expert's band or T; capacity by score's [threads][n],
-  // [threads][2n + 1] and [threads][n] kept assignments, n an expert's most
-  std::vector<uint32_t> expert_ranks;
-  std::vector<int32_t> rank_scratch;
-  std::vector<uint8_t> chosen;
-  // Expert choice's bands: [2E] keys above and from; per chunk of tokens its keys in a band, in
-  // token order; the bands' tokens by expert.
+  // Bands from a sample (assign.cc): the groups' bands, [2E] (expert choice) or [2(E + 1)]
+  // (capacity by score) keys above and from; per chunk of tokens the keys listed, in token order;
+  // the lists' ranks (in expert_ranks) and items (tokens or slots) by group, then the whole lists of
+  // the groups whose band missed.
   struct BandEntry {
     uint32_t rank;
-    int32_t token;
-    int32_t expert;
+    int32_t item;
+    int32_t group;
   };
   std::vector<float> expert_bands;
   std::vector<std::vector<BandEntry>> band_entries;
-  std::vector<int32_t> band_tokens;
+  std::vector<int32_t> band_items;
+  // smallest_ranks' ranks, scratch and marks: the samples ([E][n] or by group), then the lists'
+  // ranks; [threads][2n + 1]; expert choice's [T][E rounded up to 8] chosen (token, expert) pairs,
+  // capacity by score's [threads][n] kept slots; n a group's list
+  std::vector<uint32_t> expert_ranks;
+  std::vector<int32_t> rank_scratch;
+  std::vector<uint8_t> chosen;
   std::vector<int64_t> chunk_tallies;  // [chunks][2E + K + 2] a per-token pass's counts by chunk; [chunks][2E] bands'
 
  private:
