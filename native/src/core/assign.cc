@@ -292,9 +292,9 @@ void lists_by_group(Workspace& ws, int64_t chunks, int groups, int threads, int6
 
 // dropPolicy 'score': each expert keeps its `capacity` highest-score assignments (ties: lower token).
 // Only the experts with more assignments than that drop any. Their bands (band_ends, from the slots
-// of a sample of the tokens below kSampleFromTokens every assignment is in the band) and a pass over
-// the slots, in chunks of tokens on the pool, count each one's scores above its band and list the
-// others, which go by expert in slot order; an expert whose capacity-th score lies in its band keeps
+// of a sample of the tokens; below kSampleFromTokens tokens, none: every assignment is listed) and a
+// pass over the slots, in chunks of tokens on the pool, count each one's scores above its band and
+// list the others, which go by expert in slot order; an expert whose capacity-th score lies in its band keeps
 // the best of them (smallest_ranks on descending_rank), one whose band missed takes from all its
 // slots; the rest become expert -1, weight 0, the experts on the pool. Then reweigh(t) for each
 // token that lost one (once a slot lost: a token that lost two is reweighed twice, the last time with
