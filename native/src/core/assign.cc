@@ -503,6 +503,9 @@ constexpr int kSampleFromExperts = 32;
 constexpr int64_t kTransposeTokens = 256;
 // Experts a step of the pass that marks and lists the keys takes.
 constexpr int kBandBlock = 64;
+// From this many experts the per-token pass fetches the key rows two tokens ahead: it reads ~K
+// scattered keys of a row many lines long, which the hardware's stream prefetch does not follow.
+constexpr int kPrefetchFromExperts = 128;
 // From and to this many choices a token's are put in order by counting, each against all (branch-free:
 // an insertion mispredicts about once a choice); fewer or more, by an insertion into K slots.
 constexpr int kCountedFrom = 4, kCountedTo = 24;
@@ -704,6 +707,8 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
     for (int64_t t = t0; t < t1; ++t) {
       const float* token_key = st.full_key + t * E;
       const uint8_t* marks = chosen + t * row;
+      if (E >= kPrefetchFromExperts && t + 2 < t1)  // (the few keys read of a long row: no stream)
+        for (int e = 0; e < E; e += 16) __builtin_prefetch(token_key + 2 * E + e);
       int n = 0;
       for (int e0 = 0; e0 < E; e0 += 64) {
         for (uint64_t bits = byte_bits(marks + e0, std::min<int64_t>(64, row - e0)); bits != 0; bits &= bits - 1) {
