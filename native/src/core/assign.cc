@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "scratch.h"
 #include "thread_pool.h"
@@ -275,10 +276,28 @@ void band_ends(uint32_t* rank, int64_t n, double q, float* above, float* from) {
   }
 }
 
-// The chunks' listed keys (ws.band_entries) by group, in chunk order: entry i of group g of a chunk
-// to rank[] and item[] at place[chunk·groups + g] (advanced), the chunks on the pool.
-void lists_by_group(Workspace& ws, int64_t chunks, int groups, int threads, int64_t* place, uint32_t* rank,
-                    int32_t* item) {
+// A banded pass's lists by group: from its chunks' tallies (`words` a chunk: at 0 each group's keys
+// above its band, at `listed` its keys listed in ws.band_entries, at `in_band` those of them in its
+// band), each group's list at [begin[g], begin[g + 1]) of ws.expert_ranks and ws.band_items (ranks
+// and items, in chunk order, the chunks on the pool), and sure[g]: its count above the band where
+// its keep-th best key lies in the band, else -1. place: [chunks][groups] scratch.
+void group_lists(Workspace& ws, int64_t chunks, int groups, int threads, const int64_t* tallies, int64_t words,
+                 int64_t listed, int64_t in_band, int64_t keep, int64_t* begin, int64_t* sure, int64_t* place) {
+  begin[0] = 0;
+  for (int g = 0; g < groups; ++g) {
+    int64_t next = begin[g], above_count = 0, band_count = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t* tally = tallies + chunk * words;
+      place[chunk * groups + g] = next;
+      above_count += tally[g];
+      next += tally[listed + g];
+      band_count += tally[in_band + g];
+    }
+    begin[g + 1] = next;
+    sure[g] = above_count < keep && above_count + band_count >= keep ? above_count : -1;
+  }
+  uint32_t* rank = grown(ws.expert_ranks, begin[groups]);
+  int32_t* item = grown(ws.band_items, begin[groups]);
   auto gather = [&](int64_t chunk, int) {
     int64_t* at = place + chunk * groups;
     for (const Workspace::BandEntry& entry : ws.band_entries[chunk]) {
@@ -372,40 +391,30 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
   pool.run(chunks, threads, classify);
 
   // Each overflowing expert's listed slots at [begin[e], begin[e + 1]) of ws.expert_ranks and
-  // ws.band_items, in slot order; one whose band missed (sure[e] = -1) then lists all its slots at
-  // [begin[E] + whole[e], + count[e]). ws.cursor: begin [E + 1], sure [E], whole [E], places
-  // [chunk][E].
+  // ws.band_items, in slot order (group_lists); one whose band missed (sure[e] = -1) then lists all
+  // its slots at [begin[E] + whole[e], + count[e]). ws.cursor: begin [E + 1], sure [E], whole [E],
+  // places [chunk][E].
   int64_t* begin = grown(ws.cursor, (chunks + 3) * E + 1);
   int64_t* sure = begin + E + 1;
   int64_t* whole = sure + E;
   int64_t* place = whole + E;
-  begin[0] = 0;
+  group_lists(ws, chunks, E, threads, tallies, words, E + 1, 2 * (E + 1), capacity, begin, sure, place);
+  const int64_t listed_total = begin[E];
   int64_t wholes = 0, most = 0;
   for (int e = 0; e < E; ++e) {
-    int64_t next = begin[e], above_count = 0, band_count = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t* tally = tallies + chunk * words;
-      place[chunk * E + e] = next;
-      above_count += tally[e];
-      next += tally[E + 1 + e];
-      band_count += tally[2 * (E + 1) + e];
-    }
-    begin[e + 1] = next;
-    sure[e] = above_count;
     if (!overflows(e)) continue;
-    if (above_count < capacity && above_count + band_count >= capacity) {
-      most = std::max(most, next - begin[e]);
-    } else {
-      sure[e] = -1;
+    if (sure[e] < 0) {
       whole[e] = wholes;
       wholes += count[e];
-      most = std::max(most, count[e]);
     }
+    most = std::max(most, sure[e] >= 0 ? begin[e + 1] - begin[e] : count[e]);
   }
-  const int64_t listed_total = begin[E];
+  // An overflowing expert's list: [first, first + size) of rank and item.
+  const auto list_of = [&](int64_t e) {
+    return sure[e] >= 0 ? std::pair{begin[e], begin[e + 1] - begin[e]} : std::pair{listed_total + whole[e], count[e]};
+  };
   uint32_t* rank = grown(ws.expert_ranks, listed_total + wholes);
   int32_t* item = grown(ws.band_items, listed_total + wholes);
-  lists_by_group(ws, chunks, E, threads, place, rank, item);
   // The whole lists, read before any slot is dropped (the drops write the experts).
   auto list_whole = [&](int64_t e, int) {
     if (!overflows(static_cast<int>(e)) || sure[e] >= 0) return;
@@ -424,10 +433,8 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
   uint8_t* marks = grown(ws.chosen, threads * most);
   auto split = [&](int64_t e, int slot) {
     if (!overflows(static_cast<int>(e))) return;
-    const bool banded = sure[e] >= 0;
-    const int64_t first = banded ? begin[e] : listed_total + whole[e];
-    const int64_t n = banded ? begin[e + 1] - begin[e] : count[e];
-    const int64_t keep = banded ? capacity - sure[e] : capacity;
+    const auto [first, n] = list_of(e);
+    const int64_t keep = sure[e] >= 0 ? capacity - sure[e] : capacity;
     int32_t* pending = indexes + slot * (2 * most + 1);
     int32_t* taken = pending + n;
     uint8_t* kept = marks + slot * most;
@@ -444,9 +451,7 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
   for (int e = 0; e < E; ++e) {
     if (!overflows(e)) continue;
     out->dropped_assignments += count[e] - capacity;
-    const bool banded = sure[e] >= 0;
-    const int64_t first = banded ? begin[e] : listed_total + whole[e];
-    const int64_t n = banded ? begin[e + 1] - begin[e] : count[e];
+    const auto [first, n] = list_of(e);
     for (int64_t i = first; i < first + n; ++i)
       if (experts[item[i]] < 0) reweigh(item[i] / K);
   }
@@ -543,10 +548,8 @@ void expert_bands(const Config& c, int64_t T, int64_t capacity, int threads, Wor
 }
 
 // mark_expert_choices' bands (expert_bands): a pass over the tokens, in chunks on the pool, marks
-// each expert's keys above its band, counts them and lists those in it; the entries then go by
-// expert, in token order, to ws.expert_ranks and ws.band_items at [begin[e], begin[e + 1]).
-// sure[e] is the count above the band of an expert whose capacity-th key lies in it; the others'
-// stay -1.
+// each expert's keys above its band, counts them and lists those in it; group_lists then puts the
+// lists by expert, in token order, and sets sure[e].
 void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Workspace& ws, uint8_t* chosen,
                   int64_t row, int64_t* begin, int64_t* sure, int64_t* place) {
   const int E = c.E;
@@ -594,19 +597,7 @@ void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Wor
   };
   pool.run(chunks, threads, classify);
 
-  for (int e = 0; e < E; ++e) {
-    int64_t next = begin[e], above_count = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      place[chunk * E + e] = next;
-      above_count += tallies[chunk * 2 * E + e];
-      next += tallies[chunk * 2 * E + E + e];
-    }
-    begin[e + 1] = next;
-    if (above_count < capacity && next - begin[e] + above_count >= capacity) sure[e] = above_count;
-  }
-  uint32_t* band_rank = grown(ws.expert_ranks, begin[E]);
-  int32_t* band_token = grown(ws.band_items, begin[E]);
-  lists_by_group(ws, chunks, E, threads, place, band_rank, band_token);
+  group_lists(ws, chunks, E, threads, tallies, 2 * E, E, E, capacity, begin, sure, place);  // (listed: the band)
 }
 
 // Expert choice's marks (docs/semantics.md §5): chosen[t·row + e] = 1 where expert e takes token t,
