@@ -683,6 +683,9 @@ describe('expert choice and capacity by score from sampled bands, and where a sa
     const shapes = [
       { T: 2047, E: 64, K: 8, spikes: false }, { T: 2048, E: 64, K: 8, spikes: false }, { T: 20000, E: 64, K: 8, spikes: false },
       { T: 4096, E: 32, K: 4, spikes: true }, { T: 6000, E: 64, K: 8, spikes: true }, { T: 2500, E: 300, K: 6, spikes: true },
+      // K / E near 0.6: more than 255 of a chunk's 1024 tokens above an expert's band (the pass
+      // counts them in bytes, 255 tokens at a time), and a band that still holds its capacity-th key.
+      { T: 2048, E: 32, K: 19, spikes: false },
     ];
     for (const { T, E, K, spikes } of shapes) {
       const logits = Float32Array.from({ length: T * E }, () => rng.normal());

@@ -276,6 +276,16 @@ void band_ends(uint32_t* rank, int64_t n, double q, float* above, float* from) {
   }
 }
 
+// Appends a band entry field by field. A braced temporary was built on the stack by two 4-byte
+// stores and copied out by an 8-byte load, which cannot take its data from two stores and waits for
+// them to reach the cache (bench/NOTES.md item 102).
+inline void list_entry(std::vector<Workspace::BandEntry>& entries, uint32_t rank, int64_t item, int group) {
+  Workspace::BandEntry& entry = entries.emplace_back();
+  entry.rank = rank;
+  entry.item = static_cast<int32_t>(item);
+  entry.group = group;
+}
+
 // A banded pass's lists by group: from its chunks' tallies (`words` a chunk: at 0 each group's keys
 // above its band, at `listed` its keys listed in ws.band_entries, at `in_band` those of them in its
 // band), each group's list at [begin[g], begin[g + 1]) of ws.expert_ranks and ws.band_items (ranks
@@ -382,7 +392,7 @@ void drop_by_score(const Config& c, int64_t T, int64_t capacity, Workspace& ws, 
       const bool surely = s > above[e];
       above_band[e] += surely;
       if (!surely && e < E) {
-        entries.push_back({descending_rank(s), static_cast<int32_t>(i), e});
+        list_entry(entries, descending_rank(s), i, e);
         ++listed[e];
         in_band[e] += s >= from[e];
       }
@@ -508,6 +518,8 @@ constexpr int kSampleFromExperts = 32;
 constexpr int64_t kTransposeTokens = 256;
 // Experts a step of the pass that marks and lists the keys takes.
 constexpr int kBandBlock = 64;
+// Tokens whose counts a byte holds.
+constexpr int64_t kByteCountTokens = 255;
 // From this many experts the per-token pass fetches the key rows two tokens ahead: it reads ~K
 // scattered keys of a row many lines long, which the hardware's stream prefetch does not follow.
 constexpr int kPrefetchFromExperts = 128;
@@ -562,7 +574,8 @@ void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Wor
   const int64_t chunks = (T + kChunkTokens - 1) / kChunkTokens;
   int64_t* tallies = grown(ws.chunk_tallies, chunks * 2 * E);  // [chunk] above the band [E], in it [E]
   if (static_cast<int64_t>(ws.band_entries.size()) < chunks) ws.band_entries.resize(static_cast<size_t>(chunks));
-  auto classify = [&](int64_t chunk, int) {
+  uint8_t* byte_counts = grown(ws.byte_counts, threads * E);
+  auto classify = [&](int64_t chunk, int slot) {
     int64_t* above_band = tallies + chunk * 2 * E;
     int64_t* in_band = above_band + E;
     std::fill(above_band, above_band + 2 * E, 0);
@@ -571,28 +584,40 @@ void band_choices(const Config& c, int64_t T, int64_t capacity, int threads, Wor
     const int64_t t0 = chunk * kChunkTokens, t1 = std::min(T, t0 + kChunkTokens);
     const float* __restrict band_above = above;  // (locals: the byte stores alias the captures)
     const float* __restrict band_from = from;
+    // Each expert's count above its band a byte for up to kByteCountTokens tokens, then added to
+    // the tally (int64 counts took ~100 operations a token of widening, adds and stores; bench/NOTES.md
+    // item 102).
+    uint8_t* __restrict run = byte_counts + slot * E;
+    std::fill(run, run + E, uint8_t{0});
+    int64_t counted = 0;  // tokens in run
     for (int64_t t = t0; t < t1; ++t) {
       const float* __restrict token_key = key + t * E;
       uint8_t* __restrict marks = chosen + t * row;
-      for (int e0 = 0; e0 < E; e0 += kBandBlock) {  // (plain loops the compiler vectorizes)
-        const int m = std::min(kBandBlock, E - e0);
+      for (int e0 = 0; e0 < E; e0 += kBandBlock) {
+        const int m = std::min(kBandBlock, E - e0), whole = (m + 7) / 8 * 8;
         uint8_t band[kBandBlock];
-        for (int i = 0; i < m; ++i) {
+        for (int i = 0; i < m; ++i) {  // (a plain loop the compiler vectorizes)
           const float x = token_key[e0 + i];
           const bool taken = x > band_above[e0 + i];
           marks[e0 + i] = taken;
-          above_band[e0 + i] += taken;
+          run[e0 + i] += taken;
           band[i] = !taken & (x >= band_from[e0 + i]);
         }
-        const int whole = (m + 7) / 8 * 8;
         std::fill(band + m, band + whole, uint8_t{0});
         for (uint64_t bits = byte_bits(band, whole); bits != 0; bits &= bits - 1) {
           const int e = e0 + __builtin_ctzll(bits);
-          entries.push_back({descending_rank(token_key[e]), static_cast<int32_t>(t), e});
+          list_entry(entries, descending_rank(token_key[e]), t, e);
           ++in_band[e];
         }
       }
       std::fill(marks + E, marks + row, uint8_t{0});
+      if (++counted == kByteCountTokens || t + 1 == t1) {
+        for (int e = 0; e < E; ++e) {
+          above_band[e] += run[e];
+          run[e] = 0;
+        }
+        counted = 0;
+      }
     }
   };
   pool.run(chunks, threads, classify);
@@ -848,10 +873,10 @@ int64_t Workspace::host_bytes() const {
   int64_t entries = 0;
   for (const std::vector<BandEntry>& chunk : band_entries) entries += capacity_bytes(chunk);
   return entries + capacity_bytes(counts_before, counts_before_valid, cursor, k_histogram, slot_values,
-                                  expert_ranks, rank_scratch, chosen, expert_bands, band_entries, band_items,
-                                  chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_, top_scores_,
-                                  full_key_, full_score_, full_logit_, score_entropy_, norm_, logsumexp_,
-                                  loss_entropy_, p_sum_, invalid_);
+                                  expert_ranks, rank_scratch, chosen, byte_counts, expert_bands, band_entries,
+                                  band_items, chunk_tallies, candidate_expert_, candidate_score_, candidate_logit_,
+                                  top_scores_, full_key_, full_score_, full_logit_, score_entropy_, norm_,
+                                  logsumexp_, loss_entropy_, p_sum_, invalid_);
 }
 
 const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {

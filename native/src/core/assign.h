@@ -53,6 +53,7 @@ class Workspace {
   std::vector<uint32_t> expert_ranks;
   std::vector<int32_t> rank_scratch;
   std::vector<uint8_t> chosen;
+  std::vector<uint8_t> byte_counts;  // [threads][E] expert choice's counts above the bands, a byte each
   std::vector<int64_t> chunk_tallies;  // [chunks][2E + K + 2] a per-token pass's counts by chunk; [chunks][2E] bands'
 
  private:
