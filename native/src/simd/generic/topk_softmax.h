@@ -2385,6 +2385,10 @@ inline void rows_block(const RowBlock& b) {
     b.group_score->resize(c.options.group_count);
     b.group_order->resize(c.options.group_count);
   }
+  // Expert choice without the loss terms reads nothing of a token but its rows of the [T, E]
+  // matrices (no groups: config.cc), which step 2 then writes itself, not by way of the scratch
+  // (bench/NOTES.md item 103).
+  const bool direct = p.want_full && !p.want_losses;
   const auto token = [&](int i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
@@ -2395,7 +2399,7 @@ inline void rows_block(const RowBlock& b) {
     out.invalid[t] = invalid ? 1 : 0;
     if (invalid && !sanitize) return;
 
-    // 2. Scores and keys.
+    // 2. Scores and keys; with `direct`, straight into the [T, E] matrices.
     const float exp_sum = softmax ? softmax_numerators(u, E, max == -kInf ? 0.0f : max, s) : 0.0f;
     {
       const F inv = Vec::set1(exp_sum > 0 ? 1.0f / exp_sum : 0.0f);
@@ -2404,9 +2408,16 @@ inline void rows_block(const RowBlock& b) {
         const F x = Vec::load(u + e0);
         const M dead = Vec::eq(x, Vec::set1(-kInf));
         const F score = softmax ? Vec::mul(Vec::load(s + e0), inv) : vsigmoid(x);
-        Vec::store(s + e0, score);
         const F bias = Vec::load_tail(p.selection_bias + e0, lanes, 0.0f);
-        Vec::store(key + e0, Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias)));
+        const F k = Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias));
+        if (direct) {
+          Vec::store_tail(out.full_key + t * E + e0, k, lanes);
+          if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, score, lanes);
+          Vec::store_tail(out.full_logit + t * E + e0, x, lanes);
+        } else {
+          Vec::store(s + e0, score);
+          Vec::store(key + e0, k);
+        }
       }
     }
     if (c.group_size > 0)
@@ -2468,7 +2479,7 @@ inline void rows_block(const RowBlock& b) {
       }
       add_losses(prob, E, max + std::log(lse_sum), out, t, b.sums.p_sum);
     }
-    if (p.want_full) {
+    if (p.want_full && !direct) {
       for (int e0 = 0; e0 < E; e0 += kLanes) {
         const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
         Vec::store_tail(out.full_key + t * E + e0, Vec::load(key + e0), lanes);
