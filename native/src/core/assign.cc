@@ -695,7 +695,8 @@ void mark_expert_choices(const Config& c, int64_t T, int64_t capacity, int threa
 // the pool (tokens_in_chunks). (Until bench/NOTES.md item 91 a partial sort per expert compared
 // strided keys: 3.8 us a token at E = 64; until item 96 a serial counting pass listed each token's
 // choices.)
-void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_outputs* out) {
+void assign_expert_choice(const Config& c, const StageParams& p, Workspace& ws, moe_route_outputs* out) {
+  const int64_t T = p.tokens;
   const int E = c.E, K = c.K;
   const TokenStage& st = ws.stage();
   const int64_t capacity = T > 0 ? capacity_per_expert(c, T) : 0;
@@ -771,8 +772,14 @@ void assign_expert_choice(const Config& c, int64_t T, Workspace& ws, moe_route_o
       out->experts_per_token[t] = k;
       *tally.dropped += n - k;
       ++tally.k_histogram[k];
-      const float* token_logit = st.full_logit + t * E;
-      slot_weights(c, experts, score, [&](int j) { return token_logit[experts[j]]; }, out->weights + t * K);
+      // u from the [T, E] matrix, or from the input (StageParams::logits_in_input), where a
+      // non-finite logit is a sanitized one's -inf.
+      const float* token_logit = (st.full_logit ? st.full_logit : static_cast<const float*>(p.input)) + t * E;
+      const auto logit = [&](int j) {
+        const float u = token_logit[experts[j]];
+        return std::isfinite(u) ? u : kMinusInf;
+      };
+      slot_weights(c, experts, score, logit, out->weights + t * K);
     }
   });
 }
@@ -907,7 +914,7 @@ const TokenStage& Workspace::prepare(const Config& c, const StageParams& p) {
   if (p.want_full) {
     stage_.full_key = grown(full_key_, T * E);
     if (!p.scores_are_keys) stage_.full_score = grown(full_score_, T * E);
-    stage_.full_logit = grown(full_logit_, T * E);
+    if (!p.logits_in_input()) stage_.full_logit = grown(full_logit_, T * E);
   }
   return stage_;
 }
@@ -1003,7 +1010,7 @@ void assign(const Config& c, const StageParams& p, const KParams& kp, Workspace&
   out->dropped_assignments = 0;
 
   if (c.expert_choice) {
-    assign_expert_choice(c, T, ws, out);
+    assign_expert_choice(c, p, ws, out);
   } else {
     assign_token_choice(c, p, kp, ws, out);
   }

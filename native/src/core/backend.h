@@ -46,6 +46,12 @@ struct StageParams {
   // selection bias in softmax-then-select order; the s matrix is then absent (TokenStage::full_score
   // null) and not written.
   bool scores_are_keys = false;
+  // With want_full: u is the input itself (f32 logits on the host, without noise; a non-finite entry
+  // stands for the -inf of a sanitized one), so the u matrix is absent (TokenStage::full_logit null)
+  // and not written, and the assignment reads u from the input.
+  bool logits_in_input() const {
+    return want_full && is_logits && dtype == MOE_DTYPE_F32 && !noise && !input_on_device;
+  }
   // Fused assignment, only for a backend that fuses_assignment(), on token-choice calls without
   // capacity or with dropPolicy 'position', whose k_t needs nothing but the token itself and k_params
   // (or, with norm_from_batch, the batch's norms): the token stage also runs assign_token for every
@@ -73,7 +79,7 @@ struct TokenStage {
   double* p_sum = nullptr;              // [E] want_losses: sum over valid tokens of p, fixed order
   float* full_key = nullptr;            // [T*E] want_full
   float* full_score = nullptr;          // [T*E] want_full, unless scores_are_keys
-  float* full_logit = nullptr;          // [T*E] want_full
+  float* full_logit = nullptr;          // [T*E] want_full, unless logits_in_input()
   int64_t* counts = nullptr;            // [E] fused: assignments per expert, every token
   int64_t* counts_valid = nullptr;      // [E] fused: the same over valid tokens
   int64_t* k_histogram = nullptr;       // [K+1] fused: tokens per k_t

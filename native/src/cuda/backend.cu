@@ -470,7 +470,7 @@ void CudaBackend::token_stage(const StageParams& p, const TokenStage& out) {
   if (o.full_key) {
     fetch(out.full_key, o.full_key, cells * sizeof(float), "cudaMemcpy (keys)");
     if (out.full_score) fetch(out.full_score, o.full_score, cells * sizeof(float), "cudaMemcpy (scores)");
-    fetch(out.full_logit, o.full_logit, cells * sizeof(float), "cudaMemcpy (logits)");
+    if (out.full_logit) fetch(out.full_logit, o.full_logit, cells * sizeof(float), "cudaMemcpy (logits)");
   }
   if (p.want_losses) {
     fetch(out.logsumexp, o.lse, T * sizeof(double), "cudaMemcpy (logsumexp)");

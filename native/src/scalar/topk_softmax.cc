@@ -103,7 +103,7 @@ class ScalarBackend final : public Backend {
       if (p.want_full) {
         std::copy(key_.begin(), key_.end(), out.full_key + t * E);
         if (out.full_score) std::copy(s_.begin(), s_.end(), out.full_score + t * E);
-        std::copy(u_.begin(), u_.end(), out.full_logit + t * E);
+        if (out.full_logit) std::copy(u_.begin(), u_.end(), out.full_logit + t * E);
       }
     }
   }

@@ -2413,7 +2413,7 @@ inline void rows_block(const RowBlock& b) {
         if (direct) {
           Vec::store_tail(out.full_key + t * E + e0, k, lanes);
           if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, score, lanes);
-          Vec::store_tail(out.full_logit + t * E + e0, x, lanes);
+          if (out.full_logit) Vec::store_tail(out.full_logit + t * E + e0, x, lanes);
         } else {
           Vec::store(s + e0, score);
           Vec::store(key + e0, k);
@@ -2484,7 +2484,7 @@ inline void rows_block(const RowBlock& b) {
         const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
         Vec::store_tail(out.full_key + t * E + e0, Vec::load(key + e0), lanes);
         if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, Vec::load(s + e0), lanes);
-        Vec::store_tail(out.full_logit + t * E + e0, Vec::load(u + e0), lanes);
+        if (out.full_logit) Vec::store_tail(out.full_logit + t * E + e0, Vec::load(u + e0), lanes);
       }
     }
 
