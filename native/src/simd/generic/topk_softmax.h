@@ -2389,6 +2389,12 @@ inline void rows_block(const RowBlock& b) {
   // matrices (no groups: config.cc), which step 2 then writes itself, not by way of the scratch
   // (bench/NOTES.md item 103).
   const bool direct = p.want_full && !p.want_losses;
+  // Token t's vectors of keys, s and u at e0 into its rows of those matrices.
+  const auto store_full = [&](int64_t t, int e0, int lanes, F k, F score, F x) {
+    Vec::store_tail(out.full_key + t * E + e0, k, lanes);
+    if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, score, lanes);
+    if (out.full_logit) Vec::store_tail(out.full_logit + t * E + e0, x, lanes);
+  };
   const auto token = [&](int i) {
     const int64_t t = b.first + i;
     const float* src = b.u + i * b.u_stride;
@@ -2411,9 +2417,7 @@ inline void rows_block(const RowBlock& b) {
         const F bias = Vec::load_tail(p.selection_bias + e0, lanes, 0.0f);
         const F k = Vec::select(dead, Vec::set1(-kInf), Vec::add(keys_from_logits ? x : score, bias));
         if (direct) {
-          Vec::store_tail(out.full_key + t * E + e0, k, lanes);
-          if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, score, lanes);
-          if (out.full_logit) Vec::store_tail(out.full_logit + t * E + e0, x, lanes);
+          store_full(t, e0, lanes, k, score, x);
         } else {
           Vec::store(s + e0, score);
           Vec::store(key + e0, k);
@@ -2482,9 +2486,7 @@ inline void rows_block(const RowBlock& b) {
     if (p.want_full && !direct) {
       for (int e0 = 0; e0 < E; e0 += kLanes) {
         const int lanes = E - e0 < kLanes ? E - e0 : kLanes;
-        Vec::store_tail(out.full_key + t * E + e0, Vec::load(key + e0), lanes);
-        if (out.full_score) Vec::store_tail(out.full_score + t * E + e0, Vec::load(s + e0), lanes);
-        if (out.full_logit) Vec::store_tail(out.full_logit + t * E + e0, Vec::load(u + e0), lanes);
+        store_full(t, e0, lanes, Vec::load(key + e0), Vec::load(s + e0), Vec::load(u + e0));
       }
     }
 
